@@ -1,0 +1,43 @@
+"""The message-equation library: pure functions over natural-parameter arrays, no layer state.
+
+================================  ============================================================
+function                          message
+================================  ============================================================
+``s1_forward``                    weighted sum with constant coefficients, forward (S1)
+``s1_backward_to_b``              S1 backward to the weights, product over uses
+``s1_backward_to_bias``           S1 backward to the bias, product over uses
+``s1_term_message``               S1 backward to one summand, elementwise
+``s2_forward``                    inner product of variables, forward (S2)
+``s2_backward``                   S2 backward to both operands
+``relu_moments``                  R1, R2 of max(a, 0)
+``block52`` / ``block52_log``     truncated product integrals B0, B1, B2
+``leaky_forward_moment_match``    LeakyReLU moment matching (prediction, fallback)
+``leaky_forward_marginal``        LeakyReLU training forward by marginal approximation
+``leaky_backward_marginal``       LeakyReLU training backward by marginal approximation
+``argmax_probs``                  argmax probabilities with noise 0.3
+``argmax_backward``               argmax likelihood backward with both stabilizers
+``probit_softmax``                probit-approximated softmax prediction
+================================  ============================================================
+"""
+
+from factorgraph.equations.argmax import argmax_backward, argmax_log_probs, argmax_probs
+from factorgraph.equations.inner_product import s2_backward, s2_forward
+from factorgraph.equations.leaky_relu import backward_marginal as leaky_backward_marginal
+from factorgraph.equations.leaky_relu import forward_marginal as leaky_forward_marginal
+from factorgraph.equations.leaky_relu import forward_moment_match as leaky_forward_moment_match
+from factorgraph.equations.rectified import block52, block52_log, relu_moments, truncated_moments
+from factorgraph.equations.softmax import probit_scaled_means, probit_softmax
+from factorgraph.equations.weighted_sum import (
+    s1_backward_to_b,
+    s1_backward_to_bias,
+    s1_forward,
+    s1_term_message,
+)
+
+__all__ = [
+    "argmax_backward", "argmax_log_probs", "argmax_probs", "block52", "block52_log",
+    "leaky_backward_marginal", "leaky_forward_marginal", "leaky_forward_moment_match",
+    "probit_scaled_means", "probit_softmax", "relu_moments", "s1_backward_to_b",
+    "s1_backward_to_bias", "s1_forward", "s1_term_message", "s2_backward", "s2_forward",
+    "truncated_moments",
+]

@@ -1,0 +1,251 @@
+"""Arrays of 1-D Gaussian messages in natural parameters.
+
+A ``Gaussian`` holds two arrays of equal shape: ``tau = mu / var`` and ``rho = 1 / var``.
+
+Edge cases, defined here once and relied on by every factor:
+
+* ``rho == 0`` is the uniform ("no information") message; ``G(0, 0)`` is the identity of the product.
+* The mean of a message with ``rho == 0`` is **0** by convention and its variance is ``+inf``
+  (SPEC 1.1).  A message ``G(tau != 0, 0)`` is improper; it can appear only after tolerant division.
+* ``rho < 0`` never survives construction with ``check=True``.
+* The product of messages adds natural parameters, division subtracts them.
+
+The arrays live on NumPy or CuPy (see :mod:`factorgraph.backend`); the dtype is float64 or float32
+and every operation preserves it.
+"""
+
+import numpy as np
+
+from factorgraph import config, guards
+from factorgraph.backend import get_array_module, special
+
+
+class Gaussian:
+    """An array of independent 1-D Gaussians, stored as natural parameters ``(tau, rho)``.
+
+    Parameters
+    ----------
+    tau, rho : array_like
+        Precision-times-mean and precision, broadcast to a common shape.
+    check : bool
+        Validate ``rho >= 0`` and finiteness (raises ``ValueError``).
+    """
+
+    __slots__ = ("tau", "rho")
+    __array_priority__ = 1000
+
+    def __init__(self, tau, rho, check=False):
+        xp = get_array_module(tau, rho)
+        tau = xp.asarray(tau)
+        rho = xp.asarray(rho)
+        if tau.shape != rho.shape:
+            tau, rho = xp.broadcast_arrays(tau, rho)
+            tau, rho = tau.copy(), rho.copy()
+        self.tau = tau
+        self.rho = rho
+        if check:
+            self.validate()
+
+    # ----- construction -------------------------------------------------------------------------
+    @classmethod
+    def uniform(cls, shape, dtype=np.float64, xp=np):
+        """``G(0, 0)`` of the given shape: no information."""
+        return cls(xp.zeros(shape, dtype), xp.zeros(shape, dtype))
+
+    @classmethod
+    def from_mean_var(cls, mean, var, check=True):
+        """Build from means and variances (``var = inf`` gives a uniform message)."""
+        xp = get_array_module(mean, var)
+        mean = xp.asarray(mean)
+        var = xp.asarray(var)
+        if check and bool(xp.any(var <= 0)):
+            raise ValueError("variance must be positive")
+        rho = 1.0 / var
+        return cls(mean * rho, rho, check=check)
+
+    @classmethod
+    def from_mean_m2(cls, mean, m2, check=True):
+        """Build from means and second moments ``m2 = var + mean^2``."""
+        return cls.from_mean_var(mean, m2 - mean * mean, check=check)
+
+    def validate(self, what="Gaussian"):
+        """Raise ``ValueError`` unless ``rho >= 0`` and both parameters are finite."""
+        xp = self.xp
+        if not bool(xp.all(xp.isfinite(self.tau))) or not bool(xp.all(xp.isfinite(self.rho))):
+            raise ValueError(f"{what}: natural parameters must be finite (found NaN or inf)")
+        if bool(xp.any(self.rho < 0)):
+            raise ValueError(f"{what}: precision rho must be >= 0 (min {float(self.rho.min())})")
+        return self
+
+    # ----- array protocol -----------------------------------------------------------------------
+    @property
+    def xp(self):
+        return get_array_module(self.tau)
+
+    @property
+    def shape(self):
+        return self.tau.shape
+
+    @property
+    def dtype(self):
+        return self.tau.dtype
+
+    def __len__(self):
+        return len(self.tau)
+
+    def __getitem__(self, idx):
+        return Gaussian(self.tau[idx], self.rho[idx])
+
+    def __setitem__(self, idx, other):
+        self.tau[idx] = other.tau
+        self.rho[idx] = other.rho
+
+    def copy(self):
+        return Gaussian(self.tau.copy(), self.rho.copy())
+
+    def astype(self, dtype):
+        return Gaussian(self.tau.astype(dtype), self.rho.astype(dtype))
+
+    def reshape(self, *shape):
+        return Gaussian(self.tau.reshape(*shape), self.rho.reshape(*shape))
+
+    def __repr__(self):
+        return f"Gaussian(shape={self.shape}, dtype={self.dtype})"
+
+    # ----- moments ------------------------------------------------------------------------------
+    @property
+    def mean(self):
+        """``tau / rho``, and 0 where ``rho == 0``."""
+        return mean_of(self.tau, self.rho)
+
+    @property
+    def var(self):
+        """``1 / rho``, and ``+inf`` where ``rho == 0``."""
+        xp = self.xp
+        with np.errstate(divide="ignore"):
+            return xp.where(self.rho > 0, 1.0 / xp.where(self.rho > 0, self.rho, 1), xp.inf).astype(
+                self.dtype
+            )
+
+    @property
+    def m2(self):
+        """Second moment ``var + mean^2``."""
+        mu = self.mean
+        return self.var + mu * mu
+
+    def to_mean_var(self):
+        return self.mean, self.var
+
+    # ----- density operations -------------------------------------------------------------------
+    def __mul__(self, other):
+        """Product of densities: add natural parameters."""
+        return Gaussian(self.tau + other.tau, self.rho + other.rho)
+
+    def __truediv__(self, other):
+        """Strict division (see :func:`divide`)."""
+        return divide(self, other)
+
+    def damp(self, new, beta):
+        """EMA toward ``new``: ``(1 - beta) * self + beta * new`` in natural parameters."""
+        return Gaussian((1 - beta) * self.tau + beta * new.tau, (1 - beta) * self.rho + beta * new.rho)
+
+    def truncate_nonneg(self):
+        """Moment-matched restriction to ``x >= 0`` (see :func:`truncate_nonneg`)."""
+        return truncate_nonneg(self)
+
+    def clamp_min_rho(self, m):
+        """Keep the mean, raise the precision to at least ``m`` (SPEC 1.4 ``min_rho``)."""
+        return clamp_min_rho(self, m)
+
+    def scale_rho(self, s):
+        """Keep the mean, multiply the precision by ``s``."""
+        return Gaussian(self.tau * s, self.rho * s)
+
+    # ----- random-variable operations -----------------------------------------------------------
+    def scale(self, a):
+        """Distribution of ``a * X``: ``(tau / a, rho / a^2)``."""
+        return Gaussian(self.tau / a, self.rho / (a * a))
+
+    def shift(self, c):
+        """Distribution of ``X + c``: ``(tau + c * rho, rho)``."""
+        return Gaussian(self.tau + c * self.rho, self.rho)
+
+    def add_variance(self, v):
+        """Distribution of ``X + eps`` with independent ``eps ~ N(0, v)``: ``(mu, var + v)``."""
+        # natural form: rho' = rho / (1 + v rho), tau' = tau / (1 + v rho); exact for rho = 0 too
+        d = 1 + v * self.rho
+        return Gaussian(self.tau / d, self.rho / d)
+
+
+def mean_of(tau, rho):
+    """``tau / rho`` with the convention mean = 0 where ``rho == 0``."""
+    xp = get_array_module(tau, rho)
+    pos = rho > 0
+    return xp.where(pos, tau / xp.where(pos, rho, 1), 0).astype(tau.dtype)
+
+
+def divide(num, den, tol=None):
+    """Divide densities ``num / den`` (subtract natural parameters).
+
+    Strict division (``tol=None``): the precision deficit ``rho_num - rho_den < 0`` is allowed only as
+    round-off (relative ``STRICT_DIVISION_RTOL``), clamped to 0 and counted as
+    ``"strict_division_roundoff"``; a real deficit raises :class:`~factorgraph.guards.ImproperMessageError`.
+
+    Tolerant division (``tol`` a float, SPEC 1.2): deficits down to ``-tol`` are clamped to 0 (counted as
+    ``"tolerant_division_clamp"``) and may leave an improper ``G(tau != 0, 0)``; larger ones raise.
+    """
+    xp = get_array_module(num.tau, den.tau)
+    d = num.rho - den.rho
+    neg = d < 0
+    if bool(xp.any(neg)):
+        if tol is None:
+            limit = -config.STRICT_DIVISION_RTOL * xp.abs(num.rho)
+            name = "strict_division_roundoff"
+        else:
+            limit = -tol
+            name = "tolerant_division_clamp"
+        bad = d < limit
+        if bool(xp.any(bad)):
+            raise guards.ImproperMessageError(
+                f"division would give negative precision (worst {float(d.min()):.3g}); "
+                f"{int(bad.sum())} element(s) beyond tolerance"
+            )
+        guards.record(name, neg)
+        d = xp.maximum(d, 0)
+    return Gaussian(num.tau - den.tau, d)
+
+
+def clamp_min_rho(g, m):
+    """Keep each mean and set ``rho := max(rho, m)``; ``G(tau, 0)`` becomes ``G(0, m)`` (SPEC 1.4)."""
+    xp = g.xp
+    mu = mean_of(g.tau, g.rho)
+    low = g.rho < m
+    guards.record("min_rho_clamp", low)
+    rho = xp.where(low, xp.asarray(m, g.dtype), g.rho)
+    return Gaussian(xp.where(low, mu * rho, g.tau), rho)
+
+
+def truncation_ratio(t, xp=np):
+    """``v = phi(t) / Phi(t)`` computed as ``exp(log phi(t) - log Phi(t))`` with a tail-accurate log-cdf."""
+    sp = special(xp)
+    log_phi = -0.5 * t * t - 0.5 * np.log(2 * np.pi)
+    return xp.exp(log_phi - sp.log_ndtr(t))
+
+
+def truncate_nonneg(g):
+    """Moment-matched restriction of ``N(mu, var)`` to ``x >= 0`` (SPEC 1.2).
+
+    With ``t = tau / sqrt(rho)``, ``v = phi(t) / Phi(t)`` and ``u = 1 - v (v + t)``:
+    ``rho' = rho / u`` and ``tau' = (tau + v sqrt(rho)) / u``.  Needs ``rho > 0``.
+    ``u`` is floored at ``MIN_TRUNCATION_FACTOR`` (counted as ``"truncation_u_floor"``).
+    """
+    xp = g.xp
+    sr = xp.sqrt(g.rho)
+    t = g.tau / sr
+    v = truncation_ratio(t, xp)
+    u = 1 - v * (v + t)
+    small = u < config.MIN_TRUNCATION_FACTOR
+    if bool(xp.any(small)):
+        guards.record("truncation_u_floor", small)
+        u = xp.maximum(u, config.MIN_TRUNCATION_FACTOR)
+    return Gaussian((g.tau + v * sr) / u, g.rho / u)
