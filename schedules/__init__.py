@@ -1,1 +1,14 @@
-"""schedules package."""
+"""Schedules as values: graph traversals, within-batch orders, epoch schedules.
+
+This package reads networkx graphs only; it imports nothing from ``factorgraph``, ``layers`` or
+``trainer``.
+"""
+
+from schedules.epochs import Constant, EpochSchedule, Staircase
+from schedules.orders import Fixed, Shuffled
+from schedules.traversal import Schedule, Step, backward_schedule, forward_schedule, predict_schedule
+
+__all__ = [
+    "Constant", "EpochSchedule", "Fixed", "Schedule", "Shuffled", "Staircase", "Step",
+    "backward_schedule", "forward_schedule", "predict_schedule",
+]

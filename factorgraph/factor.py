@@ -1,0 +1,148 @@
+"""The protocol every per-layer factor follows, and the per-example weight-message store.
+
+A layer of the network is one factor node contracted over all branches: it holds, per example slot
+``i`` of the active batch, whatever it must remember between iterations (messages to its weights,
+backward messages to its input), and exposes three operations:
+
+``forward(m_in, i)``
+    training forward for example slot ``i``; ``m_in`` is a :class:`Gaussian` of the layer's input shape,
+    or a plain array of constants when the layer sits before the first weighted layer.  Returns the
+    forward message of the output.
+``backward(m_out, i)``
+    training backward for slot ``i`` given the backward message on the output; updates the layer's own
+    weight messages and returns the backward message to the input (``None`` for constant inputs).
+``predict(m_in)``
+    batched prediction (leading axis ``n``), using the weight marginals; returns the output message.
+
+A training signal (likelihood) is the last factor: it sets ``is_signal = True`` and implements
+``backward_signal(y, i)`` (the first backward message), ``predict`` (the predictive of the head) and
+``check_targets(Y)``.
+
+To write a custom factor, subclass :class:`Factor`, set ``kind`` and implement ``output_shape``,
+``forward``, ``backward`` and ``predict``; pass an instance in the template list of
+``create_factor_graph`` (see ``examples/custom_factor.py``).  Factors hold no message math of their own
+beyond calls to :mod:`factorgraph.equations`.
+"""
+
+import numpy as np
+
+from factorgraph.gaussian import Gaussian, divide
+
+
+class Factor:
+    """Base class of a per-layer factor (see the module docstring for the protocol)."""
+
+    #: short name used in the graph, errors and saved files
+    kind = "Factor"
+    #: interfaces of the factor node; weighted factors add "weight" and "bias"
+    interfaces = ("input", "output")
+    #: True for likelihood / training-signal factors (must be last)
+    is_signal = False
+    #: True when the factor owns weight variables (stored in ``self.params``)
+    has_weights = False
+
+    def __init__(self):
+        self.input_shape = None
+        self.output_shape_ = None
+        self.constant_input = False
+        self.params = {}
+
+    # --- construction ---------------------------------------------------------------------------
+    def output_shape(self, input_shape):
+        """Return the output shape for ``input_shape`` or raise ``ValueError`` naming the problem."""
+        return tuple(input_shape)
+
+    def build(self, input_shape, batch_size, *, dtype, rng, constant_input):
+        """Allocate per-example state for ``batch_size`` slots; called once by the graph builder."""
+        self.input_shape = tuple(input_shape)
+        self.output_shape_ = tuple(self.output_shape(input_shape))
+        self.batch_size = batch_size
+        self.dtype = np.dtype(dtype)
+        self.constant_input = constant_input
+
+    # --- message passing ------------------------------------------------------------------------
+    def forward(self, m_in, i):
+        raise NotImplementedError(f"{type(self).__name__} must implement forward(m_in, i)")
+
+    def backward(self, m_out, i):
+        raise NotImplementedError(f"{type(self).__name__} must implement backward(m_out, i)")
+
+    def predict(self, m_in):
+        raise NotImplementedError(f"{type(self).__name__} must implement predict(m_in)")
+
+    def reset_batch_caches(self):
+        """Forget the per-example caches kept across iterations (backward messages to inputs, ...)."""
+
+    # --- persistence ----------------------------------------------------------------------------
+    def state(self):
+        """Arrays that define this factor's state (for save/load), as ``{name: ndarray}``."""
+        out = {}
+        for pname, slots in self.params.items():
+            for k, v in slots.state().items():
+                out[f"{pname}.{k}"] = v
+        return out
+
+    def load_state(self, arrays):
+        for pname, slots in self.params.items():
+            slots.load_state({k[len(pname) + 1:]: v for k, v in arrays.items() if k.startswith(pname + ".")})
+
+    def describe(self):
+        return f"{self.kind}{self.input_shape}->{self.output_shape_}"
+
+
+class WeightSlots:
+    """Messages to one weight tensor from every example slot, plus the batch prior and the marginal.
+
+    ``msgs`` has shape ``(B + 1, *shape)``: slots ``0..B-1`` hold the per-example messages, slot ``B`` the
+    batch prior.  The marginal ``q`` is their product (sum of natural parameters), maintained
+    incrementally by :meth:`replace` (``q <- q + new - old``) and exactly by :meth:`recompute`
+    (SPEC 7).
+    """
+
+    def __init__(self, prior, batch_size):
+        xp = prior.xp
+        self.batch_size = batch_size
+        self.shape = prior.shape
+        self.msgs = Gaussian.uniform((batch_size + 1,) + prior.shape, prior.dtype, xp)
+        self.msgs[batch_size] = prior
+        self.q = prior.copy()
+
+    @property
+    def prior(self):
+        """The batch prior (slot ``B``)."""
+        return self.msgs[self.batch_size]
+
+    def cavity(self, i):
+        """``q / m_i`` by strict division."""
+        return divide(self.q, self.msgs[i])
+
+    def replace(self, i, new):
+        """Store ``new`` as slot ``i``'s message and update the marginal incrementally."""
+        old_tau, old_rho = self.msgs.tau[i], self.msgs.rho[i]
+        self.q.tau += new.tau - old_tau
+        self.q.rho += new.rho - old_rho
+        self.msgs.tau[i] = new.tau
+        self.msgs.rho[i] = new.rho
+
+    def recompute(self):
+        """Exact marginal: product of all B + 1 slots."""
+        self.q = Gaussian(self.msgs.tau.sum(axis=0), self.msgs.rho.sum(axis=0))
+
+    def reset(self, prior):
+        """Set the batch prior, clear every per-example message, and set ``q`` to the prior."""
+        self.msgs.tau[...] = 0
+        self.msgs.rho[...] = 0
+        self.msgs[self.batch_size] = prior
+        self.q = prior.copy()
+
+    def likelihood(self, n=None):
+        """Product of the per-example messages of the first ``n`` slots (prior slot excluded)."""
+        n = self.batch_size if n is None else n
+        return Gaussian(self.msgs.tau[:n].sum(axis=0), self.msgs.rho[:n].sum(axis=0))
+
+    def state(self):
+        return {"tau": self.msgs.tau, "rho": self.msgs.rho, "q_tau": self.q.tau, "q_rho": self.q.rho}
+
+    def load_state(self, arrays):
+        self.msgs = Gaussian(arrays["tau"].copy(), arrays["rho"].copy())
+        self.q = Gaussian(arrays["q_tau"].copy(), arrays["q_rho"].copy())

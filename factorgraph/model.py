@@ -1,0 +1,231 @@
+"""FactorGraph: a chain of per-layer factors with one training branch per batch slot (SPEC 2, 6).
+
+Usually built with :func:`layers.create_factor_graph` from layer templates.  Messages flow along whole
+branches: ``forward_pass(x, i)`` from the input to the training signal, ``backward_pass(y, i)`` back;
+``train_batch`` sweeps the batch ``num_training_its`` times in one within-batch order and recomputes
+the weight marginals exactly after each sweep; ``predict`` propagates moments through the predictive
+branch.  The order of the layers in every pass is a :class:`schedules.Schedule` derived from the
+explicit graph :meth:`FactorGraph.graph`.
+"""
+
+import json
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from factorgraph.backend import check_dtype
+from factorgraph.gaussian import Gaussian
+from factorgraph.graph import build_graph, draw_graph
+from schedules.orders import Shuffled
+from schedules.traversal import backward_schedule, forward_schedule, predict_schedule
+
+
+class FactorGraph:
+    """A Bayesian network as a factor graph of per-layer factors.
+
+    Parameters
+    ----------
+    layers : list of Factor
+        The factors in data-flow order; the last must be a training signal (``is_signal``).
+    input_shape : tuple of int
+        Shape of one input example.
+    batch_size : int
+        Number of example slots B (training branches).
+    dtype : float32 or float64
+    seed : int or None
+        Seed of the generator used for priors and within-batch orders.
+    templates : list, optional
+        The templates the graph was built from (kept for save/load).
+    """
+
+    def __init__(self, layers, input_shape, batch_size, *, dtype=np.float64, seed=None, templates=None):
+        self.dtype = check_dtype(dtype)
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if not layers or not layers[-1].is_signal:
+            raise ValueError("the last layer must be a training signal such as ('Regression', beta2)")
+        self.layers = list(layers)
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.batch_size = int(batch_size)
+        self.seed = seed
+        self.templates = templates
+        self.rng = np.random.default_rng(seed)
+        shape = self.input_shape
+        constant = True
+        for layer in self.layers:
+            layer.build(shape, self.batch_size, dtype=self.dtype, rng=self.rng, constant_input=constant)
+            if layer.has_weights:
+                constant = False
+            shape = layer.output_shape_
+        G = self.graph(branches=1)
+        self.schedules = {
+            "forward": forward_schedule(G, 0),
+            "backward": backward_schedule(G, 0),
+            "predict": predict_schedule(G),
+        }
+
+    # --- structure ------------------------------------------------------------------------------
+    @property
+    def signal(self):
+        return self.layers[-1]
+
+    @property
+    def output_shape(self):
+        return self.signal.output_shape_
+
+    def weighted_layers(self):
+        """``[(index, layer)]`` of the layers that own weights."""
+        return [(l, layer) for l, layer in enumerate(self.layers) if layer.has_weights]
+
+    def num_parameters(self):
+        return sum(int(np.prod(s.shape)) for _, layer in self.weighted_layers() for s in layer.params.values())
+
+    def graph(self, branches=None):
+        """The explicit factor graph (networkx) with ``branches`` training branches (default: all B)."""
+        k = self.batch_size if branches is None else int(branches)
+        if not 0 <= k <= self.batch_size:
+            raise ValueError(f"branches must be between 0 and batch_size={self.batch_size}, got {branches}")
+        return build_graph(self.layers, self.input_shape, range(k))
+
+    def draw(self, path, branches=2):
+        """Draw the graph with ``branches`` training branches and the predictive branch to ``path``."""
+        draw_graph(self.graph(branches), path)
+
+    def __repr__(self):
+        body = "\n".join(f"  {l}: {layer.describe()}" for l, layer in enumerate(self.layers))
+        return f"FactorGraph(batch_size={self.batch_size}, dtype={self.dtype.name}, " \
+               f"parameters={self.num_parameters()})\n{body}"
+
+    # --- validation -----------------------------------------------------------------------------
+    def _check_inputs(self, X, what="X"):
+        X = np.asarray(X)
+        if X.ndim == 0 or X.shape[1:] != self.input_shape:
+            raise ValueError(f"{what} must have shape (n, {', '.join(map(str, self.input_shape))}), got {X.shape}")
+        if not np.issubdtype(X.dtype, np.number):
+            raise TypeError(f"{what} must be numeric, got dtype {X.dtype}")
+        if not np.all(np.isfinite(X)):
+            raise ValueError(f"{what} contains NaN or inf")
+        return X.astype(self.dtype, copy=False)
+
+    def _check_slot(self, i):
+        if not isinstance(i, (int, np.integer)) or not 0 <= i < self.batch_size:
+            raise ValueError(f"example slot must be an integer in [0, {self.batch_size}), got {i!r}")
+
+    # --- passes ---------------------------------------------------------------------------------
+    def forward_pass(self, x, i):
+        """Training forward pass of one example ``x`` (shape ``input_shape``) in slot ``i``."""
+        self._check_slot(i)
+        x = self._check_inputs(np.asarray(x)[None], "x")[0]
+        return self._forward(x, i)
+
+    def backward_pass(self, y, i):
+        """Training backward pass of target ``y`` in slot ``i`` (after ``forward_pass(x, i)``)."""
+        self._check_slot(i)
+        y = self.signal.check_targets(np.asarray(y)[None], 1)[0]
+        self._backward(y, i)
+
+    def _forward(self, x, i):
+        m = x
+        for step in self.schedules["forward"]:
+            m = self.layers[step.layer].forward(m, i)
+        return m
+
+    def _backward(self, y, i):
+        steps = iter(self.schedules["backward"])
+        m = self.layers[next(steps).layer].backward_signal(y, i)
+        for step in steps:
+            m = self.layers[step.layer].backward(m, i)
+            if m is None:
+                break
+
+    def train_batch(self, X, Y, num_training_its=1, order=None, progress=False):
+        """Train on one batch: ``num_training_its`` sweeps over its examples, in one order per call.
+
+        ``X`` (n, *input_shape) with ``n <= batch_size``; ``Y`` targets of the training signal.
+        The order (default :class:`schedules.Shuffled`) is drawn once from the graph's generator and
+        reused for every sweep; the marginals are recomputed exactly after each sweep (SPEC 6.2).
+        """
+        X = self._check_inputs(X)
+        n = X.shape[0]
+        if n > self.batch_size:
+            raise ValueError(f"batch has {n} examples but the graph has batch_size={self.batch_size}")
+        Y = self.signal.check_targets(Y, n)
+        if not isinstance(num_training_its, (int, np.integer)) or num_training_its < 1:
+            raise ValueError(f"num_training_its must be a positive integer, got {num_training_its!r}")
+        perm = (order or Shuffled()).permutation(n, self.rng)
+        bar = tqdm(total=num_training_its * n, disable=not progress, desc="train_batch", leave=False)
+        for _ in range(num_training_its):
+            for i in perm:
+                i = int(i)
+                self._forward(X[i], i)
+                self._backward(Y[i], i)
+            bar.update(n)
+            self.recompute_marginals()
+        bar.close()
+
+    def recompute_marginals(self):
+        """Set every weight marginal to the exact product of its batch prior and per-example messages."""
+        for _, layer in self.weighted_layers():
+            for slots in layer.params.values():
+                slots.recompute()
+
+    def reset_batch(self, priors):
+        """Start a new batch: ``priors[l][name]`` becomes each weight's batch prior and marginal; every
+        per-example message and cache is cleared (SPEC 8.3 step 2)."""
+        for l, layer in self.weighted_layers():
+            for name, slots in layer.params.items():
+                slots.reset(priors[l][name])
+        for layer in self.layers:
+            layer.reset_batch_caches()
+
+    # --- prediction -----------------------------------------------------------------------------
+    def predict_messages(self, X):
+        """The predictive output message (after the training signal's predict) for inputs ``X``."""
+        X = self._check_inputs(X)
+        self.recompute_marginals()
+        outs = []
+        for start in range(0, X.shape[0], self.batch_size):
+            m = X[start:start + self.batch_size]
+            for step in self.schedules["predict"]:
+                m = self.layers[step.layer].predict(m)
+            outs.append(m)
+        return Gaussian(np.concatenate([o.tau for o in outs]), np.concatenate([o.rho for o in outs]))
+
+    def predict(self, X, split=False):
+        """Posterior predictive for ``X`` (n, *input_shape).
+
+        Regression head: ``(mean, var)`` of shape (n, d_out) with ``var`` = epistemic + aleatoric; with
+        ``split=True`` returns ``(mean, epistemic_var, aleatoric_var)``.
+        """
+        m = self.predict_messages(X)
+        mean, var = m.mean, m.var
+        if split:
+            ale = np.full_like(var, self.signal.beta2)
+            return mean, var - ale, ale
+        return mean, var
+
+    def evaluate(self, X, Y):
+        """Regression metrics: ``{"rmse", "mse", "nll"}`` (nll: mean Gaussian negative log-likelihood)."""
+        X = self._check_inputs(X)
+        Y = self.signal.check_targets(Y, X.shape[0])
+        mean, var = self.predict(X)
+        err = Y - mean
+        mse = float(np.mean(err ** 2))
+        nll = float(np.mean(0.5 * np.log(2 * np.pi * var) + 0.5 * err ** 2 / var))
+        return {"rmse": mse ** 0.5, "mse": mse, "nll": nll}
+
+    # --- persistence ----------------------------------------------------------------------------
+    def state(self):
+        """All arrays of the graph's state, flat ``{key: ndarray}`` (for npz files)."""
+        out = {}
+        for l, layer in enumerate(self.layers):
+            for k, v in layer.state().items():
+                out[f"layer{l}.{k}"] = v
+        out["fg.rng"] = np.array(json.dumps(self.rng.bit_generator.state))
+        return out
+
+    def load_state(self, arrays):
+        for l, layer in enumerate(self.layers):
+            prefix = f"layer{l}."
+            layer.load_state({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
+        self.rng.bit_generator.state = json.loads(str(arrays["fg.rng"]))

@@ -1,0 +1,27 @@
+"""Flatten: a row-major reshape of each example to a vector (SPEC 5.7)."""
+
+import math
+
+from factorgraph.factor import Factor
+from factorgraph.gaussian import Gaussian
+
+
+class Flatten(Factor):
+    kind = "Flatten"
+
+    def output_shape(self, input_shape):
+        return (math.prod(input_shape),)
+
+    def forward(self, m_in, i):
+        if self.constant_input:
+            return m_in.reshape(self.output_shape_)
+        return m_in.reshape(self.output_shape_)
+
+    def backward(self, m_out, i):
+        if self.constant_input or m_out is None:
+            return None
+        return m_out.reshape(self.input_shape)
+
+    def predict(self, m_in):
+        n = m_in.shape[0]
+        return m_in.reshape(n, *self.output_shape_)

@@ -1,0 +1,63 @@
+"""LeakyReLU layer ``z = max(a, 0) + slope * min(a, 0)`` (SPEC 5.4).
+
+Keeps per example slot the forward message in and the latest backward message in (across iterations).
+Training forward: marginal approximation of z, or moment matching while no backward message exists
+yet (the first iteration after a batch reset).  Training backward: marginal approximation of a, then
+``min_rho(MIN_PRECISION)``.  Prediction: moment matching.
+"""
+
+from factorgraph import config
+from factorgraph.equations import leaky_backward_marginal, leaky_forward_marginal, leaky_forward_moment_match
+from factorgraph.factor import Factor
+from factorgraph.gaussian import Gaussian, clamp_min_rho
+
+
+class LeakyReLU(Factor):
+    kind = "LeakyReLU"
+    accepts_constant_input = False
+
+    def __init__(self, slope=0.1):
+        super().__init__()
+        if isinstance(slope, bool) or not isinstance(slope, (int, float)) or not 0 < slope < 1:
+            raise ValueError(f"LeakyReLU slope must be a number in (0, 1), got {slope!r}")
+        self.slope = float(slope)
+
+    def build(self, input_shape, batch_size, *, dtype, rng, constant_input):
+        if constant_input:
+            raise ValueError("LeakyReLU cannot come before the first Linear layer (its input would be data)")
+        super().build(input_shape, batch_size, dtype=dtype, rng=rng, constant_input=constant_input)
+        shape = (batch_size,) + self.input_shape
+        self.m_in = Gaussian.uniform(shape, dtype)
+        self.m_back = Gaussian.uniform(shape, dtype)
+        self._seen_back = [False] * batch_size
+
+    def forward(self, m_in, i):
+        self.m_in[i] = m_in
+        if not self._seen_back[i]:
+            return leaky_forward_moment_match(m_in, self.slope)
+        return leaky_forward_marginal(m_in, self.m_back[i], self.slope)
+
+    def backward(self, m_out, i):
+        self.m_back[i] = m_out
+        self._seen_back[i] = True
+        msg = leaky_backward_marginal(self.m_in[i], m_out, self.slope)
+        return clamp_min_rho(msg, config.MIN_PRECISION)
+
+    def predict(self, m_in):
+        return leaky_forward_moment_match(m_in, self.slope)
+
+    def reset_batch_caches(self):
+        self.m_back.tau[...] = 0
+        self.m_back.rho[...] = 0
+        self._seen_back = [False] * self.batch_size
+
+    def state(self):
+        import numpy as np
+
+        return {"m_in.tau": self.m_in.tau, "m_in.rho": self.m_in.rho, "m_back.tau": self.m_back.tau,
+                "m_back.rho": self.m_back.rho, "seen_back": np.asarray(self._seen_back)}
+
+    def load_state(self, arrays):
+        self.m_in = Gaussian(arrays["m_in.tau"].copy(), arrays["m_in.rho"].copy())
+        self.m_back = Gaussian(arrays["m_back.tau"].copy(), arrays["m_back.rho"].copy())
+        self._seen_back = [bool(v) for v in arrays["seen_back"]]

@@ -1,0 +1,111 @@
+"""Dense layer ``z = x W + c`` with Gaussian weights ``W`` (d_in, d_out) and bias ``c`` (d_out,).
+
+Two variants, chosen by the graph builder (SPEC 5.1, 5.2):
+
+* constant input (the first weighted layer): S1 with the weights' cavities ``q_W / m_i->W``;
+* variable input (hidden layers): S2 with the input marginal
+  ``x_hat = min_rho(m_in * m_to_x[i], MIN_PRECISION)`` and the weight marginals ``q_W``; the message
+  to the input is stored in ``m_to_x[i]`` across iterations.
+
+The bias always uses S1 with its cavity.  Prediction uses the marginals.
+"""
+
+import numpy as np
+
+from factorgraph import config, guards
+from factorgraph.equations import s1_backward_to_b, s1_backward_to_bias, s1_forward, s2_backward, s2_forward
+from factorgraph.factor import Factor, WeightSlots
+from factorgraph.gaussian import Gaussian, clamp_min_rho
+from layers.priors import bias_prior, weight_prior
+
+OPTIONS = ("prior_mean", "prior_var", "bias_prior_mean", "bias_prior_var", "prior")
+
+
+class Linear(Factor):
+    """Dense layer with ``d_out`` outputs; options: ``prior_mean``, ``prior_var``, ``bias_prior_mean``,
+    ``bias_prior_var``, ``prior`` ("code" or "thesis" hidden-layer variance formula)."""
+
+    kind = "Linear"
+    interfaces = ("input", "weight", "bias", "output")
+    has_weights = True
+
+    def __init__(self, d_out, **options):
+        super().__init__()
+        if not isinstance(d_out, (int, np.integer)) or isinstance(d_out, bool) or d_out < 1:
+            raise ValueError(f"Linear needs a positive integer number of outputs, got {d_out!r}")
+        unknown = set(options) - set(OPTIONS)
+        if unknown:
+            raise ValueError(f"Linear: unknown option(s) {sorted(unknown)}; allowed: {list(OPTIONS)}")
+        for key in ("prior_var", "bias_prior_var"):
+            if key in options and not options[key] > 0:
+                raise ValueError(f"Linear: {key} must be > 0, got {options[key]!r}")
+        self.d_out = int(d_out)
+        self.options = options
+
+    def output_shape(self, input_shape):
+        if len(input_shape) != 1:
+            raise ValueError(f"Linear needs a 1-D input, got shape {tuple(input_shape)}; add ('Flatten',)")
+        return (self.d_out,)
+
+    def build(self, input_shape, batch_size, *, dtype, rng, constant_input):
+        super().build(input_shape, batch_size, dtype=dtype, rng=rng, constant_input=constant_input)
+        d_in = input_shape[0]
+        w = weight_prior((d_in, self.d_out), d_in, self.d_out, constant_input, rng, dtype, self.options)
+        c = bias_prior((self.d_out,), dtype, self.options)
+        self.params = {"W": WeightSlots(w, batch_size), "c": WeightSlots(c, batch_size)}
+        if not constant_input:
+            self.m_to_x = Gaussian.uniform((batch_size, d_in), dtype)
+
+    # --- training -------------------------------------------------------------------------------
+    def forward(self, m_in, i):
+        W, c = self.params["W"], self.params["c"]
+        self._cav_c = c.cavity(i)
+        if self.constant_input:
+            self._x = m_in
+            self._cav_w = W.cavity(i)
+            self._out = s1_forward(m_in, self._cav_w, self._cav_c)
+        else:
+            self._x = clamp_min_rho(m_in * self.m_to_x[i], config.MIN_PRECISION)
+            self._out = s2_forward(self._x, W.q, self._cav_c)
+        return self._out
+
+    def backward(self, m_out, i):
+        W, c = self.params["W"], self.params["c"]
+        to_c = s1_backward_to_bias(self._cav_c, self._out, m_out)
+        if self.constant_input:
+            to_w = s1_backward_to_b(self._x, self._cav_w, self._out, m_out)
+            to_x = None
+        else:
+            to_x, to_w = s2_backward(self._x, W.q, self._out, m_out)
+            if bool((self._out.rho <= config.TINY_PRECISION).all() & (m_out.rho <= config.TINY_PRECISION).all()):
+                # SPEC 4.3 edge rule: nothing is known downstream, send an almost flat message
+                guards.record("linear_all_tiny_precision", 1)
+                to_x = Gaussian(np.zeros_like(to_x.tau), np.full_like(to_x.rho, config.MIN_PRECISION))
+            to_x = clamp_min_rho(to_x, config.MIN_PRECISION)
+            self.m_to_x[i] = to_x
+        W.replace(i, to_w)
+        c.replace(i, to_c)
+        return to_x
+
+    def reset_batch_caches(self):
+        if not self.constant_input:
+            self.m_to_x.tau[...] = 0
+            self.m_to_x.rho[...] = 0
+
+    # --- prediction -----------------------------------------------------------------------------
+    def predict(self, m_in):
+        W, c = self.params["W"], self.params["c"]
+        if self.constant_input:
+            return s1_forward(m_in, W.q, c.q)
+        return s2_forward(m_in, W.q, c.q)
+
+    def state(self):
+        out = super().state()
+        if not self.constant_input:
+            out["m_to_x.tau"], out["m_to_x.rho"] = self.m_to_x.tau, self.m_to_x.rho
+        return out
+
+    def load_state(self, arrays):
+        super().load_state(arrays)
+        if not self.constant_input:
+            self.m_to_x = Gaussian(arrays["m_to_x.tau"].copy(), arrays["m_to_x.rho"].copy())
