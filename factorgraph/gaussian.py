@@ -121,11 +121,7 @@ class Gaussian:
     @property
     def var(self):
         """``1 / rho``, and ``+inf`` where ``rho == 0``."""
-        xp = self.xp
-        with np.errstate(divide="ignore"):
-            return xp.where(self.rho > 0, 1.0 / xp.where(self.rho > 0, self.rho, 1), xp.inf).astype(
-                self.dtype
-            )
+        return var_of(self.rho)
 
     @property
     def m2(self):
@@ -179,9 +175,20 @@ class Gaussian:
 
 def mean_of(tau, rho):
     """``tau / rho`` with the convention mean = 0 where ``rho == 0``."""
+    if type(tau) is np.ndarray:
+        return np.divide(tau, rho, out=np.zeros_like(tau), where=rho > 0)
     xp = get_array_module(tau, rho)
     pos = rho > 0
     return xp.where(pos, tau / xp.where(pos, rho, 1), 0).astype(tau.dtype)
+
+
+def var_of(rho):
+    """``1 / rho`` with the convention var = inf where ``rho == 0``."""
+    if type(rho) is np.ndarray:
+        return np.divide(1, rho, out=np.full(rho.shape, np.inf, rho.dtype), where=rho > 0)
+    xp = get_array_module(rho)
+    pos = rho > 0
+    return xp.where(pos, 1 / xp.where(pos, rho, 1), xp.inf).astype(rho.dtype)
 
 
 def divide(num, den, tol=None):

@@ -92,5 +92,6 @@ def create_factor_graph(templates, batch_size, seed=None, dtype=np.float64):
         raise ValueError(f"template {len(layers)}: the last template must be a training signal such as "
                          f"('Regression', 0.01), got {layers[-1].kind}")
     if constant:
-        raise ValueError("the templates contain no weighted layer such as ('Linear', 10)")
+        raise ValueError(f"template {len(layers)}: the training signal {layers[-1].kind} has no weighted layer "
+                         f"before it; add one such as ('Linear', 10)")
     return FactorGraph(layers, input_shape, batch_size, dtype=dtype, seed=seed, templates=list(templates))

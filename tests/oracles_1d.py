@@ -287,3 +287,12 @@ def probit_softmax_row(mu, var):
     e = [math.exp(x - mx) for x in t]
     z = sum(e)
     return [x / z for x in e]
+
+
+def truncated_quad(mu, sigma):
+    """Mean, variance and log-mass of N(mu, sigma^2) on a >= 0 by quadrature (accurate in far tails,
+    where scipy.stats.truncnorm shares the cancellation of the closed form)."""
+    var = sigma * sigma
+    d = Piecewise1D([(0.0, math.inf, lambda a: log_npdf(a, mu, var), mu, sigma)])
+    mean, v = d.mean_var()
+    return mean, v, d.log_mass()

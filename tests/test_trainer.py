@@ -1,0 +1,139 @@
+"""Trainer invariants (SPEC 8): one batch with damping 1 equals train_batch; after every batch the
+total equals prior x product of batch messages; batch priors do not mutate stored messages;
+save/load/resume reproduces the uninterrupted run bit for bit."""
+
+import numpy as np
+import pytest
+
+from layers import create_factor_graph
+from schedules import Staircase
+from trainer import Trainer, constant_damping, thesis_damping
+
+TEMPLATES = [(3,), ("Linear", 6), ("LeakyReLU", 0.1), ("Linear", 2), ("Regression", 0.05)]
+
+
+def _data(n=30, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 3))
+    Y = np.stack([np.sin(X[:, 0]) + 0.5 * X[:, 1], X[:, 2] ** 2 - 0.5], axis=1)
+    return X, Y
+
+
+def _marginals(fg):
+    return {(l, k): (s.q.tau.copy(), s.q.rho.copy()) for l, layer in fg.weighted_layers()
+            for k, s in layer.params.items()}
+
+
+def test_damping_schedule_matches_spec_table():
+    table = [1.000, 0.974, 0.955, 0.941, 0.930, 0.922, 0.917, 0.912, 0.909, 0.907]
+    np.testing.assert_allclose([thesis_damping(e) for e in range(1, 11)], table, atol=6e-4)
+
+
+def test_one_batch_damping_one_equals_train_batch():
+    X, Y = _data(20)
+    fg_a = create_factor_graph(TEMPLATES, batch_size=20, seed=5)
+    fg_b = create_factor_graph(TEMPLATES, batch_size=20, seed=5)
+    Trainer(fg_a, X, Y, damping=constant_damping(1.0), progress=False).train(1, 3)
+    fg_b.train_batch(X, Y, 3)
+    for key, (tau, rho) in _marginals(fg_a).items():
+        tau_b, rho_b = _marginals(fg_b)[key]
+        np.testing.assert_allclose(tau, tau_b, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(rho, rho_b, rtol=1e-12, atol=1e-12)
+
+
+def test_total_equals_prior_times_batch_messages_after_every_batch():
+    X, Y = _data(50)
+    fg = create_factor_graph(TEMPLATES, batch_size=16, seed=1)
+    checked = []
+
+    def check(tr, epoch, b):
+        for key, m in tr.msgs.items():
+            p = tr.prior[key]
+            tau = p.tau + sum(m.tau[k] for k in range(tr.num_batches))  # explicit product of batch messages
+            rho = p.rho + sum(m.rho[k] for k in range(tr.num_batches))
+            np.testing.assert_allclose(tr.total[key].tau, tau, rtol=1e-9, atol=1e-9)
+            np.testing.assert_allclose(tr.total[key].rho, rho, rtol=1e-9, atol=1e-9)
+        checked.append((epoch, b))
+
+    tr = Trainer(fg, X, Y, progress=False, callbacks={"on_batch_end": check})
+    tr.train(num_epochs=3, num_training_its=2)
+    assert len(checked) == 3 * tr.num_batches == 12
+
+
+def test_batch_prior_leaves_stored_messages_untouched_and_divides_out_own_message():
+    X, Y = _data(50)
+    fg = create_factor_graph(TEMPLATES, batch_size=16, seed=1)
+    tr = Trainer(fg, X, Y, progress=False)
+    tr.train(num_epochs=2, num_training_its=1)
+    before = {k: (m.tau.copy(), m.rho.copy()) for k, m in tr.msgs.items()}
+    for b in range(tr.num_batches):
+        P = tr.batch_prior(b)
+        for (l, name), m in tr.msgs.items():
+            np.testing.assert_array_equal(m.tau, before[(l, name)][0])
+            np.testing.assert_allclose(P[l][name].rho + m.rho[b], tr.total[(l, name)].rho, rtol=1e-12)
+    # the graph's batch prior slot after a batch is exactly P_b of the last visited batch
+    assert all(np.all(P[l][n].rho > 0) for l in P for n in P[l])
+
+
+def test_damped_message_is_ema_of_old_message_and_new_batch_likelihood():
+    X, Y = _data(50)
+    fg = create_factor_graph(TEMPLATES, batch_size=16, seed=1)
+    old, checked = {}, []
+
+    def check(tr, epoch, b):
+        if epoch != 2:
+            return
+        n_b = tr.batches[b][1] - tr.batches[b][0]
+        for l, layer in tr.fg.weighted_layers():
+            for name, slots in layer.params.items():
+                new = slots.likelihood(n_b)
+                expected = 0.5 * old[(l, name)][b] + 0.5 * new.rho
+                np.testing.assert_allclose(tr.msgs[(l, name)].rho[b], expected, rtol=1e-12)
+        checked.append(b)
+
+    tr = Trainer(fg, X, Y, damping=constant_damping(0.5), progress=False, callbacks={"on_batch_end": check})
+    tr.train(1, 1)
+    old.update({k: m.rho.copy() for k, m in tr.msgs.items()})
+    tr.train(1, 1)
+    assert sorted(checked) == list(range(tr.num_batches))
+
+
+def test_save_load_resume_reproduces_uninterrupted_run(tmp_path):
+    X, Y = _data(40)
+    full = Trainer(create_factor_graph(TEMPLATES, batch_size=16, seed=3), X, Y, progress=False)
+    full.train(schedule=Staircase(2))  # iterations 1,1,2,2
+    part = Trainer(create_factor_graph(TEMPLATES, batch_size=16, seed=3), X, Y, progress=False)
+    part.train(num_epochs=2, num_training_its=1)
+    path = tmp_path / "run.npz"
+    part.save(path)
+    resumed = Trainer.load(path, progress=False)
+    assert resumed.epoch == 2
+    resumed.train(num_epochs=2, num_training_its=2)
+    m_full, v_full = full.fg.predict(X)
+    m_res, v_res = resumed.fg.predict(X)
+    np.testing.assert_array_equal(m_full, m_res)
+    np.testing.assert_array_equal(v_full, v_res)
+    for key in full.total:
+        np.testing.assert_array_equal(full.total[key].tau, resumed.total[key].tau)
+
+
+def test_load_rejects_other_files(tmp_path):
+    path = tmp_path / "x.npz"
+    np.savez(path, meta=np.array('{"format": "other"}'))
+    with pytest.raises(ValueError, match="not a factorgraph trainer file"):
+        Trainer.load(path)
+
+
+def test_bad_data_and_schedule_are_rejected_before_any_state_change():
+    X, Y = _data(20)
+    fg = create_factor_graph(TEMPLATES, batch_size=8, seed=0)
+    with pytest.raises(ValueError, match="shape"):
+        Trainer(fg, X, Y[:, :1])
+    Xn = X.copy()
+    Xn[3, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        Trainer(fg, Xn, Y)
+    tr = Trainer(fg, X, Y, progress=False)
+    with pytest.raises(TypeError):
+        tr.train(schedule=[1, 2])
+    assert tr.epoch == 0
