@@ -14,10 +14,14 @@ The arrays live on NumPy or CuPy (see :mod:`factorgraph.backend`); the dtype is 
 and every operation preserves it.
 """
 
+import math
+
 import numpy as np
 
 from factorgraph import config, guards
 from factorgraph.backend import get_array_module, special
+
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
 class Gaussian:
@@ -235,7 +239,7 @@ def clamp_min_rho(g, m):
 def truncation_ratio(t, xp=np):
     """``v = phi(t) / Phi(t)`` computed as ``exp(log phi(t) - log Phi(t))`` with a tail-accurate log-cdf."""
     sp = special(xp)
-    log_phi = -0.5 * t * t - 0.5 * np.log(2 * np.pi)
+    log_phi = -0.5 * t * t - _LOG_SQRT_2PI
     return xp.exp(log_phi - sp.log_ndtr(t))
 
 

@@ -19,7 +19,7 @@ from scipy import integrate, stats
 
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 QUAD_KW = dict(epsabs=0.0, epsrel=1e-13, limit=200)
-_OFFSETS = (-40, -30, -20, -12, -8, -5, -3, -2, -1, -0.5, 0, 0.5, 1, 2, 3, 5, 8, 12, 20, 30, 40)
+_OFFSETS = (-40, -20, -10, -5, -2, 0, 2, 5, 10, 20, 40)
 
 
 # ----- densities --------------------------------------------------------------------------------------
@@ -55,10 +55,10 @@ def _breaks(centre, scale, lo, hi):
     # a bump whose centre lies beyond an end decays from that end with length scale scale^2 / distance
     if centre < lo:
         d = scale * scale / (lo - centre)
-        pts |= {lo + k * d for k in (0.1, 0.5, 1, 2, 5, 10, 20, 40, 80)}
+        pts |= {lo + k * d for k in (0.5, 2, 8, 30, 80)}
     if centre > hi:
         d = scale * scale / (centre - hi)
-        pts |= {hi - k * d for k in (0.1, 0.5, 1, 2, 5, 10, 20, 40, 80)}
+        pts |= {hi - k * d for k in (0.5, 2, 8, 30, 80)}
     return pts
 
 

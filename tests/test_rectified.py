@@ -52,19 +52,28 @@ RELU_EDGE = [
 
 
 # ----- ReLUMoment -------------------------------------------------------------------------------------
-def _check_relu(mu, var, r1, r2, rtol):
+def _tail_tol(x, k, eps):
+    """Extra relative tolerance of the closed forms deep in the lower tail (x = mean / sd << 0).
+
+    There R1 ~ sigma phi(x) / x^2 is a difference of terms x^2 larger and R2 ~ 2 sigma^2 phi(x) / |x|^3
+    one of terms x^4 / 2 larger; the round-off of the exponent -x^2 / 2 (~x^2 eps) is amplified by
+    that ratio.  The same holds for the truncated variance 1 - v (v + t).  At x = -20 this is ~1e-8.
+    """
+    if x >= 0:
+        return 0.0
+    return 4 * eps * x**4 if k == 1 else 2 * eps * x**6
+
+
+def _check_relu(mu, var, r1, r2, rtol, eps=np.finfo(np.float64).eps):
+    tiny = TINY if eps < 1e-10 else 1e-30  # float32: values below ~1e-30 are round-off noise
     for i in range(len(mu)):
         m, v = float(mu[i]), float(var[i])
         x = m / math.sqrt(v)
         for k, got in ((1, float(r1[i])), (2, float(r2[i]))):
             want = O.relu_moment(m, v, k)
-            # deep in the lower tail the closed forms cancel: R1 ~ sigma phi(x) / x^2 is a difference
-            # of terms x^2 larger, R2 ~ 2 sigma^2 phi(x) / |x|^3 one of terms x^4 / 2 larger, and the
-            # round-off of the exponent -x^2/2 (~x^2 eps) is amplified by that ratio
-            tail = 4e-16 * x**4 if k == 1 else 2e-16 * x**6
-            tol = rtol + (tail if x < 0 else 0.0)
-            if want < TINY:
-                assert 0.0 <= got < 1e-280, (m, v, k, got, want)
+            tol = rtol + _tail_tol(x, k, eps)
+            if want < tiny:
+                assert abs(got) < 10 * tiny, (m, v, k, got, want)
             else:
                 assert _close(got, want, tol), (m, v, k, got, want, abs(got - want) / want)
 
@@ -76,7 +85,7 @@ def test_relu_moments_random_vs_quadrature(dtype, record_cases):
     r1, r2 = relu_moments(mu, var)
     assert r1.shape == r2.shape == mu.shape
     # f32: the oracle sees the same (rounded) inputs, so only the arithmetic differs
-    _check_relu(mu, var, r1, r2, RTOL[dtype])
+    _check_relu(mu, var, r1, r2, RTOL[dtype], np.finfo(dtype).eps)
     record_cases("relu_moments", N_CASES)
 
 
@@ -105,15 +114,32 @@ def _block_cases(rng, n):
     return mu1, var1, mu2, var2
 
 
+def _product_t(mu1, var1, mu2, var2):
+    """Standardised mean mu_m / sigma_m of the product density (where the truncation cuts it)."""
+    c, sd = O.product_bump(mu1, var1, mu2, var2)
+    return c / sd
+
+
+#: below this standardised product mean the truncated variance loses more than ~1e-7 (see
+#: test_truncated_moments_far_lower_tail, a known library defect); random tests skip B2 / var there
+T_VAR_LIMIT = -40.0
+#: and below this the truncated mean loses more than ~1e-5
+T_MEAN_LIMIT = -1000.0
+
+
 def _check_block(args, got, rtol):
     mu1, var1, mu2, var2 = (float(x) for x in args)
+    t = _product_t(mu1, var1, mu2, var2)
     for k in range(3):
+        if (k == 2 and t < T_VAR_LIMIT) or (k == 1 and t < T_MEAN_LIMIT):
+            continue
         want = O.block52(mu1, var1, mu2, var2, k)
         g = float(got[k])
+        tol = rtol + (_tail_tol(t, k, np.finfo(np.float64).eps) if k else 0.0)
         if want < TINY:
             assert 0.0 <= g < 1e-280, (args, k, g, want)
         else:
-            assert _close(g, want, rtol), (args, k, g, want, abs(g - want) / want)
+            assert _close(g, want, tol), (args, k, g, want, abs(g - want) / want)
 
 
 def test_block52_random_vs_quadrature(record_cases):
@@ -200,15 +226,20 @@ def test_block52_log_consistent_with_quadrature(record_cases):
             continue
         assert abs(log_b0[i] - want_lb) <= 1e-9 * max(1.0, abs(want_lb)), (i, log_b0[i], want_lb)
         sd = math.sqrt(want_var)
-        assert abs(mean[i] - want_mean) <= 1e-8 * (abs(want_mean) + sd), (i, mean[i], want_mean)
-        assert _close(var[i], want_var, 1e-7), (i, var[i], want_var)
+        t = _product_t(mu1[i], var1[i], mu2[i], var2[i])
+        eps = np.finfo(np.float64).eps
+        if t >= T_MEAN_LIMIT:
+            tol = 1e-8 + _tail_tol(t, 1, eps)
+            assert abs(mean[i] - want_mean) <= tol * (abs(want_mean) + sd), (i, mean[i], want_mean)
+        if t >= T_VAR_LIMIT:
+            assert _close(var[i], want_var, 1e-8 + _tail_tol(t, 2, eps)), (i, var[i], want_var)
         n_checked += 1
         # consistency with the raw form where it does not underflow
         if b0[i] > TINY:
             assert b0[i] == pytest.approx(math.exp(log_b0[i]), rel=1e-12)
-            assert b1[i] / b0[i] == pytest.approx(mean[i], rel=1e-12, abs=1e-300)
+            assert b1[i] / b0[i] == pytest.approx(mean[i], rel=1e-9, abs=1e-300)
             assert b2[i] / b0[i] - (b1[i] / b0[i]) ** 2 == pytest.approx(
-                var[i], rel=1e-6, abs=1e-12 * mean[i] ** 2
+                var[i], rel=1e-6, abs=1e-9 * mean[i] ** 2
             )
     assert n_checked >= N_CASES
     record_cases("block52", n_checked)
@@ -225,6 +256,8 @@ def _check_trunc(mu, sigma, got_mean, got_var, got_logp, rtol_mean, rtol_var):
 def test_truncated_moments_random_vs_truncnorm(record_cases):
     rng = np.random.default_rng(505)
     sigma = 10.0 ** rng.uniform(-5, 2, N_CASES)
+    # truncnorm evaluates the same closed form and shares its cancellation below t = -25 (there the
+    # quadrature oracle is used, see test_truncated_moments_far_lower_tail)
     mu = rng.uniform(-25, 25, N_CASES) * sigma
     mean, var, logp = truncated_moments(mu, sigma)
     for i in range(N_CASES):
@@ -234,32 +267,47 @@ def test_truncated_moments_random_vs_truncnorm(record_cases):
 
 @pytest.mark.parametrize(
     "mu,sigma",
-    [(0.0, 1e-5), (1e-5, 1e-5), (-1e-5, 1e-5), (50e-5, 1e-5), (-50e-5, 1e-5), (-50.0, 1.0), (50.0, 1.0),
-     (-30.0, 1.0), (-8.0, 2.0), (1e3, 1e-3), (-3.0, 1e3)],
+    [(0.0, 1e-5), (1e-5, 1e-5), (-1e-5, 1e-5), (-20e-5, 1e-5), (50e-5, 1e-5), (50.0, 1.0),
+     (-8.0, 2.0), (1e3, 1e-3), (-3.0, 1e3), (-20.0, 1.0)],
 )
 def test_truncated_moments_edge_cases(mu, sigma):
     mean, var, logp = truncated_moments(np.array([mu]), np.array([sigma]))
     assert np.isfinite(mean[0]) and np.isfinite(var[0]) and np.isfinite(logp[0])
     assert mean[0] >= 0 and var[0] > 0
-    # at 50 sigma below zero, 1 - v (v + t) ~ 1/t^2 loses ~6 digits to cancellation
-    _check_trunc(mu, sigma, mean[0], var[0], logp[0], 1e-10, 1e-5)
+    _check_trunc(mu, sigma, mean[0], var[0], logp[0], 1e-10, 1e-8)
+
+
+@pytest.mark.parametrize("t", [-30.0, -40.0, -50.0])
+@pytest.mark.parametrize("sigma", [1.0, 1e-4, 3.7])
+def test_truncated_moments_lower_tail(t, sigma):
+    """Moments of N(t sigma, sigma^2) on a >= 0 against quadrature (truncnorm shares the closed form)."""
+    mean, var, logp = truncated_moments(np.array([t * sigma]), np.array([sigma]))
+    want_mean, want_var, want_logp = O.truncated_quad(t * sigma, sigma)
+    eps = np.finfo(np.float64).eps
+    assert mean[0] == pytest.approx(want_mean, rel=1e-9)
+    assert var[0] == pytest.approx(want_var, rel=1e-8 + _tail_tol(t, 2, eps))
+    assert logp[0] == pytest.approx(want_logp, rel=1e-9)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="library defect: v = exp(log phi(t) - log Phi(t)) carries an absolute error ~eps t^2, and "
+    "u = 1 - v (v + t) ~ 1/t^2 cancels it: the truncated variance is off by ~1e-5 at t = -100, by 1-5% "
+    "at t = -300, and wrong or floored to 1e-300 sigma^2 below t ~ -500; the mean is 60% off at -1e4",
+)
+def test_truncated_moments_far_lower_tail():
+    """Same check further out (t = -200 .. -1e4), to 1e-4 relative: a correct truncation passes."""
+    worst = 0.0
+    for t in (-200.0, -300.0, -500.0, -1000.0, -1e4):
+        for sigma in (1.0, 1e-4, 3.7):
+            mean, var, _ = truncated_moments(np.array([t * sigma]), np.array([sigma]))
+            want_mean, want_var, _ = O.truncated_quad(t * sigma, sigma)
+            worst = max(worst, abs(mean[0] / want_mean - 1), abs(var[0] / want_var - 1))
+    assert worst <= 1e-4
 
 
 # ----- dtype ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "dt",
-    [
-        np.float64,
-        pytest.param(
-            np.float32,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="library bug: float64 module constants (_LOG_SQRT_2PI, np.log(...)) promote float32 "
-                "inputs to float64 under NumPy 2 promotion rules",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("dt", [np.float64, np.float32])
 def test_rectified_preserve_dtype(dt):
     mu = np.array([0.5, -1.0], dt)
     var = np.array([1.0, 2.0], dt)
@@ -283,8 +331,13 @@ def test_relu_moments_finite_and_ordered(mu, var):
     assert r2[0] >= r1[0] ** 2 * (1 - 1e-9)
 
 
+# |mean| / sd of the product stays below ~1e4 here; further out see the xfail tests below
+mod_mu = st.floats(-100, 100, allow_nan=False)
+mod_var = st.floats(1e-4, 1e6, allow_nan=False)
+
+
 @settings(max_examples=150, deadline=None)
-@given(finite_mu, pos_var, finite_mu, pos_var)
+@given(mod_mu, mod_var, mod_mu, mod_var)
 def test_block52_finite_nonnegative(mu1, var1, mu2, var2):
     b = block52(np.array([mu1]), np.array([var1]), np.array([mu2]), np.array([var2]))
     for x in b:
@@ -294,3 +347,19 @@ def test_block52_finite_nonnegative(mu1, var1, mu2, var2):
     )
     assert not np.isnan(log_b0[0]) and log_b0[0] < np.inf
     assert np.isfinite(mean[0]) and mean[0] >= 0 and np.isfinite(var[0]) and var[0] >= 0
+
+
+@pytest.mark.xfail(strict=True, reason="library defect: truncated mean overflows for t ~ -1e9 (see above)")
+def test_block52_far_tail_not_nan():
+    """block52(-1783, 1e-12, 0, 1): the product sits 1.8e9 sd below 0, B0 = 0 and B1 = B2 must be 0."""
+    with np.errstate(all="ignore"):
+        b = block52(np.array([-1783.0]), np.array([1e-12]), np.array([0.0]), np.array([1.0]))
+    assert [float(x[0]) for x in b] == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.xfail(strict=True, reason="library defect: truncated mean negative for t ~ -3e6 (see above)")
+def test_block52_log_far_tail_mean_nonnegative():
+    """The product N(-3, 1e-12) N(0, 1) restricted to a >= 0 has mean ~ 3.3e-13 > 0."""
+    rho1, rho2 = np.array([1e12]), np.array([1.0])
+    _, mean, var = block52_log(-3.0 * rho1, rho1, 0.0 * rho2, rho2)
+    assert mean[0] >= 0 and var[0] > 0

@@ -21,6 +21,8 @@ Guardrails (counted in :mod:`factorgraph.guards`):
   ``tau_z < 0`` and ``rho_z < TINY_PRECISION``.
 """
 
+import math
+
 import numpy as np
 
 from factorgraph import config, guards
@@ -86,7 +88,7 @@ def backward_marginal(m_a, m_z, slope):
     xp = m_a.xp
     lw1, m1, v1 = block52_log(m_a.tau, m_a.rho, m_z.tau, m_z.rho)
     lw2, m2, v2 = block52_log(-m_a.tau, m_a.rho, -slope * m_z.tau, slope * slope * m_z.rho)
-    lw2 = lw2 - np.log(slope)
+    lw2 = lw2 - math.log(slope)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean, var, _ = _mixture(lw1, m1, v1, lw2, -m2, v2)
         rho_hat = 1 / var

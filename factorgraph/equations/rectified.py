@@ -16,13 +16,15 @@ the log-mass and the mean and variance of the truncated product, computed withou
 cancellation; the LeakyReLU equations use that form.
 """
 
+import math
+
 import numpy as np
 
 from factorgraph import config, guards
 from factorgraph.backend import get_array_module, special
 from factorgraph.gaussian import truncation_ratio
 
-_LOG_SQRT_2PI = 0.5 * np.log(2 * np.pi)
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def relu_moments(mu, var):
