@@ -13,7 +13,9 @@ import json
 import numpy as np
 from tqdm.auto import tqdm
 
+from factorgraph import config
 from factorgraph.backend import check_dtype
+from factorgraph.equations import argmax_probs, probit_softmax
 from factorgraph.gaussian import Gaussian
 from factorgraph.graph import build_graph, draw_graph
 from schedules.orders import Shuffled
@@ -194,15 +196,39 @@ class FactorGraph:
     def predict(self, X, split=False):
         """Posterior predictive for ``X`` (n, *input_shape).
 
-        Regression head: ``(mean, var)`` of shape (n, d_out) with ``var`` = epistemic + aleatoric; with
-        ``split=True`` returns ``(mean, epistemic_var, aleatoric_var)``.
+        Classification head: class probabilities (n, C).  Regression head: ``(mean, var)`` of shape
+        (n, d_out) with ``var`` = epistemic + aleatoric; with ``split=True`` returns
+        ``(mean, epistemic_var, aleatoric_var)``.
         """
         m = self.predict_messages(X)
+        if self.signal.output == "probabilities":
+            return self.signal.probabilities(m)
         mean, var = m.mean, m.var
         if split:
             ale = np.full_like(var, self.signal.beta2)
             return mean, var - ale, ale
         return mean, var
+
+    def predict_proba(self, X, mapping="argmax"):
+        """Class probabilities (n, C) for every head.
+
+        For a regression head trained on one-hot targets the Gaussian predictive (beta^2 included) is
+        mapped to probabilities by ``mapping``: ``"argmax"`` (SPEC 6.2: argmax probabilities with noise
+        ``ARGMAX_NOISE``), ``"probit"`` (probit-approximated softmax of the predictive) or a float, used as
+        the argmax noise variance (choose it by held-out likelihood).
+        """
+        m = self.predict_messages(X)
+        if self.signal.output == "probabilities":
+            return self.signal.probabilities(m)
+        if m.shape[-1] < 2:
+            raise ValueError("predict_proba needs at least 2 outputs (one-hot targets)")
+        if mapping == "argmax":
+            return argmax_probs(m, config.ARGMAX_NOISE)
+        if mapping == "probit":
+            return probit_softmax(m)
+        if isinstance(mapping, (int, float)) and not isinstance(mapping, bool) and mapping >= 0:
+            return argmax_probs(m, float(mapping))
+        raise ValueError(f"mapping must be 'argmax', 'probit' or a noise variance >= 0, got {mapping!r}")
 
     def evaluate(self, X, Y):
         """Regression metrics: ``{"rmse", "mse", "nll"}`` (nll: mean Gaussian negative log-likelihood)."""

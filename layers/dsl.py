@@ -22,6 +22,7 @@ import numpy as np
 from factorgraph.backend import check_dtype
 from factorgraph.factor import Factor
 from factorgraph.model import FactorGraph
+from layers.argmax import Argmax
 from layers.flatten import Flatten
 from layers.leaky_relu import LeakyReLU
 from layers.linear import Linear
@@ -33,6 +34,7 @@ REGISTRY = {
     "LeakyReLU": LeakyReLU,
     "Flatten": Flatten,
     "Regression": Regression,
+    "Argmax": Argmax,
 }
 
 

@@ -14,6 +14,7 @@ from factorgraph.gaussian import Gaussian
 class Regression(Factor):
     kind = "Regression"
     is_signal = True
+    output = "gaussian"
 
     def __init__(self, beta2):
         super().__init__()

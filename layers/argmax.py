@@ -1,0 +1,65 @@
+"""Argmax likelihood head ``y = argmax_i (a_i + eps_i)`` for classification (SPEC 5.10).
+
+Training backward: the pairwise argmax messages of :func:`factorgraph.equations.argmax_backward` with
+noise ``ARGMAX_NOISE`` and, with ``regularize=True`` (the AM-MP head), the ``N(+-1, ARGMAX_REG_VAR)``
+regulariser.  Prediction: the argmax probabilities.  Targets are integer labels of shape (n,).
+"""
+
+import numpy as np
+
+from factorgraph import config
+from factorgraph.equations import argmax_backward, argmax_probs
+from factorgraph.factor import Factor
+
+
+def check_labels(Y, n, num_classes):
+    """Validate integer class labels of shape (n,) in [0, num_classes) and return them as int64."""
+    Y = np.asarray(Y)
+    if Y.shape != (n,):
+        raise ValueError(f"classification labels must have shape ({n},), got {Y.shape}")
+    if not np.issubdtype(Y.dtype, np.integer):
+        if np.issubdtype(Y.dtype, np.floating) and Y.size and np.all(np.isfinite(Y)) and np.all(Y == np.round(Y)):
+            raise TypeError("classification labels must be integers (got floats); use y.astype(int), or a "
+                            "('Regression', beta2) head for one-hot float targets")
+        raise TypeError(f"classification labels must be integers, got dtype {Y.dtype}")
+    if Y.size and (Y.min() < 0 or Y.max() >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes}), got range [{Y.min()}, {Y.max()}]")
+    return Y.astype(np.int64)
+
+
+class ClassificationHead(Factor):
+    """Shared plumbing of the classification signals: store the logits' forward message."""
+
+    is_signal = True
+    output = "probabilities"
+
+    def output_shape(self, input_shape):
+        if len(input_shape) != 1 or input_shape[0] < 2:
+            raise ValueError(f"{self.kind} needs a 1-D input of at least 2 logits, got shape {tuple(input_shape)}")
+        return tuple(input_shape)
+
+    def check_targets(self, Y, n):
+        return check_labels(Y, n, self.input_shape[0])
+
+    def forward(self, m_in, i):
+        self._m = m_in
+        return m_in
+
+    def predict(self, m_in):
+        return m_in
+
+
+class Argmax(ClassificationHead):
+    kind = "Argmax"
+
+    def __init__(self, regularize=False):
+        super().__init__()
+        if not isinstance(regularize, (bool, np.bool_)):
+            raise ValueError(f"Argmax takes regularize=True/False, got {regularize!r}")
+        self.regularize = bool(regularize)
+
+    def backward_signal(self, y, i):
+        return argmax_backward(self._m, y, config.ARGMAX_NOISE, self.regularize)
+
+    def probabilities(self, m):
+        return argmax_probs(m, config.ARGMAX_NOISE)
