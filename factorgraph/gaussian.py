@@ -236,6 +236,22 @@ def clamp_min_rho(g, m):
     return Gaussian(xp.where(low, mu * rho, g.tau), rho)
 
 
+#: Below t = -TAIL_T the truncation moments come from their asymptotic series in 1/t^2: the direct
+#: formula u = 1 - v (v + t) cancels to ~eps t^4 relative error there.
+TAIL_T = 20.0
+_SHIFT_SERIES = (1, -2, 10, -74, 706, -8162, 110410, -1708394, 29752066, -576037442, 12277827850,
+                 -285764591114, 7213364729026, -196316804255522)
+_FACTOR_SERIES = (1, -6, 50, -518, 6354, -89782, 1435330, -25625910, 505785122, -10944711398,
+                  257834384850, -6572585595622, 180334118225650, -5300553714899094)
+
+
+def _poly(coeffs, z):
+    acc = 0.0
+    for c in coeffs[::-1]:
+        acc = acc * z + c
+    return acc
+
+
 def truncation_ratio(t, xp=np):
     """``v = phi(t) / Phi(t)`` computed as ``exp(log phi(t) - log Phi(t))`` with a tail-accurate log-cdf."""
     sp = special(xp)
@@ -243,20 +259,41 @@ def truncation_ratio(t, xp=np):
     return xp.exp(log_phi - sp.log_ndtr(t))
 
 
+def truncation_shift_and_factor(t, xp=np):
+    """For ``X ~ N(t, 1)`` restricted to ``X >= 0``: ``(E X, Var X) = (t + v, 1 - v (v + t))``.
+
+    ``v = phi(t) / Phi(t)``.  For ``t < -TAIL_T`` both come from the asymptotic series
+    ``E X = x (1 - 2 x^2 + 10 x^4 - ...)``, ``Var X = x^2 (1 - 6 x^2 + 50 x^4 - ...)``, ``x = -1 / t``,
+    which avoids the cancellation of the direct formula.  Computed in float64 whatever the input
+    dtype (float32 would lose all digits of ``u`` by t = -8), returned in the input dtype.
+    """
+    dtype = t.dtype
+    t = t.astype(np.float64)
+    v = truncation_ratio(t, xp)
+    shift = t + v
+    u = 1 - v * shift
+    tail = t < -TAIL_T
+    if bool(xp.any(tail)):
+        x = -1 / xp.where(tail, t, -TAIL_T)
+        z = x * x
+        shift = xp.where(tail, x * _poly(_SHIFT_SERIES, z), shift)
+        u = xp.where(tail, z * _poly(_FACTOR_SERIES, z), u)
+    return shift.astype(dtype), u.astype(dtype)
+
+
 def truncate_nonneg(g):
     """Moment-matched restriction of ``N(mu, var)`` to ``x >= 0`` (SPEC 1.2).
 
     With ``t = tau / sqrt(rho)``, ``v = phi(t) / Phi(t)`` and ``u = 1 - v (v + t)``:
-    ``rho' = rho / u`` and ``tau' = (tau + v sqrt(rho)) / u``.  Needs ``rho > 0``.
+    ``rho' = rho / u`` and ``tau' = (tau + v sqrt(rho)) / u = sqrt(rho) (t + v) / u``
+    (see :func:`truncation_shift_and_factor` for the tail).  Needs ``rho > 0``.
     ``u`` is floored at ``MIN_TRUNCATION_FACTOR`` (counted as ``"truncation_u_floor"``).
     """
     xp = g.xp
     sr = xp.sqrt(g.rho)
-    t = g.tau / sr
-    v = truncation_ratio(t, xp)
-    u = 1 - v * (v + t)
+    shift, u = truncation_shift_and_factor(g.tau / sr, xp)
     small = u < config.MIN_TRUNCATION_FACTOR
     if bool(xp.any(small)):
         guards.record("truncation_u_floor", small)
         u = xp.maximum(u, config.MIN_TRUNCATION_FACTOR)
-    return Gaussian((g.tau + v * sr) / u, g.rho / u)
+    return Gaussian(sr * shift / u, g.rho / u)

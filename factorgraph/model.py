@@ -110,7 +110,7 @@ class FactorGraph:
         return X.astype(self.dtype, copy=False)
 
     def _check_slot(self, i):
-        if not isinstance(i, (int, np.integer)) or not 0 <= i < self.batch_size:
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < self.batch_size:
             raise ValueError(f"example slot must be an integer in [0, {self.batch_size}), got {i!r}")
 
     # --- passes ---------------------------------------------------------------------------------

@@ -39,6 +39,8 @@ class Linear(Factor):
         for key in ("prior_var", "bias_prior_var"):
             if key in options and not options[key] > 0:
                 raise ValueError(f"Linear: {key} must be > 0, got {options[key]!r}")
+        if options.get("prior", "code") not in ("code", "thesis"):
+            raise ValueError(f"Linear: option prior must be 'code' or 'thesis', got {options['prior']!r}")
         self.d_out = int(d_out)
         self.options = options
 

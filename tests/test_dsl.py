@@ -195,8 +195,6 @@ def test_template_mistakes_name_the_template(what, templates, k):
         create_factor_graph(templates, batch_size=1)
 
 
-@pytest.mark.xfail(reason="layers/linear.py: the 'prior' option value is checked only in build() "
-                          "(layers/priors.weight_prior_var), so the error does not name the template", strict=False)
 def test_unknown_prior_formula_names_the_template():
     with pytest.raises(ValueError, match="template 3"):
         create_factor_graph([(3,), ("Linear", 2), ("LeakyReLU", 0.1), ("Linear", 1, {"prior": "paper"}), R],
@@ -292,8 +290,6 @@ def test_bad_inputs_raise_and_leave_state_unchanged(trained, call):
     assert_unchanged(fg, snap)
 
 
-@pytest.mark.xfail(reason="FactorGraph._check_slot accepts bool (isinstance(True, int)); slot True then "
-                          "indexes arrays as a boolean mask", strict=False)
 def test_bool_slot_is_rejected(trained):
     fg, X, _ = trained
     with pytest.raises(ValueError, match="slot"):

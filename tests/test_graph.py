@@ -2,6 +2,7 @@
 
 from collections import Counter
 
+import networkx as nx
 import numpy as np
 import pytest
 
@@ -100,8 +101,6 @@ def test_graph_is_bipartite_between_variables_and_factors(fg):
     G = fg.graph(branches=2)
     for u, v in G.edges():
         assert {G.nodes[u]["kind"], G.nodes[v]["kind"]} == {"variable", "factor"}, (u, v)
-    import networkx as nx
-
     assert nx.is_bipartite(G) and nx.is_connected(G)
 
 

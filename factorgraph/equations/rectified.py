@@ -22,7 +22,7 @@ import numpy as np
 
 from factorgraph import config, guards
 from factorgraph.backend import get_array_module, special
-from factorgraph.gaussian import truncation_ratio
+from factorgraph.gaussian import truncation_shift_and_factor
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -42,18 +42,17 @@ def truncated_moments(mu, sigma, xp=np):
     """Mean and variance of ``N(mu, sigma^2)`` restricted to ``a >= 0``, plus ``log P(a >= 0)``.
 
     Uses ``v = phi(t) / Phi(t)`` from the log-cdf (t = mu / sigma): mean ``mu + sigma v``,
-    variance ``sigma^2 (1 - v (v + t))``; the factor is floored at ``MIN_TRUNCATION_FACTOR``
+    variance ``sigma^2 (1 - v (v + t))``, by :func:`factorgraph.gaussian.truncation_shift_and_factor`; the factor is floored at ``MIN_TRUNCATION_FACTOR``
     (counted as ``"truncation_u_floor"``).
     """
     sp = special(xp)
     t = mu / sigma
-    v = truncation_ratio(t, xp)
-    u = 1 - v * (v + t)
+    shift, u = truncation_shift_and_factor(t, xp)
     small = u < config.MIN_TRUNCATION_FACTOR
     if bool(xp.any(small)):
         guards.record("truncation_u_floor", small)
         u = xp.maximum(u, config.MIN_TRUNCATION_FACTOR)
-    return mu + sigma * v, sigma * sigma * u, sp.log_ndtr(t)
+    return sigma * shift, sigma * sigma * u, sp.log_ndtr(t)
 
 
 def block52_log(tau1, rho1, tau2, rho2):
