@@ -6,10 +6,13 @@ yet (the first iteration after a batch reset).  Training backward: marginal appr
 ``min_rho(MIN_PRECISION)``.  Prediction: moment matching.
 """
 
-from factorgraph import config
+import numpy as np
+
+from factorgraph import config, kernels
 from factorgraph.equations import leaky_backward_marginal, leaky_forward_marginal, leaky_forward_moment_match
 from factorgraph.factor import Factor
 from factorgraph.gaussian import Gaussian, clamp_min_rho
+from factorgraph.kernels import leaky_cpu
 
 
 class LeakyReLU(Factor):
@@ -30,9 +33,23 @@ class LeakyReLU(Factor):
         self.m_in = Gaussian.uniform(shape, dtype)
         self.m_back = Gaussian.uniform(shape, dtype)
         self._seen_back = [False] * batch_size
+        self._counts = np.zeros(len(leaky_cpu.GUARD_NAMES), np.int64)
+
+    def _use_kernel(self, m):
+        return kernels.enabled() and type(m.tau) is np.ndarray and m.tau.ndim == 1
 
     def forward(self, m_in, i):
         self.m_in[i] = m_in
+        if self._use_kernel(m_in):
+            out = Gaussian(np.empty_like(m_in.tau), np.empty_like(m_in.rho))
+            self._counts[:] = 0
+            if not self._seen_back[i]:
+                leaky_cpu.leaky_fwd_moment_match(m_in.tau, m_in.rho, self.slope, out.tau, out.rho, self._counts)
+            else:
+                leaky_cpu.leaky_fwd_marginal(m_in.tau, m_in.rho, self.m_back.tau[i], self.m_back.rho[i], self.slope,
+                                             out.tau, out.rho, self._counts)
+            kernels.record_counts(self._counts, leaky_cpu.GUARD_NAMES)
+            return out
         if not self._seen_back[i]:
             return leaky_forward_moment_match(m_in, self.slope)
         return leaky_forward_marginal(m_in, self.m_back[i], self.slope)
@@ -40,6 +57,13 @@ class LeakyReLU(Factor):
     def backward(self, m_out, i):
         self.m_back[i] = m_out
         self._seen_back[i] = True
+        if self._use_kernel(m_out):
+            out = Gaussian(np.empty_like(m_out.tau), np.empty_like(m_out.rho))
+            self._counts[:] = 0
+            leaky_cpu.leaky_bwd_marginal(self.m_in.tau[i], self.m_in.rho[i], m_out.tau, m_out.rho, self.slope,
+                                         out.tau, out.rho, self._counts)
+            kernels.record_counts(self._counts, leaky_cpu.GUARD_NAMES)
+            return out
         msg = leaky_backward_marginal(self.m_in[i], m_out, self.slope)
         return clamp_min_rho(msg, config.MIN_PRECISION)
 
@@ -52,8 +76,6 @@ class LeakyReLU(Factor):
         self._seen_back = [False] * self.batch_size
 
     def state(self):
-        import numpy as np
-
         return {"m_in.tau": self.m_in.tau, "m_in.rho": self.m_in.rho, "m_back.tau": self.m_back.tau,
                 "m_back.rho": self.m_back.rho, "seen_back": np.asarray(self._seen_back)}
 

@@ -12,10 +12,11 @@ The bias always uses S1 with its cavity.  Prediction uses the marginals.
 
 import numpy as np
 
-from factorgraph import config, guards
+from factorgraph import config, guards, kernels
 from factorgraph.equations import s1_backward_to_b, s1_backward_to_bias, s1_forward, s2_backward, s2_forward
 from factorgraph.factor import Factor, WeightSlots
 from factorgraph.gaussian import Gaussian, clamp_min_rho
+from factorgraph.kernels import linear_cpu
 from layers.priors import bias_prior, weight_prior
 
 OPTIONS = ("prior_mean", "prior_var", "bias_prior_mean", "bias_prior_var", "prior")
@@ -57,9 +58,18 @@ class Linear(Factor):
         self.params = {"W": WeightSlots(w, batch_size), "c": WeightSlots(c, batch_size)}
         if not constant_input:
             self.m_to_x = Gaussian.uniform((batch_size, d_in), dtype)
+        # scratch of the compiled path: allocated once, reused for every example
+        self._f_mu, self._f_var = np.zeros(self.d_out, dtype), np.zeros(self.d_out, dtype)
+        self._x_mu, self._x_var = np.zeros(d_in, dtype), np.zeros(d_in, dtype)
+        self._counts = np.zeros(len(linear_cpu.GUARD_NAMES), np.int64)
+
+    def _use_kernel(self):
+        return kernels.enabled() and type(self.params["W"].q.tau) is np.ndarray
 
     # --- training -------------------------------------------------------------------------------
     def forward(self, m_in, i):
+        if self._use_kernel():
+            return self._forward_kernel(m_in, i)
         W, c = self.params["W"], self.params["c"]
         self._cav_c = c.cavity(i)
         if self.constant_input:
@@ -72,6 +82,8 @@ class Linear(Factor):
         return self._out
 
     def backward(self, m_out, i):
+        if self._use_kernel():
+            return self._backward_kernel(m_out, i)
         W, c = self.params["W"], self.params["c"]
         to_c = s1_backward_to_bias(self._cav_c, self._out, m_out)
         if self.constant_input:
@@ -87,6 +99,36 @@ class Linear(Factor):
             self.m_to_x[i] = to_x
         W.replace(i, to_w)
         c.replace(i, to_c)
+        return to_x
+
+    def _forward_kernel(self, m_in, i):
+        W, c = self.params["W"], self.params["c"]
+        self._counts[:] = 0
+        if self.constant_input:
+            self._x = m_in
+            linear_cpu.linear_const_fwd(m_in, W.q.tau, W.q.rho, W.msgs.tau[i], W.msgs.rho[i], c.q.tau, c.q.rho,
+                                        c.msgs.tau[i], c.msgs.rho[i], self._f_mu, self._f_var, self._counts)
+        else:
+            linear_cpu.linear_var_fwd(m_in.tau, m_in.rho, self.m_to_x.tau[i], self.m_to_x.rho[i], W.q.tau, W.q.rho,
+                                      c.q.tau, c.q.rho, c.msgs.tau[i], c.msgs.rho[i], self._x_mu, self._x_var,
+                                      self._f_mu, self._f_var, self._counts)
+        kernels.record_counts(self._counts, linear_cpu.GUARD_NAMES)
+        return Gaussian(self._f_mu / self._f_var, 1 / self._f_var)
+
+    def _backward_kernel(self, m_out, i):
+        W, c = self.params["W"], self.params["c"]
+        self._counts[:] = 0
+        if self.constant_input:
+            linear_cpu.linear_const_bwd(self._x, W.q.tau, W.q.rho, W.msgs.tau[i], W.msgs.rho[i], c.q.tau, c.q.rho,
+                                        c.msgs.tau[i], c.msgs.rho[i], self._f_mu, self._f_var, m_out.tau,
+                                        m_out.rho, self._counts)
+            to_x = None
+        else:
+            linear_cpu.linear_var_bwd(self._x_mu, self._x_var, W.q.tau, W.q.rho, W.msgs.tau[i], W.msgs.rho[i],
+                                      c.q.tau, c.q.rho, c.msgs.tau[i], c.msgs.rho[i], self._f_mu, self._f_var,
+                                      m_out.tau, m_out.rho, self.m_to_x.tau[i], self.m_to_x.rho[i], self._counts)
+            to_x = self.m_to_x[i]
+        kernels.record_counts(self._counts, linear_cpu.GUARD_NAMES)
         return to_x
 
     def reset_batch_caches(self):

@@ -1,0 +1,175 @@
+"""Numba CPU kernels of the dense layer, fused with the cavity and incremental-marginal updates.
+
+Each kernel touches every weight's ``(tau, rho)`` once per call and allocates nothing per weight.
+They compute exactly the NumPy reference of :mod:`factorgraph.equations.weighted_sum` (S1) and
+:mod:`factorgraph.equations.inner_product` (S2) plus the slot bookkeeping of
+:class:`factorgraph.factor.WeightSlots`; ``tests/test_kernels_cpu.py`` asserts the equality.
+
+``counts`` is an int64 array of guard counters, indexed by the ``G_*`` constants below; a strict
+division beyond round-off sets ``counts[G_IMPROPER]`` and the caller raises.
+"""
+
+import numpy as np
+from numba import njit
+
+from factorgraph import config
+
+G_ROUNDOFF, G_S1_REST, G_SMALL_CAV, G_S2_REST, G_MIN_RHO, G_ALL_TINY, G_IMPROPER = range(7)
+GUARD_NAMES = ("strict_division_roundoff", "s1_rest_variance_clamp", "s1_small_cavity",
+               "s2_rest_variance_clamp", "min_rho_clamp", "linear_all_tiny_precision", "improper_division")
+RTOL = config.STRICT_DIVISION_RTOL
+MIN_CAV = config.MIN_CAVITY_PRECISION
+MIN_RHO = config.MIN_PRECISION
+TINY = config.TINY_PRECISION
+
+
+@njit(cache=True, inline="always")
+def _cavity(q_t, q_r, m_t, m_r, counts):
+    r = q_r - m_r
+    if r < 0:
+        if r < -RTOL * abs(q_r):
+            counts[G_IMPROPER] += 1
+        else:
+            counts[G_ROUNDOFF] += 1
+        r = 0.0
+    return q_t - m_t, r
+
+
+@njit(cache=True, inline="always")
+def _moments(t, r):
+    if r > 0:
+        return t / r, 1.0 / r
+    return 0.0, np.inf
+
+
+@njit(cache=True)
+def linear_const_fwd(x, wq_t, wq_r, wm_t, wm_r, cq_t, cq_r, cm_t, cm_r, out_mu, out_var, counts):
+    """S1 forward with cavities: ``mu_j = sum_k x_k mu(cav W_kj) + mu(cav c_j)``, same for variances."""
+    K, J = wq_t.shape
+    for j in range(J):
+        t, r = _cavity(cq_t[j], cq_r[j], cm_t[j], cm_r[j], counts)
+        out_mu[j], out_var[j] = _moments(t, r)
+    for k in range(K):
+        a = x[k]
+        if a == 0.0:
+            continue
+        for j in range(J):
+            t, r = _cavity(wq_t[k, j], wq_r[k, j], wm_t[k, j], wm_r[k, j], counts)
+            mu, var = _moments(t, r)
+            out_mu[j] += a * mu
+            out_var[j] += a * a * var
+
+
+@njit(cache=True, inline="always")
+def _s1_update(a, q_t, q_r, m_t, m_r, idx, f_mu, f_var, r_t, r_r, counts):
+    """S1 message to one weight from its cavity; writes the slot and the marginal in place."""
+    old_t = m_t[idx]
+    old_r = m_r[idx]
+    ct, cr = _cavity(q_t[idx], q_r[idx], old_t, old_r, counts)
+    if cr < MIN_CAV:
+        counts[G_SMALL_CAV] += 1
+    if a == 0.0:
+        nt = 0.0
+        nr = 0.0
+    else:
+        mu_b, var_b = _moments(ct, cr)
+        rest = f_var - a * a * var_b
+        if rest < 0:
+            counts[G_S1_REST] += 1
+            rest = 0.0
+        d = 1.0 + r_r * rest
+        nr = a * a * r_r / d
+        nt = a * (r_t - r_r * (f_mu - a * mu_b)) / d
+    q_t[idx] += nt - old_t
+    q_r[idx] += nr - old_r
+    m_t[idx] = nt
+    m_r[idx] = nr
+
+
+@njit(cache=True)
+def linear_const_bwd(x, wq_t, wq_r, wm_t, wm_r, cq_t, cq_r, cm_t, cm_r, f_mu, f_var, r_t, r_r, counts):
+    """S1 backward to weights and bias, fused with ``q <- q + new - old`` and the slot write."""
+    K, J = wq_t.shape
+    for j in range(J):
+        _s1_update(1.0, cq_t, cq_r, cm_t, cm_r, j, f_mu[j], f_var[j], r_t[j], r_r[j], counts)
+    wq_t2 = wq_t.reshape(K * J)
+    wq_r2 = wq_r.reshape(K * J)
+    wm_t2 = wm_t.reshape(K * J)
+    wm_r2 = wm_r.reshape(K * J)
+    for k in range(K):
+        a = x[k]
+        for j in range(J):
+            _s1_update(a, wq_t2, wq_r2, wm_t2, wm_r2, k * J + j, f_mu[j], f_var[j], r_t[j], r_r[j], counts)
+
+
+@njit(cache=True)
+def linear_var_fwd(in_t, in_r, mx_t, mx_r, wq_t, wq_r, cq_t, cq_r, cm_t, cm_r, x_mu, x_var, out_mu, out_var,
+                   counts):
+    """Input marginal ``min_rho(m_in * m_to_x)`` into ``x_mu, x_var``, then the S2 forward."""
+    K, J = wq_t.shape
+    for k in range(K):
+        t = in_t[k] + mx_t[k]
+        r = in_r[k] + mx_r[k]
+        if r < MIN_RHO:
+            counts[G_MIN_RHO] += 1
+            t = t / r * MIN_RHO if r > 0 else 0.0
+            r = MIN_RHO
+        x_mu[k] = t / r
+        x_var[k] = 1.0 / r
+    for j in range(J):
+        t, r = _cavity(cq_t[j], cq_r[j], cm_t[j], cm_r[j], counts)
+        out_mu[j], out_var[j] = _moments(t, r)
+    for k in range(K):
+        mu_a = x_mu[k]
+        var_a = x_var[k]
+        for j in range(J):
+            mu_b, var_b = _moments(wq_t[k, j], wq_r[k, j])
+            out_mu[j] += mu_a * mu_b
+            out_var[j] += var_a * (var_b + mu_b * mu_b) + mu_a * mu_a * var_b
+
+
+@njit(cache=True)
+def linear_var_bwd(x_mu, x_var, wq_t, wq_r, wm_t, wm_r, cq_t, cq_r, cm_t, cm_r, f_mu, f_var, r_t, r_r,
+                   to_x_t, to_x_r, counts):
+    """S2 backward to inputs and weights (from the pre-update marginals), S1 to the bias, fused with
+    the marginal and slot updates; the input message gets the all-tiny edge rule and ``min_rho``."""
+    K, J = wq_t.shape
+    for j in range(J):
+        _s1_update(1.0, cq_t, cq_r, cm_t, cm_r, j, f_mu[j], f_var[j], r_t[j], r_r[j], counts)
+    all_tiny = True
+    for j in range(J):
+        if f_var[j] < 1.0 / TINY or r_r[j] > TINY:
+            all_tiny = False
+    for k in range(K):
+        mu_a = x_mu[k]
+        var_a = x_var[k]
+        m2a = var_a + mu_a * mu_a
+        acc_t = 0.0
+        acc_r = 0.0
+        for j in range(J):
+            mu_b, var_b = _moments(wq_t[k, j], wq_r[k, j])
+            rest = f_var[j] - (var_a * var_b + var_a * mu_b * mu_b + mu_a * mu_a * var_b)
+            if rest < 0:
+                counts[G_S2_REST] += 1
+                rest = 0.0
+            d = 1.0 + r_r[j] * rest
+            resid = (r_t[j] - r_r[j] * (f_mu[j] - mu_a * mu_b)) / d
+            acc_t += mu_b * resid
+            acc_r += (var_b + mu_b * mu_b) * r_r[j] / d
+            nt = mu_a * resid
+            nr = m2a * r_r[j] / d
+            wq_t[k, j] += nt - wm_t[k, j]
+            wq_r[k, j] += nr - wm_r[k, j]
+            wm_t[k, j] = nt
+            wm_r[k, j] = nr
+        if all_tiny:
+            acc_t = 0.0
+            acc_r = MIN_RHO
+        elif acc_r < MIN_RHO:
+            counts[G_MIN_RHO] += 1
+            acc_t = acc_t / acc_r * MIN_RHO if acc_r > 0 else 0.0
+            acc_r = MIN_RHO
+        to_x_t[k] = acc_t
+        to_x_r[k] = acc_r
+    if all_tiny:
+        counts[G_ALL_TINY] += 1

@@ -1,0 +1,91 @@
+"""Scalar building blocks shared by the compiled kernels (Numba ``njit`` device-agnostic math).
+
+These mirror the NumPy reference in :mod:`factorgraph.gaussian` and
+:mod:`factorgraph.equations.rectified` element by element; the kernel tests assert equality with it.
+"""
+
+import math
+
+from numba import njit
+
+from factorgraph import config
+from factorgraph.gaussian import _FACTOR_SERIES, _SHIFT_SERIES, TAIL_T
+
+S0, S1, S2, S3, S4, S5, S6, S7, S8, S9, S10, S11, S12, S13 = (float(c) for c in _SHIFT_SERIES)
+F0, F1, F2, F3, F4, F5, F6, F7, F8, F9, F10, F11, F12, F13 = (float(c) for c in _FACTOR_SERIES)
+
+LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+SQRT1_2 = 1 / math.sqrt(2)
+MIN_U = config.MIN_TRUNCATION_FACTOR
+
+
+@njit(cache=True, inline="always")
+def log_ndtr(t):
+    """log Phi(t), tail-accurate: erfc in the body, an asymptotic series below t = -35."""
+    if t > 6.0:
+        return math.log1p(-0.5 * math.erfc(t * SQRT1_2))
+    if t > -35.0:
+        return math.log(0.5 * math.erfc(-t * SQRT1_2))
+    z = 1.0 / (t * t)
+    series = 1.0 - z * (1.0 - z * (3.0 - z * (15.0 - z * 105.0)))
+    return -0.5 * t * t - math.log(-t) - LOG_SQRT_2PI + math.log(series)
+
+
+@njit(cache=True, inline="always")
+def shift_and_factor(t):
+    """(E X, Var X) of N(t, 1) restricted to X >= 0; asymptotic series below -TAIL_T."""
+    if t < -TAIL_T:
+        x = -1.0 / t
+        z = x * x
+        ps = S13
+        for c in (S12, S11, S10, S9, S8, S7, S6, S5, S4, S3, S2, S1, S0):
+            ps = ps * z + c
+        pf = F13
+        for c in (F12, F11, F10, F9, F8, F7, F6, F5, F4, F3, F2, F1, F0):
+            pf = pf * z + c
+        return x * ps, z * pf
+    v = math.exp(-0.5 * t * t - LOG_SQRT_2PI - log_ndtr(t))
+    shift = t + v
+    return shift, 1.0 - v * shift
+
+
+@njit(cache=True, inline="always")
+def truncated(mu, sigma):
+    """(mean, var, log P(a >= 0), floored) of N(mu, sigma^2) restricted to a >= 0."""
+    t = mu / sigma
+    shift, u = shift_and_factor(t)
+    floored = 0
+    if u < MIN_U:
+        u = MIN_U
+        floored = 1
+    return sigma * shift, sigma * sigma * u, log_ndtr(t), floored
+
+
+@njit(cache=True, inline="always")
+def block52_log(tau1, rho1, tau2, rho2):
+    """(log B0, mean, var, floored) of the product of two Gaussians restricted to a >= 0."""
+    rho_m = rho1 + rho2
+    safe_m = rho_m if rho_m > 0 else 1.0
+    mu_m = (tau1 + tau2) / safe_m
+    sigma_m = 1.0 / math.sqrt(safe_m)
+    mean, var, lc, floored = truncated(mu_m, sigma_m)
+    if rho1 > 0 and rho2 > 0:
+        h = rho1 * rho2 / safe_m
+        d = tau1 / rho1 - tau2 / rho2
+        log_z = 0.5 * math.log(h) - LOG_SQRT_2PI - 0.5 * h * d * d
+    else:
+        log_z = -math.inf
+    return log_z + lc, mean, var, floored
+
+
+@njit(cache=True, inline="always")
+def mixture(lw1, m1, v1, lw2, m2, v2):
+    """(mean, var, log mass) of a two-component mixture with log-weights lw1, lw2."""
+    if lw1 == -math.inf and lw2 == -math.inf:
+        return math.nan, math.nan, -math.inf
+    mx = max(lw1, lw2)
+    log_m0 = mx + math.log(math.exp(lw1 - mx) + math.exp(lw2 - mx))
+    w1 = math.exp(lw1 - log_m0)
+    w2 = math.exp(lw2 - log_m0)
+    dm = m1 - m2
+    return w1 * m1 + w2 * m2, w1 * v1 + w2 * v2 + w1 * w2 * dm * dm, log_m0
