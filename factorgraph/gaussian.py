@@ -256,7 +256,8 @@ def truncation_ratio(t, xp=np):
     """``v = phi(t) / Phi(t)`` computed as ``exp(log phi(t) - log Phi(t))`` with a tail-accurate log-cdf."""
     sp = special(xp)
     log_phi = -0.5 * t * t - _LOG_SQRT_2PI
-    return xp.exp(log_phi - sp.log_ndtr(t))
+    with np.errstate(over="ignore", invalid="ignore"):
+        return xp.exp(log_phi - sp.log_ndtr(t))
 
 
 def truncation_shift_and_factor(t, xp=np):
@@ -270,8 +271,9 @@ def truncation_shift_and_factor(t, xp=np):
     dtype = t.dtype
     t = t.astype(np.float64)
     v = truncation_ratio(t, xp)
-    shift = t + v
-    u = 1 - v * shift
+    with np.errstate(over="ignore", invalid="ignore"):
+        shift = t + v
+        u = 1 - v * shift
     tail = t < -TAIL_T
     if bool(xp.any(tail)):
         x = -1 / xp.where(tail, t, -TAIL_T)
@@ -279,6 +281,17 @@ def truncation_shift_and_factor(t, xp=np):
         shift = xp.where(tail, x * _poly(_SHIFT_SERIES, z), shift)
         u = xp.where(tail, z * _poly(_FACTOR_SERIES, z), u)
     return shift.astype(dtype), u.astype(dtype)
+
+
+def floor_truncation_factor(u, xp=np):
+    """Floor ``u`` at ``MIN_TRUNCATION_FACTOR`` (or the dtype's smallest normal number, if larger),
+    counting the elements as ``"truncation_u_floor"``."""
+    floor = max(config.MIN_TRUNCATION_FACTOR, float(np.finfo(u.dtype).tiny))
+    small = u < floor
+    if bool(xp.any(small)):
+        guards.record("truncation_u_floor", small)
+        u = xp.maximum(u, floor)
+    return u
 
 
 def truncate_nonneg(g):
@@ -292,8 +305,5 @@ def truncate_nonneg(g):
     xp = g.xp
     sr = xp.sqrt(g.rho)
     shift, u = truncation_shift_and_factor(g.tau / sr, xp)
-    small = u < config.MIN_TRUNCATION_FACTOR
-    if bool(xp.any(small)):
-        guards.record("truncation_u_floor", small)
-        u = xp.maximum(u, config.MIN_TRUNCATION_FACTOR)
+    u = floor_truncation_factor(u, xp)
     return Gaussian(sr * shift / u, g.rho / u)

@@ -3,7 +3,6 @@
 import math
 
 from factorgraph.factor import Factor
-from factorgraph.gaussian import Gaussian
 
 
 class Flatten(Factor):
@@ -13,8 +12,6 @@ class Flatten(Factor):
         return (math.prod(input_shape),)
 
     def forward(self, m_in, i):
-        if self.constant_input:
-            return m_in.reshape(self.output_shape_)
         return m_in.reshape(self.output_shape_)
 
     def backward(self, m_out, i):

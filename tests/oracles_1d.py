@@ -120,11 +120,19 @@ class Piecewise1D:
 
     def mean_var(self, fn=None):
         """Mean and variance of ``fn(x)`` (default x) under the normalised density, two-pass."""
+        return self.moments(fn)[1:]
+
+    def moments(self, fn=None):
+        """(log mass, mean, variance) of ``fn(x)`` (default x); (-inf, nan, nan) for zero mass."""
+        if not self.pieces or self.log_scale == -math.inf:
+            return -math.inf, math.nan, math.nan
         fn = fn or (lambda x: x)
         m0 = self._integral(lambda x: 1.0)
+        if not m0 > 0:
+            return -math.inf, math.nan, math.nan
         mean = self._integral(fn) / m0
         var = self._integral(lambda x: (fn(x) - mean) ** 2) / m0
-        return mean, var
+        return self.log_scale + math.log(m0), mean, var
 
 
 # ----- building blocks (SPEC 3.1, 3.2, 1.2) -----------------------------------------------------------
@@ -147,8 +155,7 @@ def block52_log_moments(mu1, var1, mu2, var2):
     """(log B0, mean, var) of the truncated product density, by quadrature."""
     c, s = product_bump(mu1, var1, mu2, var2)
     d = Piecewise1D([(0.0, math.inf, lambda a: log_npdf(a, mu1, var1) + log_npdf(a, mu2, var2), c, s)])
-    mean, var = d.mean_var()
-    return d.log_mass(), mean, var
+    return d.moments()
 
 
 def truncnorm_moments(mu, sigma):
@@ -182,11 +189,7 @@ def leaky_forward_tilted(mu_a, var_a, mu_z, var_z, slope):
     cp, sp = product_bump(mu_a, var_a, mu_z, var_z)
     cn, sn = product_bump(slope * mu_a, slope * slope * var_a, mu_z, var_z)
     d = Piecewise1D([(-math.inf, 0.0, logq, cn, sn), (0.0, math.inf, logq, cp, sp)])
-    lm = d.log_mass()
-    if lm == -math.inf:
-        return lm, math.nan, math.nan
-    mean, var = d.mean_var()
-    return lm, mean, var
+    return d.moments()
 
 
 def leaky_backward_tilted(mu_a, var_a, mu_z, var_z, slope):
@@ -197,11 +200,7 @@ def leaky_backward_tilted(mu_a, var_a, mu_z, var_z, slope):
     cp, sp = product_bump(mu_a, var_a, mu_z, var_z)
     cn, sn = product_bump(mu_a, var_a, mu_z / slope, var_z / slope**2)
     d = Piecewise1D([(-math.inf, 0.0, logq, cn, sn), (0.0, math.inf, logq, cp, sp)])
-    lm = d.log_mass()
-    if lm == -math.inf:
-        return lm, math.nan, math.nan
-    mean, var = d.mean_var()
-    return lm, mean, var
+    return d.moments()
 
 
 # ----- argmax (SPEC 5.10) -----------------------------------------------------------------------------
@@ -235,8 +234,11 @@ def argmax_backward_row(mu, var, y, regularize, noise=0.3, reg_var=0.1):
         mu_s = mu[y] - mu[i]
         var_s = var[y] + var[i] + noise
         sd_s = math.sqrt(var_s)
-        dist = stats.truncnorm(-mu_s / sd_s, math.inf, loc=mu_s, scale=sd_s)
-        m_t, v_t = float(dist.mean()), float(dist.var())
+        if mu_s / sd_s >= -20:
+            m_t, v_t = (float(x) for x in stats.truncnorm.stats(
+                -mu_s / sd_s, math.inf, loc=mu_s, scale=sd_s, moments="mv"))
+        else:  # truncnorm's closed form cancels in the far tail (see truncated_quad)
+            m_t, v_t, _ = truncated_quad(mu_s, sd_s)
         prec_r = 1.0 / v_t - 1.0 / var_s
         if prec_r <= 0:  # truncation irrelevant: uniform ratio message
             var_r, mu_r = math.inf, 0.0
@@ -294,5 +296,5 @@ def truncated_quad(mu, sigma):
     where scipy.stats.truncnorm shares the cancellation of the closed form)."""
     var = sigma * sigma
     d = Piecewise1D([(0.0, math.inf, lambda a: log_npdf(a, mu, var), mu, sigma)])
-    mean, v = d.mean_var()
-    return mean, v, d.log_mass()
+    lm, mean, v = d.moments()
+    return mean, v, lm

@@ -136,7 +136,6 @@ def _expected_backward(c, dtype):
 
 
 def _call(c, m_z, reduce):
-    m_c = None
     return s2_backward(_g(c["tau_a"], c["rho_a"]), _g(c["tau_b"], c["rho_b"]), m_z,
                        _g(c["tau_r"], c["rho_r"]), reduce=reduce)
 

@@ -294,7 +294,8 @@ def test_s1_backward_to_bias_matches_moment_form(dtype, record_cases):
         mu_c, _ = _mom(c["tau_c"], c["rho_c"])
         mu_r, _ = _mom(c["tau_r"], c["rho_r"])
         rscale = rho * (1 + kappa)
-        tscale = np.abs(tau) * (1 + kappa) + (np.abs(mu_r) + np.abs(orc.to_float(mu_s)) + np.abs(mu_c)) / denom
+        resid_scale = np.abs(mu_r) + np.abs(orc.to_float(mu_s)) + np.abs(mu_c)
+        tscale = np.abs(tau) * (1 + kappa) + resid_scale / denom
         m_c = _gauss(c["tau_c"], c["rho_c"])
         r = _gauss(c["tau_r"], c["rho_r"])
         unred = s1_backward_to_bias(m_c, m_s, r, reduce=False)
@@ -342,7 +343,8 @@ def test_s1_term_message_matches_moment_form(dtype, record_cases):
         tau_e[i] = float(mu_k / var_k)
         rho_e[i] = float(1 / var_k)
         kappa[i] = float(orc.fr(var_s[i]) / (var_r + rvar))
-        tsc[i] = float(abs(ai) * (abs(mr) + abs(orc.fr(mu_s[i])) + abs(ai * orc.fr(mu_b[i]))) / (var_r + rvar))
+        resid_scale = abs(mr) + abs(orc.fr(mu_s[i])) + abs(ai * orc.fr(mu_b[i]))
+        tsc[i] = float(abs(ai) * resid_scale / (var_r + rvar))
     msg = s1_term_message(a, mu_b, var_b, mu_s, var_s, tau_r, rho_r)
     _check_messages(msg, tau_e, rho_e, np.abs(tau_e) * (1 + kappa) + tsc, rho_e * (1 + kappa), dtype,
                     "s1_term_message")

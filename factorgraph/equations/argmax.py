@@ -21,10 +21,9 @@ The message to ``a_y`` is the product of its ``C - 1`` pair messages.  Stabilise
   ``N(-1, gamma2)``, ``gamma2 = ARGMAX_REG_VAR``.
 """
 
-import numpy as np
 
 from factorgraph import config
-from factorgraph.backend import get_array_module, special
+from factorgraph.backend import special
 from factorgraph.gaussian import Gaussian, truncate_nonneg
 
 

@@ -20,9 +20,9 @@ import math
 
 import numpy as np
 
-from factorgraph import config, guards
+
 from factorgraph.backend import get_array_module, special
-from factorgraph.gaussian import truncation_shift_and_factor
+from factorgraph.gaussian import floor_truncation_factor, truncation_shift_and_factor
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -48,10 +48,7 @@ def truncated_moments(mu, sigma, xp=np):
     sp = special(xp)
     t = mu / sigma
     shift, u = truncation_shift_and_factor(t, xp)
-    small = u < config.MIN_TRUNCATION_FACTOR
-    if bool(xp.any(small)):
-        guards.record("truncation_u_floor", small)
-        u = xp.maximum(u, config.MIN_TRUNCATION_FACTOR)
+    u = floor_truncation_factor(u, xp)
     return sigma * shift, sigma * sigma * u, sp.log_ndtr(t)
 
 

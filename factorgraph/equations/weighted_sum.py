@@ -71,7 +71,14 @@ def s1_forward(a, m_b, m_c=None):
     """
     mu_b, var_b = _moments(m_b)
     mu = a @ mu_b
-    var = (a * a) @ var_b
+    xp = get_array_module(mu_b)
+    infinite = xp.isinf(var_b)
+    if bool(infinite.any()):
+        # a zero coefficient ignores its summand, even a uniform one (0 * inf would give NaN)
+        var = (a * a) @ xp.where(infinite, 0, var_b)
+        var = xp.where((a != 0).astype(var_b.dtype) @ infinite.astype(var_b.dtype) > 0, xp.inf, var)
+    else:
+        var = (a * a) @ var_b
     if m_c is not None:
         mu = mu + m_c.mean
         var = var + m_c.var

@@ -1,0 +1,141 @@
+"""The compiled CPU kernels compute the NumPy reference (the equation library) element by element."""
+
+import numpy as np
+import pytest
+
+from factorgraph import equations as eq
+from factorgraph import guards, kernels
+from factorgraph.gaussian import Gaussian
+from factorgraph.kernels import leaky_cpu, linear_cpu
+from layers import create_factor_graph
+
+TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=2e-4, atol=1e-5)}
+
+
+def _rand_gauss(rng, shape, dtype, lo=0.2, hi=5.0):
+    rho = rng.uniform(lo, hi, shape)
+    mu = rng.normal(0, 2, shape)
+    return Gaussian((mu * rho).astype(dtype), rho.astype(dtype))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_linear_const_kernels_equal_s1(seed, dtype, record_cases):
+    rng = np.random.default_rng(seed)
+    K, J = 7, 4
+    x = rng.normal(size=K).astype(dtype)
+    x[2] = 0
+    m_w, m_c = _rand_gauss(rng, (K, J), dtype, 0.1, 1), _rand_gauss(rng, J, dtype, 0.1, 1)
+    q_w = Gaussian(m_w.tau + rng.normal(size=(K, J)).astype(dtype), m_w.rho + rng.uniform(1, 3, (K, J)).astype(dtype))
+    q_c = Gaussian(m_c.tau + rng.normal(size=J).astype(dtype), m_c.rho + rng.uniform(1, 3, J).astype(dtype))
+    r = _rand_gauss(rng, J, dtype, 0.5, 3)
+    cav_w, cav_c = q_w / m_w, q_c / m_c
+    ref_f = eq.s1_forward(x, cav_w, cav_c)
+    ref_w = eq.s1_backward_to_b(x, cav_w, ref_f, r)
+    ref_c = eq.s1_backward_to_bias(cav_c, ref_f, r)
+    mu, var, counts = np.zeros(J, dtype), np.zeros(J, dtype), np.zeros(7, np.int64)
+    qw, mw, qc, mc = q_w.copy(), m_w.copy(), q_c.copy(), m_c.copy()
+    linear_cpu.linear_const_fwd(x, qw.tau, qw.rho, mw.tau, mw.rho, qc.tau, qc.rho, mc.tau, mc.rho, mu, var, counts)
+    np.testing.assert_allclose(mu, ref_f.mean, **TOL[dtype])
+    np.testing.assert_allclose(var, ref_f.var, **TOL[dtype])
+    linear_cpu.linear_const_bwd(x, qw.tau, qw.rho, mw.tau, mw.rho, qc.tau, qc.rho, mc.tau, mc.rho, mu, var, r.tau, r.rho,
+                                counts)
+    np.testing.assert_allclose(mw.tau, ref_w.tau, **TOL[dtype])
+    np.testing.assert_allclose(mw.rho, ref_w.rho, **TOL[dtype])
+    np.testing.assert_allclose(mc.tau, ref_c.tau, **TOL[dtype])
+    # incremental marginal: q + new - old
+    np.testing.assert_allclose(qw.rho, q_w.rho + ref_w.rho - m_w.rho, **TOL[dtype])
+    assert counts[linear_cpu.G_IMPROPER] == 0
+    record_cases("kernel linear_const", 1)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_linear_var_kernels_equal_s2(seed, dtype, record_cases):
+    rng = np.random.default_rng(seed)
+    K, J = 6, 5
+    m_in, m_to_x = _rand_gauss(rng, K, dtype), _rand_gauss(rng, K, dtype, 0.0, 0.5)
+    m_w, m_c = _rand_gauss(rng, (K, J), dtype, 0.1, 1), _rand_gauss(rng, J, dtype, 0.1, 1)
+    q_w = Gaussian(m_w.tau + rng.normal(size=(K, J)).astype(dtype), m_w.rho + rng.uniform(1, 3, (K, J)).astype(dtype))
+    q_c = Gaussian(m_c.tau + rng.normal(size=J).astype(dtype), m_c.rho + rng.uniform(1, 3, J).astype(dtype))
+    r = _rand_gauss(rng, J, dtype, 0.5, 3)
+    x_hat = (m_in * m_to_x).clamp_min_rho(1e-8)
+    cav_c = q_c / m_c
+    ref_f = eq.s2_forward(x_hat, q_w, cav_c)
+    ref_x, ref_w = eq.s2_backward(x_hat, q_w, ref_f, r)
+    ref_x = ref_x.clamp_min_rho(1e-8)
+    counts = np.zeros(7, np.int64)
+    x_mu, x_var, mu, var = (np.zeros(n, dtype) for n in (K, K, J, J))
+    qw, mw, qc, mc = q_w.copy(), m_w.copy(), q_c.copy(), m_c.copy()
+    linear_cpu.linear_var_fwd(m_in.tau, m_in.rho, m_to_x.tau, m_to_x.rho, qw.tau, qw.rho, qc.tau, qc.rho, mc.tau,
+                              mc.rho, x_mu, x_var, mu, var, counts)
+    np.testing.assert_allclose(mu, ref_f.mean, **TOL[dtype])
+    np.testing.assert_allclose(var, ref_f.var, **TOL[dtype])
+    tx, rx = np.zeros(K, dtype), np.zeros(K, dtype)
+    linear_cpu.linear_var_bwd(x_mu, x_var, qw.tau, qw.rho, mw.tau, mw.rho, qc.tau, qc.rho, mc.tau, mc.rho, mu, var,
+                              r.tau, r.rho, tx, rx, counts)
+    np.testing.assert_allclose(tx, ref_x.tau, **TOL[dtype])
+    np.testing.assert_allclose(rx, ref_x.rho, **TOL[dtype])
+    np.testing.assert_allclose(mw.tau, ref_w.tau, **TOL[dtype])
+    np.testing.assert_allclose(mw.rho, ref_w.rho, **TOL[dtype])
+    record_cases("kernel linear_var", 1)
+
+
+def _leaky_inputs(rng, n, dtype):
+    a = Gaussian.from_mean_var(rng.normal(0, 3, n), 10 ** rng.uniform(-3, 2, n))
+    z = Gaussian.from_mean_var(rng.normal(0, 3, n), 10 ** rng.uniform(-3, 2, n))
+    z.rho[: n // 10] = 0  # uniform backward messages: fallbacks must agree too
+    z.tau[: n // 10] = 0
+    return a.astype(dtype), z.astype(dtype)
+
+
+def test_leaky_kernels_equal_reference_and_count_the_same_guards(record_cases):
+    rng = np.random.default_rng(7)
+    n = 400
+    a, z = _leaky_inputs(rng, n, np.float64)
+    for name, ref_fn, kern, args in [
+        ("moment_match", lambda: eq.leaky_forward_moment_match(a, 0.1), leaky_cpu.leaky_fwd_moment_match,
+         (a.tau, a.rho, 0.1)),
+        ("forward", lambda: eq.leaky_forward_marginal(a, z, 0.1), leaky_cpu.leaky_fwd_marginal,
+         (a.tau, a.rho, z.tau, z.rho, 0.1)),
+        ("backward", lambda: eq.leaky_backward_marginal(a, z, 0.1).clamp_min_rho(1e-8),
+         leaky_cpu.leaky_bwd_marginal, (a.tau, a.rho, z.tau, z.rho, 0.1)),
+    ]:
+        guards.reset()
+        ref = ref_fn()
+        ref_counts = guards.counts()
+        out_t, out_r, counts = np.zeros(n), np.zeros(n), np.zeros(5, np.int64)
+        kern(*args, out_t, out_r, counts)
+        np.testing.assert_allclose(out_t, ref.tau, rtol=1e-9, atol=1e-12, err_msg=name)
+        np.testing.assert_allclose(out_r, ref.rho, rtol=1e-9, atol=1e-12, err_msg=name)
+        for k, gname in enumerate(leaky_cpu.GUARD_NAMES):
+            assert counts[k] == ref_counts.get(gname, 0), (name, gname)
+        record_cases(f"kernel leaky {name}", n)
+
+
+@pytest.mark.parametrize("templates", [
+    [(3,), ("Linear", 8), ("LeakyReLU", 0.1), ("Linear", 8), ("LeakyReLU", 0.1), ("Linear", 2), ("Regression", 0.05)],
+    [(2, 3, 1), ("Flatten",), ("Linear", 5), ("LeakyReLU", 0.2), ("Linear", 3), ("Argmax", True)],
+])
+def test_graph_with_kernels_equals_graph_without(templates, dtype):
+    rng = np.random.default_rng(0)
+    n = 12
+    shape = templates[0]
+    X = rng.normal(size=(n,) + shape)
+    if templates[-1][0] == "Regression":
+        Y = np.stack([np.sin(X[:, 0]), X[:, 1] * X[:, 2]], axis=1)
+    else:
+        Y = rng.integers(0, 3, n)
+    preds = []
+    # float32 message passing amplifies rounding differences (the kernels compute internally in
+    # float64), so float32 is compared after a short run
+    n_fit, its = (n, 2) if dtype == np.float64 else (3, 1)
+    for flag in (True, False):
+        prev = kernels.set_enabled(flag)
+        try:
+            fg = create_factor_graph(templates, batch_size=n, seed=4, dtype=dtype)
+            fg.train_batch(X[:n_fit], Y[:n_fit], its)
+            out = fg.predict(X)
+        finally:
+            kernels.set_enabled(prev)
+        preds.append(out[0] if isinstance(out, tuple) else out)
+    tol = dict(rtol=1e-7, atol=1e-9) if dtype == np.float64 else dict(rtol=2e-3, atol=2e-4)
+    np.testing.assert_allclose(preds[0], preds[1], **tol)

@@ -1,0 +1,61 @@
+"""Plots: each function writes a non-empty PNG and returns its path."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("matplotlib")
+
+from factorgraph import metrics, plots  # noqa: E402
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def probs(n, C, seed, concentration):
+    rng = np.random.default_rng(seed)
+    P = rng.dirichlet(np.full(C, concentration), size=n)
+    y = np.array([rng.choice(C, p=p) for p in P])
+    return P, y
+
+
+def check_png(path, returned):
+    assert returned == str(path)
+    data = path.read_bytes()
+    assert len(data) > 1000 and data.startswith(PNG)
+
+
+def test_reliability_diagram(tmp_path):
+    P, y = probs(300, 10, 0, 0.3)
+    path = tmp_path / "sub" / "reliability.png"  # parent folders are created
+    check_png(path, plots.reliability_diagram(P, y, path))
+
+
+def test_relative_calibration_plot(tmp_path):
+    curves = {"sharp": probs(200, 10, 1, 0.2), "flat": probs(200, 10, 2, 2.0)}
+    path = tmp_path / "relcal.png"
+    check_png(path, plots.relative_calibration_plot(curves, path))
+    with pytest.raises(ValueError, match="empty"):
+        plots.relative_calibration_plot({}, path)
+
+
+def test_roc_plot(tmp_path):
+    P_in, _ = probs(200, 10, 3, 0.2)
+    P_ood, _ = probs(100, 10, 4, 2.0)
+    curves = {"model": (metrics.ood_scores(P_in), metrics.ood_scores(P_ood)),
+              "ties": (np.zeros(5), np.r_[np.zeros(3), np.ones(2)])}
+    path = tmp_path / "roc.png"
+    check_png(path, plots.roc_plot(curves, path))
+
+
+def test_predictive_bands(tmp_path):
+    rng = np.random.default_rng(5)
+    x = rng.uniform(-1, 2, 100)
+    mean, var = np.sin(x), 0.01 + 0.1 * x ** 2
+    xt = rng.uniform(0, 1, (20, 1))
+    path = tmp_path / "bands.png"
+    check_png(path, plots.predictive_bands(x[:, None], mean[:, None], var, path, x_train=xt,
+                                           y_train=np.sin(xt)))
+    path2 = tmp_path / "bands2.png"
+    check_png(path2, plots.predictive_bands(x, mean, var, path2))
+    with pytest.raises(ValueError, match="non-negative"):
+        plots.predictive_bands(x, mean, -var, path2)
+
