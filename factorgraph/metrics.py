@@ -20,7 +20,7 @@ import heapq
 import numpy as np
 
 __all__ = [
-    "accuracy", "nll", "brier", "ece", "mce", "reliability_bins", "thesis_ece", "variance_split_bins",
+    "accuracy", "top_k_accuracy", "nll", "brier", "ece", "mce", "reliability_bins", "thesis_ece", "variance_split_bins",
     "relative_calibration_curve", "relative_calibration_auc", "entropy", "ood_scores", "roc_curve",
     "auroc", "average_precision", "ood_auroc", "ood_aupr", "rmse", "gaussian_nll", "interval_coverage",
     "classification_metrics", "regression_metrics",
@@ -143,6 +143,18 @@ def accuracy(P, y):
     """Fraction of examples whose most probable class (first maximum of the row) equals the label."""
     P, y = _check_classification(P, y)
     return float(np.mean(np.argmax(P, axis=1) == y))
+
+
+def top_k_accuracy(P, y, k=5):
+    """Fraction of examples whose label is among the ``k`` most probable classes (SPEC 11 "top-5").
+    Classes are ranked by probability descending, ties by class index ascending, so ``k=1`` equals
+    :func:`accuracy`."""
+    P, y = _check_classification(P, y)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    p_y = P[np.arange(P.shape[0]), y][:, None]
+    before = (P > p_y) | ((P == p_y) & (np.arange(P.shape[1])[None, :] < y[:, None]))
+    return float(np.mean(before.sum(axis=1) < k))
 
 
 def nll(P, y):
@@ -461,8 +473,9 @@ def interval_coverage(mean, var, y, ks=(1, 2, 3)):
 # bundles
 # ---------------------------------------------------------------------------------------------------
 def classification_metrics(P, y, P_ood=None, n_bins=15, min_bin_size=20):
-    """All classification metrics as a JSON-ready dict: accuracy, nll, brier, ece (15 bins), mce,
-    thesis_ece, relative_calibration_auc and, when ``P_ood`` is given, ood_auroc and ood_aupr."""
+    """All classification metrics as a JSON-ready dict: n, accuracy, nll, brier, ece (15 bins), mce,
+    thesis_ece, relative_calibration_auc, top5_accuracy (when C > 5) and, when ``P_ood`` is given,
+    ood_auroc and ood_aupr."""
     P, y = _check_classification(P, y)
     out = {
         "n": int(P.shape[0]),
@@ -474,6 +487,8 @@ def classification_metrics(P, y, P_ood=None, n_bins=15, min_bin_size=20):
         "thesis_ece": thesis_ece(P, y, min_bin_size),
         "relative_calibration_auc": relative_calibration_auc(P, y),
     }
+    if P.shape[1] > 5:
+        out["top5_accuracy"] = top_k_accuracy(P, y, 5)
     if P_ood is not None:
         out["ood_auroc"] = ood_auroc(P, P_ood)
         out["ood_aupr"] = ood_aupr(P, P_ood)

@@ -77,7 +77,7 @@ def relative_calibration_plot(curves, path, title=None, dpi=120):
         x, a = metrics.relative_calibration_curve(P, y)
         auc = metrics.relative_calibration_auc(P, y)
         te = metrics.thesis_ece(P, y)
-        ax.plot(x, a, lw=2, label=f"{name}: AUC {auc:.4f}, ECE {te:.4f}")
+        ax.plot(x, a, lw=2, label=f"{name}: AUC {auc:.4f}, thesis ECE {te:.4f}")
     ax.set_xlabel("proportion of test data discarded")
     ax.set_ylabel("accuracy on remaining test data")
     ax.set_xlim(0, 1)

@@ -23,9 +23,11 @@ from factorgraph.backend import check_dtype
 from factorgraph.factor import Factor
 from factorgraph.model import FactorGraph
 from layers.argmax import Argmax
+from layers.conv import Conv
 from layers.flatten import Flatten
 from layers.leaky_relu import LeakyReLU
 from layers.linear import Linear
+from layers.pool import AvgPool, MaxPool
 from layers.regression import Regression
 
 #: name -> factor class; one line per layer kind
@@ -35,6 +37,9 @@ REGISTRY = {
     "Flatten": Flatten,
     "Regression": Regression,
     "Argmax": Argmax,
+    "Conv": Conv,
+    "MaxPool": MaxPool,
+    "AvgPool": AvgPool,
 }
 
 

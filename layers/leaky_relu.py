@@ -36,18 +36,19 @@ class LeakyReLU(Factor):
         self._counts = np.zeros(len(leaky_cpu.GUARD_NAMES), np.int64)
 
     def _use_kernel(self, m):
-        return kernels.enabled() and type(m.tau) is np.ndarray and m.tau.ndim == 1
+        return kernels.enabled() and type(m.tau) is np.ndarray
 
     def forward(self, m_in, i):
         self.m_in[i] = m_in
         if self._use_kernel(m_in):
             out = Gaussian(np.empty_like(m_in.tau), np.empty_like(m_in.rho))
             self._counts[:] = 0
+            a_t, a_r, o_t, o_r = (v.reshape(-1) for v in (m_in.tau, m_in.rho, out.tau, out.rho))
             if not self._seen_back[i]:
-                leaky_cpu.leaky_fwd_moment_match(m_in.tau, m_in.rho, self.slope, out.tau, out.rho, self._counts)
+                leaky_cpu.leaky_fwd_moment_match(a_t, a_r, self.slope, o_t, o_r, self._counts)
             else:
-                leaky_cpu.leaky_fwd_marginal(m_in.tau, m_in.rho, self.m_back.tau[i], self.m_back.rho[i], self.slope,
-                                             out.tau, out.rho, self._counts)
+                leaky_cpu.leaky_fwd_marginal(a_t, a_r, self.m_back.tau[i].reshape(-1), self.m_back.rho[i].reshape(-1),
+                                             self.slope, o_t, o_r, self._counts)
             kernels.record_counts(self._counts, leaky_cpu.GUARD_NAMES)
             return out
         if not self._seen_back[i]:
@@ -60,8 +61,8 @@ class LeakyReLU(Factor):
         if self._use_kernel(m_out):
             out = Gaussian(np.empty_like(m_out.tau), np.empty_like(m_out.rho))
             self._counts[:] = 0
-            leaky_cpu.leaky_bwd_marginal(self.m_in.tau[i], self.m_in.rho[i], m_out.tau, m_out.rho, self.slope,
-                                         out.tau, out.rho, self._counts)
+            flat = (v.reshape(-1) for v in (self.m_in.tau[i], self.m_in.rho[i], m_out.tau, m_out.rho))
+            leaky_cpu.leaky_bwd_marginal(*flat, self.slope, out.tau.reshape(-1), out.rho.reshape(-1), self._counts)
             kernels.record_counts(self._counts, leaky_cpu.GUARD_NAMES)
             return out
         msg = leaky_backward_marginal(self.m_in[i], m_out, self.slope)

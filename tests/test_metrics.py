@@ -126,6 +126,21 @@ def test_accuracy_nll_brier_against_loops_and_sklearn(n, C, seed):
         assert M.brier(P, y) == pytest.approx(2 * skm.brier_score_loss(y, P[:, 1]), rel=1e-9)
 
 
+@pytest.mark.parametrize("n,C,seed", CASES[2:])
+def test_top_k_accuracy_against_sklearn_and_loop(n, C, seed):
+    skm = pytest.importorskip("sklearn.metrics")
+    P, y = make_probs(n, C, seed)
+    for k in (1, 2, 3):
+        loop = sum(t in sorted(range(C), key=lambda c: (-p[c], c))[:k] for p, t in zip(P, y)) / n
+        assert M.top_k_accuracy(P, y, k) == pytest.approx(loop)
+        assert M.top_k_accuracy(P, y, k) == pytest.approx(
+            skm.top_k_accuracy_score(y, P, k=k, labels=list(range(C))))
+    assert M.top_k_accuracy(P, y, 1) == M.accuracy(P, y)
+    assert M.top_k_accuracy(P, y, C) == 1.0
+    # ties: the lower class index ranks first, as in accuracy
+    assert M.top_k_accuracy(np.array([[0.5, 0.5]]), np.array([1]), 1) == 0.0
+
+
 def test_nll_floors_zero_probability_at_eps():
     P = np.array([[1.0, 0.0], [0.5, 0.5]])
     y = np.array([1, 0])
@@ -191,7 +206,7 @@ def test_ece_zero_for_perfect_one_hot_predictions():
 # ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("n,C,seed,m,quantise", [
     (39, 3, 0, 20, None), (40, 3, 1, 20, None), (41, 10, 2, 20, None), (100, 10, 3, 20, None),
-    (1000, 10, 4, 20, None), (2000, 4, 5, 20, None), (500, 10, 6, 5, None), (800, 3, 7, 20, 10),
+    (1000, 10, 4, 20, None), (1500, 4, 5, 20, None), (300, 10, 6, 5, None), (800, 3, 7, 20, 10),
     (600, 10, 8, 20, 4), (200, 2, 9, 1, None),
 ])
 def test_thesis_ece_against_naive_recursion(n, C, seed, m, quantise):
@@ -382,8 +397,11 @@ GOOD_P = np.array([[0.7, 0.3], [0.4, 0.6]])
 GOOD_Y = np.array([0, 1])
 
 
-@pytest.mark.parametrize("fn", [M.accuracy, M.nll, M.brier, M.ece, M.mce, M.thesis_ece,
-                                M.relative_calibration_auc, M.relative_calibration_curve])
+CLASSIFICATION_FNS = [M.accuracy, M.top_k_accuracy, M.nll, M.brier, M.ece, M.mce, M.thesis_ece,
+                      M.relative_calibration_auc, M.relative_calibration_curve, M.reliability_bins,
+                      M.classification_metrics]
+
+
 @pytest.mark.parametrize("P,y,match", [
     (GOOD_P[0], GOOD_Y[:1], "shape"),
     (np.zeros((0, 2)), np.zeros(0, int), "empty"),
@@ -399,9 +417,10 @@ GOOD_Y = np.array([0, 1])
     (GOOD_P, np.array([0, 1, 1]), "shape"),
     (GOOD_P, np.array(["a", "b"]), "integer"),
 ])
-def test_bad_classification_input_raises(fn, P, y, match):
-    with pytest.raises(ValueError, match=match):
-        fn(P, y)
+def test_bad_classification_input_raises(P, y, match):
+    for fn in CLASSIFICATION_FNS:
+        with pytest.raises(ValueError, match=match):
+            fn(P, y)
 
 
 def test_bad_other_inputs_raise():

@@ -7,6 +7,8 @@ function                          message
 ``s1_backward_to_b``              S1 backward to the weights, product over uses
 ``s1_backward_to_bias``           S1 backward to the bias, product over uses
 ``s1_term_message``               S1 backward to one summand, elementwise
+``s1_reduce_forward/backward``    S1 over the last axis with per-element weights (pooling windows)
+``patch_index`` / ``fold_messages``  im2col geometry, gather and deterministic fold of messages
 ``s2_forward``                    inner product of variables, forward (S2)
 ``s2_backward``                   S2 backward to both operands
 ``relu_moments``                  R1, R2 of max(a, 0)
@@ -27,10 +29,19 @@ from factorgraph.equations.leaky_relu import forward_marginal as leaky_forward_m
 from factorgraph.equations.leaky_relu import forward_moment_match as leaky_forward_moment_match
 from factorgraph.equations.rectified import block52, block52_log, relu_moments, truncated_moments
 from factorgraph.equations.softmax import probit_scaled_means, probit_softmax
+from factorgraph.equations.im2col import (
+    conv_output_size,
+    fold_messages,
+    gather_constants,
+    gather_messages,
+    patch_index,
+)
 from factorgraph.equations.weighted_sum import (
     s1_backward_to_b,
     s1_backward_to_bias,
     s1_forward,
+    s1_reduce_backward,
+    s1_reduce_forward,
     s1_term_message,
 )
 
@@ -39,5 +50,6 @@ __all__ = [
     "leaky_backward_marginal", "leaky_forward_marginal", "leaky_forward_moment_match",
     "probit_scaled_means", "probit_softmax", "relu_moments", "s1_backward_to_b",
     "s1_backward_to_bias", "s1_forward", "s1_term_message", "s2_backward", "s2_forward",
-    "truncated_moments",
+    "truncated_moments", "conv_output_size", "fold_messages", "gather_constants", "gather_messages",
+    "patch_index", "s1_reduce_backward", "s1_reduce_forward",
 ]

@@ -119,3 +119,23 @@ def s1_backward_to_bias(m_c, m_s, r, reduce=True):
     if reduce:
         return Gaussian(_sum_leading(msg.tau, 1), _sum_leading(msg.rho, 1))
     return msg
+
+
+def s1_reduce_forward(a, m_b):
+    """Weighted sum over the last axis with constant weights of the same shape:
+    ``mu_s = sum_k a_k mu_k``, ``var_s = sum_k a_k^2 var_k`` (max-pool and average-pool windows)."""
+    mu_b, var_b = _moments(m_b)
+    mu = (a * mu_b).sum(axis=-1)
+    var = (a * a * var_b).sum(axis=-1)
+    return Gaussian(mu / var, 1.0 / var)
+
+
+def s1_reduce_backward(a, m_b, m_s, r):
+    """S1 backward to every summand of :func:`s1_reduce_forward` (shape of ``a``)."""
+    xp = get_array_module(a, m_b.tau)
+    small = m_b.rho < config.MIN_CAVITY_PRECISION
+    if bool(xp.any(small)):
+        guards.record("s1_small_cavity", small)
+    mu_b, var_b = _moments(m_b)
+    mu_s, var_s = _moments(m_s)
+    return s1_term_message(a, mu_b, var_b, mu_s[..., None], var_s[..., None], r.tau[..., None], r.rho[..., None])

@@ -1,0 +1,152 @@
+"""2-D convolution by im2col: ``Z = A B + 1 c^T`` with patches ``A`` (P, D), kernel ``B`` (D, F), bias ``c``
+(SPEC 5.3).
+
+Images are ``(H, W, C)``.  The constant-input variant (first weighted layer) uses S1 with the kernel's
+cavity; the variable-input variant uses S2 with the input marginal ``min_rho(m_in * m_to_x[i])`` gathered
+into patches and the kernel marginal.  The messages to the kernel and bias are products over all
+positions; the messages to the patch entries are products over output channels, merged over the copies of
+each pixel by a deterministic fold (sum of natural parameters), then ``min_rho(MIN_PRECISION)``.
+
+Options: ``padding`` (default 0), ``stride`` (1), ``padding_mode`` ("zeros", what PyTorch does, or
+"mirror", the thesis code), and the prior overrides of :class:`layers.linear.Linear`.  Padding works for
+hidden convolutions too; odd and even kernels are supported.
+"""
+
+import numpy as np
+
+from factorgraph import config
+from factorgraph.equations import (
+    fold_messages,
+    gather_constants,
+    gather_messages,
+    patch_index,
+    s1_backward_to_b,
+    s1_backward_to_bias,
+    s1_forward,
+    s2_backward,
+    s2_forward,
+)
+from factorgraph.factor import Factor, WeightSlots
+from factorgraph.gaussian import Gaussian, clamp_min_rho
+from layers.linear import OPTIONS as LINEAR_OPTIONS
+from layers.priors import bias_prior, weight_prior
+
+OPTIONS = LINEAR_OPTIONS + ("padding", "stride", "padding_mode")
+
+
+def _positive_int(v):
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
+
+
+class Conv(Factor):
+    """``("Conv", filters, kernel_size[, padding][, {options}])``."""
+
+    kind = "Conv"
+    interfaces = ("input", "weight", "bias", "output")
+    has_weights = True
+
+    def __init__(self, filters, kernel_size, padding=None, **options):
+        super().__init__()
+        if not _positive_int(filters):
+            raise ValueError(f"Conv needs a positive integer number of filters, got {filters!r}")
+        if not _positive_int(kernel_size):
+            raise ValueError(f"Conv needs a positive integer kernel size, got {kernel_size!r}")
+        unknown = set(options) - set(OPTIONS)
+        if unknown:
+            raise ValueError(f"Conv: unknown option(s) {sorted(unknown)}; allowed: {list(OPTIONS)}")
+        if padding is not None:
+            if "padding" in options:
+                raise ValueError("Conv: padding given twice (positional and option)")
+            options["padding"] = padding
+        self.padding = options.pop("padding", 0)
+        self.stride = options.pop("stride", 1)
+        self.padding_mode = options.pop("padding_mode", "zeros")
+        if isinstance(self.padding, bool) or not isinstance(self.padding, (int, np.integer)) or self.padding < 0:
+            raise ValueError(f"Conv: padding must be an integer >= 0, got {self.padding!r}")
+        if not _positive_int(self.stride):
+            raise ValueError(f"Conv: stride must be a positive integer, got {self.stride!r}")
+        if self.padding_mode not in ("zeros", "mirror"):
+            raise ValueError(f"Conv: padding_mode must be 'zeros' or 'mirror', got {self.padding_mode!r}")
+        if options.get("prior", "code") not in ("code", "thesis"):
+            raise ValueError(f"Conv: option prior must be 'code' or 'thesis', got {options['prior']!r}")
+        self.filters, self.k = int(filters), int(kernel_size)
+        self.options = options
+
+    def output_shape(self, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(f"Conv needs an image input (H, W, C), got shape {tuple(input_shape)}")
+        _, (h, w) = patch_index(input_shape, self.k, self.stride, self.padding, self.padding_mode)
+        return (h, w, self.filters)
+
+    def build(self, input_shape, batch_size, *, dtype, rng, constant_input):
+        super().build(input_shape, batch_size, dtype=dtype, rng=rng, constant_input=constant_input)
+        self.src, _ = patch_index(input_shape, self.k, self.stride, self.padding, self.padding_mode)
+        P, D = self.src.shape
+        d_out = self.filters * P
+        w = weight_prior((D, self.filters), D, d_out, constant_input, rng, dtype, self.options)
+        c = bias_prior((self.filters,), dtype, self.options)
+        self.params = {"W": WeightSlots(w, batch_size), "c": WeightSlots(c, batch_size)}
+        if not constant_input:
+            self.m_to_x = Gaussian.uniform((batch_size,) + self.input_shape, dtype)
+
+    def _out(self, g, lead=()):
+        return g.reshape(*lead, *self.output_shape_)
+
+    # --- training -------------------------------------------------------------------------------
+    def forward(self, m_in, i):
+        W, c = self.params["W"], self.params["c"]
+        self._cav_c = c.cavity(i)
+        if self.constant_input:
+            self._a = gather_constants(m_in, self.src)
+            self._cav_w = W.cavity(i)
+            self._f = s1_forward(self._a, self._cav_w, self._cav_c)
+        else:
+            x_hat = clamp_min_rho(m_in * self.m_to_x[i], config.MIN_PRECISION)
+            self._a = gather_messages(x_hat, self.src)
+            self._f = s2_forward(self._a, W.q, self._cav_c)
+        return self._out(self._f)
+
+    def backward(self, m_out, i):
+        W, c = self.params["W"], self.params["c"]
+        r = m_out.reshape(-1, self.filters)
+        to_c = s1_backward_to_bias(self._cav_c, self._f, r)
+        if self.constant_input:
+            to_w = s1_backward_to_b(self._a, self._cav_w, self._f, r)
+            to_x = None
+        else:
+            to_a, to_w = s2_backward(self._a, W.q, self._f, r)
+            to_x = clamp_min_rho(fold_messages(to_a, self.src, self.input_shape), config.MIN_PRECISION)
+            self.m_to_x[i] = to_x
+        W.replace(i, to_w)
+        c.replace(i, to_c)
+        return to_x
+
+    def reset_batch_caches(self):
+        if not self.constant_input:
+            self.m_to_x.tau[...] = 0
+            self.m_to_x.rho[...] = 0
+
+    # --- prediction -----------------------------------------------------------------------------
+    def predict(self, m_in):
+        W, c = self.params["W"], self.params["c"]
+        n = m_in.shape[0]
+        if self.constant_input:
+            f = s1_forward(gather_constants(m_in, self.src), W.q, c.q)
+        else:
+            f = s2_forward(gather_messages(m_in, self.src), W.q, c.q)
+        return self._out(f, (n,))
+
+    def state(self):
+        out = super().state()
+        if not self.constant_input:
+            out["m_to_x.tau"], out["m_to_x.rho"] = self.m_to_x.tau, self.m_to_x.rho
+        return out
+
+    def load_state(self, arrays):
+        super().load_state(arrays)
+        if not self.constant_input:
+            self.m_to_x = Gaussian(arrays["m_to_x.tau"].copy(), arrays["m_to_x.rho"].copy())
+
+    def describe(self):
+        return (f"Conv(filters={self.filters}, k={self.k}, stride={self.stride}, padding={self.padding}, "
+                f"{self.padding_mode}){self.input_shape}->{self.output_shape_}")

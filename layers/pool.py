@@ -1,0 +1,117 @@
+"""Pooling over k x k windows (stride k) per channel, as weighted sums (SPEC 5.5, 5.6).
+
+* ``("MaxPool", k[, {"noise": 0.3}])``: weights ``p_i`` = argmax probabilities of the window's forward
+  messages (noise variance ``ARGMAX_NOISE`` as in the thesis code), then S1 with constants ``p``; the
+  backward treats ``p`` as constant.  Inputs outside complete windows get ``G(0, 0)``.
+* ``("AvgPool", k)``: weights ``1 / k^2``; ``("AvgPool",)``: global average pooling, one value per
+  channel.  In training the forward output and the backward messages get ``min_rho(MIN_PRECISION)``.
+
+Pooling layers keep no per-example state beyond the current example's input.
+"""
+
+import numpy as np
+
+from factorgraph import config
+from factorgraph.equations import argmax_probs, s1_reduce_backward, s1_reduce_forward
+from factorgraph.factor import Factor
+from factorgraph.gaussian import Gaussian, clamp_min_rho
+
+
+def _check_k(kind, k):
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"{kind} needs a positive integer window size, got {k!r}")
+    return int(k)
+
+
+class _WindowPool(Factor):
+    accepts_constant_input = False
+    k = None  # None: global pooling
+
+    def output_shape(self, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(f"{self.kind} needs an image input (H, W, C), got shape {tuple(input_shape)}")
+        H, W, C = input_shape
+        if self.k is None:
+            return (C,)
+        if self.k > H or self.k > W:
+            raise ValueError(f"{self.kind} window {self.k} is larger than the input {H}x{W}")
+        return (H // self.k, W // self.k, C)
+
+    def _windows(self, x):
+        """(..., H, W, C) -> (..., H', W', C, k*k) over the complete windows."""
+        H, W, C = self.input_shape
+        k = self.k if self.k is not None else None
+        lead = x.shape[:-3]
+        if k is None:
+            return x.reshape(lead + (H * W, C)).swapaxes(-1, -2)
+        h, w = H // k, W // k
+        x = x[..., :h * k, :w * k, :].reshape(lead + (h, k, w, k, C))
+        n = len(lead)
+        perm = tuple(range(n)) + (n, n + 2, n + 4, n + 1, n + 3)
+        return x.transpose(perm).reshape(lead + (h, w, C, k * k))
+
+    def _unwindows(self, x):
+        """Inverse of :meth:`_windows` for one example; pixels outside windows get 0."""
+        H, W, C = self.input_shape
+        if self.k is None:
+            return x.swapaxes(-1, -2).reshape(H, W, C)
+        k = self.k
+        h, w = H // k, W // k
+        full = np.zeros((H, W, C), x.dtype)
+        full[:h * k, :w * k] = x.reshape(h, w, C, k, k).transpose(0, 3, 1, 4, 2).reshape(h * k, w * k, C)
+        return full
+
+    def _gwin(self, m):
+        return Gaussian(self._windows(m.tau), self._windows(m.rho))
+
+    def forward(self, m_in, i):
+        self._win = self._gwin(m_in)
+        self._p = self.weights(self._win)
+        self._f = s1_reduce_forward(self._p, self._win)
+        return self._train_output(self._f)
+
+    def _train_output(self, f):
+        return f
+
+    def backward(self, m_out, i):
+        msg = s1_reduce_backward(self._p, self._win, self._f, m_out)
+        return self._finish_backward(Gaussian(self._unwindows(msg.tau), self._unwindows(msg.rho)))
+
+    def _finish_backward(self, g):
+        return g
+
+    def predict(self, m_in):
+        win = self._gwin(m_in)
+        return s1_reduce_forward(self.weights(win), win)
+
+
+class MaxPool(_WindowPool):
+    kind = "MaxPool"
+
+    def __init__(self, k, noise=config.ARGMAX_NOISE):
+        super().__init__()
+        self.k = _check_k("MaxPool", k)
+        if not noise >= 0:
+            raise ValueError(f"MaxPool noise must be >= 0, got {noise!r}")
+        self.noise = float(noise)
+
+    def weights(self, win):
+        return argmax_probs(win, self.noise)
+
+
+class AvgPool(_WindowPool):
+    kind = "AvgPool"
+
+    def __init__(self, k=None):
+        super().__init__()
+        self.k = None if k is None else _check_k("AvgPool", k)
+
+    def weights(self, win):
+        n = win.shape[-1]
+        return np.full(win.shape, 1.0 / n, win.dtype)
+
+    def _train_output(self, f):
+        return clamp_min_rho(f, config.MIN_PRECISION)
+
+    def _finish_backward(self, g):
+        return clamp_min_rho(g, config.MIN_PRECISION)
