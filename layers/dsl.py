@@ -22,7 +22,7 @@ import numpy as np
 from factorgraph.backend import check_dtype
 from factorgraph.factor import Factor
 from factorgraph.model import FactorGraph
-from layers.argmax import Argmax
+from layers.classification import Argmax, Softmax
 from layers.conv import Conv
 from layers.flatten import Flatten
 from layers.leaky_relu import LeakyReLU
@@ -37,6 +37,7 @@ REGISTRY = {
     "Flatten": Flatten,
     "Regression": Regression,
     "Argmax": Argmax,
+    "Softmax": Softmax,
     "Conv": Conv,
     "MaxPool": MaxPool,
     "AvgPool": AvgPool,

@@ -1,14 +1,19 @@
-"""Argmax likelihood head ``y = argmax_i (a_i + eps_i)`` for classification (SPEC 5.10).
+"""Classification heads; targets are integer labels of shape (n,).
 
-Training backward: the pairwise argmax messages of :func:`factorgraph.equations.argmax_backward` with
-noise ``ARGMAX_NOISE`` and, with ``regularize=True`` (the AM-MP head), the ``N(+-1, ARGMAX_REG_VAR)``
-regulariser.  Prediction: the argmax probabilities.  Targets are integer labels of shape (n,).
+* ``("Argmax", regularize)``: likelihood ``y = argmax_i (a_i + eps_i)`` (SPEC 5.10).  Training backward:
+  the pairwise argmax messages of :func:`factorgraph.equations.argmax_backward` with noise
+  ``ARGMAX_NOISE`` and, with ``regularize=True`` (the AM-MP head), the ``N(+-1, ARGMAX_REG_VAR)``
+  regulariser.  Prediction: the argmax probabilities.
+* ``("Softmax",)``: likelihood ``softmax(a)_y`` (SPEC 5.9).  Training backward: marginal approximation by
+  1-D quadrature per logit (:func:`factorgraph.equations.softmax_backward`; improper results are counted
+  and fall back to ``G(0, 0)``).  Prediction: the probit-approximated softmax.
 """
 
 import numpy as np
 
 from factorgraph import config
-from factorgraph.equations import argmax_backward, argmax_probs
+from factorgraph.equations import argmax_backward, argmax_probs, probit_softmax
+from factorgraph.equations.softmax import softmax_backward
 from factorgraph.factor import Factor
 
 
@@ -63,3 +68,13 @@ class Argmax(ClassificationHead):
 
     def probabilities(self, m):
         return argmax_probs(m, config.ARGMAX_NOISE)
+
+
+class Softmax(ClassificationHead):
+    kind = "Softmax"
+
+    def backward_signal(self, y, i):
+        return softmax_backward(self._m, y)
+
+    def probabilities(self, m):
+        return probit_softmax(m)
