@@ -230,15 +230,30 @@ class FactorGraph:
             return argmax_probs(m, float(mapping))
         raise ValueError(f"mapping must be 'argmax', 'probit' or a noise variance >= 0, got {mapping!r}")
 
-    def evaluate(self, X, Y):
-        """Regression metrics: ``{"rmse", "mse", "nll"}`` (nll: mean Gaussian negative log-likelihood)."""
+    def evaluate(self, X, Y, X_ood=None, mapping="argmax"):
+        """Metrics of the posterior predictive on ``(X, Y)`` as a dict (see :mod:`factorgraph.metrics`).
+
+        Regression head with float targets (n, d): rmse, nll, coverage.  Classification head, or a
+        regression head given integer labels (n,) (R-MP, probabilities by ``mapping``): accuracy, nll,
+        brier, ece, thesis_ece, relative-calibration AUC and, with ``X_ood``, OOD AUROC/AUPR.
+        """
+        from factorgraph import metrics
+
         X = self._check_inputs(X)
-        Y = self.signal.check_targets(Y, X.shape[0])
-        mean, var = self.predict(X)
-        err = Y - mean
-        mse = float(np.mean(err ** 2))
-        nll = float(np.mean(0.5 * np.log(2 * np.pi * var) + 0.5 * err ** 2 / var))
-        return {"rmse": mse ** 0.5, "mse": mse, "nll": nll}
+        n = X.shape[0]
+        labels = np.asarray(Y)
+        if self.signal.output == "gaussian" and not (labels.ndim == 1 and np.issubdtype(labels.dtype, np.integer)):
+            Y = self.signal.check_targets(Y, n)
+            mean, var = self.predict(X)
+            return metrics.regression_metrics(mean, var, Y)
+        C = self.output_shape[0]
+        if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"classification labels must be integers of shape ({n},), got {labels.dtype} {labels.shape}")
+        if n and (labels.min() < 0 or labels.max() >= C):
+            raise ValueError(f"labels must lie in [0, {C}), got range [{labels.min()}, {labels.max()}]")
+        P = self.predict_proba(X, mapping)
+        P_ood = None if X_ood is None else self.predict_proba(X_ood, mapping)
+        return metrics.classification_metrics(P, labels, P_ood)
 
     # --- persistence ----------------------------------------------------------------------------
     def state(self):

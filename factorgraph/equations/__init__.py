@@ -19,6 +19,7 @@ function                          message
 ``argmax_probs``                  argmax probabilities with noise 0.3
 ``argmax_backward``               argmax likelihood backward with both stabilizers
 ``probit_softmax``                probit-approximated softmax prediction
+``softmax_backward``              softmax likelihood backward by 1-D quadrature per logit
 ================================  ============================================================
 """
 
@@ -28,7 +29,7 @@ from factorgraph.equations.leaky_relu import backward_marginal as leaky_backward
 from factorgraph.equations.leaky_relu import forward_marginal as leaky_forward_marginal
 from factorgraph.equations.leaky_relu import forward_moment_match as leaky_forward_moment_match
 from factorgraph.equations.rectified import block52, block52_log, relu_moments, truncated_moments
-from factorgraph.equations.softmax import probit_scaled_means, probit_softmax
+from factorgraph.equations.softmax import probit_scaled_means, probit_softmax, softmax_backward
 from factorgraph.equations.im2col import (
     conv_output_size,
     fold_messages,
@@ -51,5 +52,5 @@ __all__ = [
     "probit_scaled_means", "probit_softmax", "relu_moments", "s1_backward_to_b",
     "s1_backward_to_bias", "s1_forward", "s1_term_message", "s2_backward", "s2_forward",
     "truncated_moments", "conv_output_size", "fold_messages", "gather_constants", "gather_messages",
-    "patch_index", "s1_reduce_backward", "s1_reduce_forward",
+    "patch_index", "s1_reduce_backward", "s1_reduce_forward", "softmax_backward",
 ]

@@ -1,6 +1,8 @@
-"""Softmax prediction by the probit approximation (SPEC 3.3, 5.9).
+"""Softmax likelihood: prediction by the probit approximation and backward messages (SPEC 3.3, 5.9).
 
-``p = softmax(t)`` with ``t_i = mu_i / sqrt(1 + (pi / 8) var_i)``.
+* :func:`probit_softmax`: ``p = softmax(t)`` with ``t_i = mu_i / sqrt(1 + (pi / 8) var_i)``.
+* :func:`softmax_backward`: the message to each logit by marginal approximation, the tilted moments of
+  ``exp(l(z)) N(z; mu_i, var_i)`` computed by a vectorised composite Gauss-Legendre rule.
 """
 
 import math
@@ -181,7 +183,8 @@ def _softmax_message(mu, rho, log_m0, mean_u, var_u):
         rho_hat = 1 / var_u
         tau_hat = (mu + mean_u) * rho_hat
         low = log_m0 < math.log(config.SOFTMAX_MIN_MASS)
-        finite = xp.isfinite(log_m0) & xp.isfinite(rho_hat) & xp.isfinite(tau_hat) & (var_u > 0)
+        finite = (xp.isfinite(log_m0) & xp.isfinite(mean_u) & xp.isfinite(var_u) & (var_u > 0)
+                  & xp.isfinite(rho_hat) & xp.isfinite(tau_hat))
         nonfinite = ~low & ~finite
         ok = ~low & finite
         d = rho_hat - rho

@@ -49,57 +49,84 @@ def linear_const_fwd(x, wq_t, wq_r, wm_t, wm_r, cq_t, cq_r, cm_t, cm_r, out_mu, 
     for j in range(J):
         t, r = _cavity(cq_t[j], cq_r[j], cm_t[j], cm_r[j], counts)
         out_mu[j], out_var[j] = _moments(t, r)
+    n_round = 0
+    n_bad = 0
     for k in range(K):
         a = x[k]
         if a == 0.0:
             continue
         for j in range(J):
-            t, r = _cavity(wq_t[k, j], wq_r[k, j], wm_t[k, j], wm_r[k, j], counts)
-            mu, var = _moments(t, r)
-            out_mu[j] += a * mu
-            out_var[j] += a * a * var
-
-
-@njit(cache=True, inline="always")
-def _s1_update(a, q_t, q_r, m_t, m_r, idx, f_mu, f_var, r_t, r_r, counts):
-    """S1 message to one weight from its cavity; writes the slot and the marginal in place."""
-    old_t = m_t[idx]
-    old_r = m_r[idx]
-    ct, cr = _cavity(q_t[idx], q_r[idx], old_t, old_r, counts)
-    if cr < MIN_CAV:
-        counts[G_SMALL_CAV] += 1
-    if a == 0.0:
-        nt = 0.0
-        nr = 0.0
-    else:
-        mu_b, var_b = _moments(ct, cr)
-        rest = f_var - a * a * var_b
-        if rest < 0:
-            counts[G_S1_REST] += 1
-            rest = 0.0
-        d = 1.0 + r_r * rest
-        nr = a * a * r_r / d
-        nt = a * (r_t - r_r * (f_mu - a * mu_b)) / d
-    q_t[idx] += nt - old_t
-    q_r[idx] += nr - old_r
-    m_t[idx] = nt
-    m_r[idx] = nr
+            cr = wq_r[k, j] - wm_r[k, j]
+            if cr < 0:
+                if cr < -RTOL * abs(wq_r[k, j]):
+                    n_bad += 1
+                else:
+                    n_round += 1
+                cr = 0.0
+            if cr > 0:
+                inv = 1.0 / cr
+                out_mu[j] += a * (wq_t[k, j] - wm_t[k, j]) * inv
+                out_var[j] += a * a * inv
+            else:  # a uniform cavity: mean 0, variance inf (as the reference)
+                out_var[j] = np.inf
+    counts[G_ROUNDOFF] += n_round
+    counts[G_IMPROPER] += n_bad
 
 
 @njit(cache=True)
 def linear_const_bwd(x, wq_t, wq_r, wm_t, wm_r, cq_t, cq_r, cm_t, cm_r, f_mu, f_var, r_t, r_r, counts):
     """S1 backward to weights and bias, fused with ``q <- q + new - old`` and the slot write."""
     K, J = wq_t.shape
-    for j in range(J):
-        _s1_update(1.0, cq_t, cq_r, cm_t, cm_r, j, f_mu[j], f_var[j], r_t[j], r_r[j], counts)
-    wq_t2 = wq_t.reshape(K * J)
-    wq_r2 = wq_r.reshape(K * J)
-    wm_t2 = wm_t.reshape(K * J)
-    wm_r2 = wm_r.reshape(K * J)
+    _s1_rows(np.ones(1), cq_t.reshape(1, J), cq_r.reshape(1, J), cm_t.reshape(1, J), cm_r.reshape(1, J),
+             f_mu, f_var, r_t, r_r, counts)
+    _s1_rows(x, wq_t, wq_r, wm_t, wm_r, f_mu, f_var, r_t, r_r, counts)
+
+
+@njit(cache=True)
+def _s1_rows(x, q_t, q_r, m_t, m_r, f_mu, f_var, r_t, r_r, counts):
+    """S1 messages to every b[k, j] of s_j = sum_k x_k b_kj from its cavity; in-place slot and marginal."""
+    K, J = q_t.shape
+    n_round = 0
+    n_bad = 0
+    n_rest = 0
+    n_small = 0
     for k in range(K):
         a = x[k]
+        a2 = a * a
         for j in range(J):
-            _s1_update(a, wq_t2, wq_r2, wm_t2, wm_r2, k * J + j, f_mu[j], f_var[j], r_t[j], r_r[j], counts)
+            old_t = m_t[k, j]
+            old_r = m_r[k, j]
+            ct = q_t[k, j] - old_t
+            cr = q_r[k, j] - old_r
+            if cr < MIN_CAV:
+                n_small += 1
+                if cr < 0:
+                    if cr < -RTOL * abs(q_r[k, j]):
+                        n_bad += 1
+                    else:
+                        n_round += 1
+                    cr = 0.0
+            if a == 0.0:
+                nt = 0.0
+                nr = 0.0
+            else:
+                inv = 1.0 / cr if cr > 0 else np.inf
+                mu_b = ct * inv if cr > 0 else 0.0
+                rest = f_var[j] - a2 * inv
+                if rest < 0:
+                    n_rest += 1
+                    rest = 0.0
+                inv_d = 1.0 / (1.0 + r_r[j] * rest)
+                nr = a2 * r_r[j] * inv_d
+                nt = a * (r_t[j] - r_r[j] * (f_mu[j] - a * mu_b)) * inv_d
+            q_t[k, j] += nt - old_t
+            q_r[k, j] += nr - old_r
+            m_t[k, j] = nt
+            m_r[k, j] = nr
+    counts[G_ROUNDOFF] += n_round
+    counts[G_IMPROPER] += n_bad
+    counts[G_S1_REST] += n_rest
+    counts[G_SMALL_CAV] += n_small
 
 
 @njit(cache=True)
@@ -134,8 +161,8 @@ def linear_var_bwd(x_mu, x_var, wq_t, wq_r, wm_t, wm_r, cq_t, cq_r, cm_t, cm_r, 
     """S2 backward to inputs and weights (from the pre-update marginals), S1 to the bias, fused with
     the marginal and slot updates; the input message gets the all-tiny edge rule and ``min_rho``."""
     K, J = wq_t.shape
-    for j in range(J):
-        _s1_update(1.0, cq_t, cq_r, cm_t, cm_r, j, f_mu[j], f_var[j], r_t[j], r_r[j], counts)
+    _s1_rows(np.ones(1), cq_t.reshape(1, J), cq_r.reshape(1, J), cm_t.reshape(1, J), cm_r.reshape(1, J),
+             f_mu, f_var, r_t, r_r, counts)
     all_tiny = True
     for j in range(J):
         if f_var[j] < 1.0 / TINY or r_r[j] > TINY:
