@@ -230,6 +230,19 @@ class FactorGraph:
             return argmax_probs(m, float(mapping))
         raise ValueError(f"mapping must be 'argmax', 'probit' or a noise variance >= 0, got {mapping!r}")
 
+    def fit_argmax_noise(self, X_val, y_val, grid=None):
+        """Choose the argmax noise variance of a regression head's probability mapping by held-out
+        likelihood: the value on ``grid`` (default 0.01 .. 10, log-spaced) with the lowest NLL of
+        ``predict_proba(X_val, mapping=noise)`` on integer labels ``y_val``.  Returns the noise."""
+        from factorgraph import metrics
+
+        if self.signal.output != "gaussian":
+            raise ValueError("fit_argmax_noise applies to a regression head trained on one-hot targets")
+        grid = np.logspace(-2, 1, 31) if grid is None else np.asarray(grid, float)
+        m = self.predict_messages(X_val)
+        losses = [metrics.nll(argmax_probs(m, float(b)), y_val) for b in grid]
+        return float(grid[int(np.argmin(losses))])
+
     def evaluate(self, X, Y, X_ood=None, mapping="argmax"):
         """Metrics of the posterior predictive on ``(X, Y)`` as a dict (see :mod:`factorgraph.metrics`).
 

@@ -24,7 +24,7 @@ from factorgraph.equations import softmax as S
 from factorgraph.gaussian import Gaussian
 
 N_CASES = 200
-TOL = {np.float64: 1e-8, np.float32: 1e-6}
+TOL = {np.float64: 1e-9, np.float32: 1e-6}
 
 
 def _msg(mu, var, dtype=np.float64):
