@@ -14,7 +14,7 @@ hidden convolutions too; odd and even kernels are supported.
 
 import numpy as np
 
-from factorgraph import config
+from factorgraph import config, guards, kernels
 from factorgraph.equations import (
     fold_messages,
     gather_constants,
@@ -28,6 +28,7 @@ from factorgraph.equations import (
 )
 from factorgraph.factor import Factor, WeightSlots
 from factorgraph.gaussian import Gaussian, clamp_min_rho
+from factorgraph.kernels import patches_cpu
 from layers.linear import OPTIONS as LINEAR_OPTIONS
 from layers.priors import bias_prior, weight_prior
 
@@ -110,16 +111,38 @@ class Conv(Factor):
         W, c = self.params["W"], self.params["c"]
         r = m_out.reshape(-1, self.filters)
         to_c = s1_backward_to_bias(self._cav_c, self._f, r)
-        if self.constant_input:
+        if kernels.enabled() and type(r.tau) is np.ndarray:
+            to_w, to_a = self._backward_kernel(r)
+        elif self.constant_input:
             to_w = s1_backward_to_b(self._a, self._cav_w, self._f, r)
-            to_x = None
         else:
             to_a, to_w = s2_backward(self._a, W.q, self._f, r)
+        if self.constant_input:
+            to_x = None
+        else:
             to_x = clamp_min_rho(fold_messages(to_a, self.src, self.input_shape), config.MIN_PRECISION)
             self.m_to_x[i] = to_x
         W.replace(i, to_w)
         c.replace(i, to_c)
         return to_x
+
+    def _backward_kernel(self, r):
+        """The same messages as the reference branch, by the fused patch kernels."""
+        F, D = self.filters, self.src.shape[1]
+        counts = np.zeros(1, np.int64)
+        to_w = Gaussian(np.empty((D, F), self.dtype), np.empty((D, F), self.dtype))
+        f_mu, f_var = self._f.mean, self._f.var
+        if self.constant_input:
+            w = self._cav_w
+            patches_cpu.s1_patches_bwd(self._a, w.mean, w.var, f_mu, f_var, r.tau, r.rho, to_w.tau, to_w.rho, counts)
+            guards.record("s1_rest_variance_clamp", int(counts[0]))
+            return to_w, None
+        q = self.params["W"].q
+        to_a = Gaussian(np.empty(self._a.shape, self.dtype), np.empty(self._a.shape, self.dtype))
+        patches_cpu.s2_patches_bwd(self._a.mean, self._a.var, q.mean, q.var, f_mu, f_var, r.tau, r.rho, to_a.tau,
+                                   to_a.rho, to_w.tau, to_w.rho, counts)
+        guards.record("s2_rest_variance_clamp", int(counts[0]))
+        return to_w, to_a
 
     def reset_batch_caches(self):
         if not self.constant_input:

@@ -146,7 +146,8 @@ def test_softmax_backward_vs_quad(oracle_cases, dtype, record_cases):
         by_c.setdefault(len(case[0]), []).append(case)
     statuses = set()
     for c, rows in by_c.items():
-        m = Gaussian(np.array([r[0] for r in rows]).astype(dtype), np.array([r[1] for r in rows]).astype(dtype))
+        tau, rho = np.array([r[0] for r in rows]), np.array([r[1] for r in rows])
+        m = Gaussian(tau.astype(dtype), rho.astype(dtype))
         y = np.array([r[2] for r in rows])
         out = softmax_backward(m, y)
         assert out.shape == (len(rows), c) and out.tau.dtype == dtype and out.rho.dtype == dtype

@@ -34,7 +34,7 @@ def probit_softmax(m):
 #: Gauss-Legendre points per panel of the composite rule.
 _GL_POINTS = 12
 #: Panel counts of the composite rule; each element uses the smallest that meets its need R (see
-#: :func:`_tilted_moments`), which is at most 6 sqrt(1 + var / 4) for var <= 1 and at most 22 always.
+#: :func:`_tilted_moments`): R <= 6.8 when var <= 1, R <= 22 always.
 _PANEL_TIERS = (7, 12, 22)
 #: Node spacing: panels at most this many sigma wide away from the kink of l(z), and at most this many
 #: (effective) sigma and ``_KINK_PANEL`` wide within ``_KINK_HALF_WIDTH`` of it.  12-point Gauss-Legendre
@@ -88,7 +88,10 @@ def _mode_offset(var, L0, R0, x0, log_s, is_y):
 
 
 def _chunk_moments(panels, A, B, p1, p2, h_out, h_mid, x0, log_s, isy, base_other, inv2v):
-    """Tilted moments on one chunk with a fixed panel count; returns (log of sum, ref, mean_u, var_u)."""
+    """Tilted moments on one chunk with a fixed panel count.
+
+    Returns ``(s0, ref, mean_u, var_u)`` with ``log m0 = ref + log(s0) - log(sigma sqrt(2 pi))``.
+    """
     xp = get_array_module(A)
     xg, wg = _gauss_legendre()
     xg, wg = xp.asarray(xg), xp.asarray(wg)
@@ -106,8 +109,9 @@ def _chunk_moments(panels, A, B, p1, p2, h_out, h_mid, x0, log_s, isy, base_othe
     width = (edges[:, 1:] - edges[:, :-1])[:, :, None]
     u = (left + width * xg).reshape(len(A), -1)
     w = (width * wg).reshape(len(A), -1)
-    # log-integrand up to the constant log(sigma sqrt(2 pi)):  l = base - logaddexp(log S, x), x = z - M,
-    # split as  base - max(log S, x) - log1p(exp(-|x - log S|))  so only the first part needs logs
+    # integrand up to the constant 1 / (sigma sqrt(2 pi)), with x = z - M:
+    #   exp(l) = exp(base - logaddexp(log S, x)) = exp(base - max(log S, x)) / (1 + exp(-|x - log S|)),
+    # the first factor (with the Gaussian exponent) taken relative to its maximum over the nodes
     x = c(x0) + u
     q = c(isy) * x + c(base_other) - xp.maximum(c(log_s), x) - u * u * c(inv2v)
     ref = q.max(axis=1)
@@ -209,22 +213,25 @@ def softmax_backward(m, y):
     * ``i == y``: ``l(z) = (z - M) - logaddexp(log S_{-i}, z - M)``;
     * ``i != y``: ``l(z) = (t_y - M) - logaddexp(log S_{-i}, z - M)``.
 
-    The tilted density ``f(z) = exp(l(z)) N(z; mu_i, var_i)`` lives on ``[mu_i - 7 sigma_i, mu_i + 7 sigma_i]``,
-    widened to cover ``[mu_y - 7 sigma_y, mu_y + 7 sigma_y]`` when ``mu_i + 7 sigma_i > mu_y - 7 sigma_y``
-    (``SOFTMAX_BOUND_SIGMAS``).  With ``m0 = int f``, mean ``m`` and central variance ``v`` of ``f / m0``:
-    ``m0 < SOFTMAX_MIN_MASS`` gives ``G(0, 0)``; otherwise ``rho_hat = 1 / v``, ``tau_hat = m rho_hat`` and
-    the message is the tolerant division ``G(tau_hat, rho_hat) / m_i`` with tol ``SOFTMAX_DIVISION_TOL``:
-    a deficit in ``[-tol, 0)`` sets rho to 0 (possibly an improper ``G(tau, 0)``).  Instead of aborting,
-    a larger deficit or non-finite moments give ``G(0, 0)``.  Guards (counted): ``softmax_low_mass``,
-    ``softmax_tolerant_clamp``, ``softmax_improper_fallback``, ``softmax_nonfinite_fallback``.
+    (``log S_{-i}`` is a log-sum-exp for the arg-max class, where ``S - 1`` would cancel or underflow).
+    The tilted density ``f(z) = exp(l(z)) N(z; mu_i, var_i)`` is integrated over
+    ``[mu_i - 7 sigma_i, mu_i + 7 sigma_i]``, widened to cover ``[mu_y - 7 sigma_y, mu_y + 7 sigma_y]``
+    when ``mu_i + 7 sigma_i > mu_y - 7 sigma_y`` (``SOFTMAX_BOUND_SIGMAS``).  With ``m0 = int f``, mean
+    ``m`` and central variance ``v`` of ``f / m0``: ``m0 < SOFTMAX_MIN_MASS`` gives ``G(0, 0)``;
+    otherwise ``rho_hat = 1 / v``, ``tau_hat = m rho_hat`` and the message is the tolerant division
+    ``G(tau_hat, rho_hat) / m_i`` with tol ``SOFTMAX_DIVISION_TOL``: a deficit in ``[-tol, 0)`` sets rho
+    to 0 (possibly an improper ``G(tau, 0)``).  Instead of aborting, a larger deficit or non-finite
+    moments give ``G(0, 0)``.  Guards (counted): ``softmax_low_mass``, ``softmax_tolerant_clamp``,
+    ``softmax_improper_fallback``, ``softmax_nonfinite_fallback``.
 
     Quadrature (vectorised; replaces the code's adaptive Gauss-Kronrod): ``log f`` is concave, so its mode
     on the interval is found by bisection and the nodes cover mode +- 9 sigma_i only (neglected mass
-    < exp(-40) of the total); there a composite 12-point Gauss-Legendre rule with 7, 12 or 22 panels,
-    spaced at most 3 sigma_i apart and at most 3 apart near the kink ``z = M + log S_{-i}`` of ``l``
-    (see :func:`_tilted_moments`), gives ``m0``, mean and variance to ~1e-13 relative.  The integrand is
-    evaluated relative to its maximum over the nodes (``m0`` is exact in log form), the variance as a
-    central moment.  Arithmetic is float64 internally; the result has the dtype of ``m``.
+    < exp(-40) of the total); there a composite 12-point Gauss-Legendre rule with 7, 12 or 22 panels
+    (84 to 264 nodes), each panel at most 3 sigma_i wide and at most 3 wide near the kink
+    ``z = M + log S_{-i}`` of ``l`` (see :func:`_tilted_moments`), gives ``m0``, mean and variance to
+    ~1e-13 relative.  The integrand is evaluated relative to its maximum over the nodes (``m0`` is exact
+    in log form), the variance as a central moment.  Arithmetic is float64 internally; the result has
+    the dtype of ``m``.
 
     Parameters
     ----------
