@@ -5,6 +5,12 @@ terminal summary prints the totals per equation so a run shows the coverage of e
 """
 
 import collections
+import os
+
+# CUDA kernels run in Numba's simulator unless a real GPU run is asked for; must be set before
+# numba.cuda is first imported.
+if os.environ.get("FACTORGRAPH_REAL_GPU") != "1":
+    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
 import numpy as np
 import pytest

@@ -31,6 +31,13 @@ def _numpy_reference_path():
     kernels.set_enabled(prev)
 
 
+@pytest.fixture(params=[False, True], ids=["numpy", "kernels"])
+def both_paths(request):
+    """Run an oracle test on the NumPy reference path and on the compiled-kernel path."""
+    kernels.set_enabled(request.param)
+    return request.param
+
+
 # --- independent oracles --------------------------------------------------------------------------
 
 
@@ -299,7 +306,7 @@ def _conv_params(t):
 
 
 @pytest.mark.parametrize("shape,conv", FIRST_CONVS)
-def test_first_conv_forward_and_predict_equal_naive_convolution(shape, conv):
+def test_first_conv_forward_and_predict_equal_naive_convolution(shape, conv, both_paths):
     F, k, stride, padding, mode = _conv_params(conv)
     C = shape[2]
     fg = create_factor_graph([shape, conv] + _head(shape), batch_size=2, seed=3)
@@ -443,7 +450,7 @@ CONFIGS = [
 
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("cfg", range(len(CONFIGS)))
-def test_conv_equals_linear_on_unfolded_patches(cfg, seed):
+def test_conv_equals_linear_on_unfolded_patches(cfg, seed, both_paths):
     shape, conv1, conv2 = CONFIGS[cfg]
     templates = [shape, conv1, ("LeakyReLU", 0.1), conv2, ("LeakyReLU", 0.1), ("Flatten",), ("Linear", 2),
                  ("Regression", 0.1)]
@@ -473,7 +480,7 @@ def test_conv_equals_linear_on_unfolded_patches(cfg, seed):
     ("Conv", 2, 2, {"padding": 2, "padding_mode": "mirror", "stride": 2}),
     ("Conv", 2, 4, {"padding": 1}),
 ])
-def test_hidden_conv_isolated_with_hand_made_messages(conv):
+def test_hidden_conv_isolated_with_hand_made_messages(conv, both_paths):
     """Hidden conv driven directly: random input, random stored m_to_x, some G(0, 0) backward messages."""
     shape = (6, 6, 2)
     fg = create_factor_graph([(6, 6, 1), ("Conv", 2, 1), conv, ("Flatten",), ("Linear", 1), ("Regression", 1.0)],
@@ -491,7 +498,7 @@ def test_hidden_conv_isolated_with_hand_made_messages(conv):
     check_conv_against_patch_oracle(layer, rec.log)
 
 
-def test_hidden_conv_uninformative_backward_gives_clamped_flat_input_messages():
+def test_hidden_conv_uninformative_backward_gives_clamped_flat_input_messages(both_paths):
     fg = create_factor_graph([(5, 5, 1), ("Conv", 2, 1), ("Conv", 2, 3, {"padding": 1}), ("Flatten",),
                               ("Linear", 1), ("Regression", 1.0)], batch_size=1, seed=0)
     layer = fg.layers[1]
@@ -599,7 +606,7 @@ def digits():
     return X[perm[:100]], y[perm[:100]], X[perm[100:600]], y[perm[100:600]]
 
 
-def test_tiny_cnn_learns_digits(digits):
+def test_tiny_cnn_learns_digits(digits, both_paths):
     Xtr, ytr, Xte, yte = digits
     start = time.perf_counter()
     fg = create_factor_graph(DIGITS_CNN, batch_size=100, seed=0)

@@ -329,3 +329,14 @@ def test_avgpool_predict_equals_training_forward(template):
         (f_mu, f_var), _, _ = pool_oracle(batch[n], None, k, uniform_weights)
         assert_close(pred.mean[n], f_mu)
         assert_close(pred.var[n], f_var)
+
+
+def test_avgpool_predict_is_not_clamped():
+    # SPEC 5.6: min_rho(1e-8) is a training-time clamp; prediction is the plain S1 forward.
+    layer = pool_layer((2, 2, 1), ("AvgPool",))
+    batch = Gaussian(np.full((1, 2, 2, 1), 2e-12), np.full((1, 2, 2, 1), 1e-12))
+    pred = layer.predict(batch)
+    # mean 2, var 4e12 / 16 = 2.5e11
+    assert pred.mean[0, 0] == pytest.approx(2.0, rel=1e-12)
+    assert pred.rho[0, 0] == pytest.approx(4e-12, rel=1e-12)
+    assert layer.forward(batch[0], 0).rho[0] == MIN_RHO

@@ -1,8 +1,11 @@
 """Numba CPU kernels of the LeakyReLU factor, elementwise over a vector of units.
 
-They compute the NumPy reference of :mod:`factorgraph.equations.leaky_relu` (moment matching, and the
-marginal-approximation forward and backward with the same guardrails) element by element;
-``tests/test_kernels_cpu.py`` asserts the equality.  ``counts`` indices are the ``L_*`` constants.
+The per-element functions (``*_one``) compute the NumPy reference of
+:mod:`factorgraph.equations.leaky_relu` (moment matching, and the marginal-approximation forward and
+backward with the same guardrails) for one unit; the CPU kernels loop over units and the CUDA kernels
+(:mod:`factorgraph.kernels.leaky_cuda`) run one thread per unit on device-compiled copies of the same
+functions.  ``tests/test_kernels_cpu.py`` asserts equality with the reference.  ``counts`` indices are the
+``L_*`` constants.
 """
 
 import math
@@ -22,67 +25,81 @@ MIN_RHO = config.MIN_PRECISION
 
 
 @njit(cache=True, inline="always")
-def _moment_match(ta, ra, slope, counts):
+def moment_match_one(ta, ra, slope):
+    """Moment-matched output (tau, rho, u-floors) for input (ta, ra)."""
     mu = ta / ra
     sigma = 1.0 / math.sqrt(ra)
     mp, vp, lp, f1 = truncated(mu, sigma)
     mn, vn, lq, f2 = truncated(-mu, sigma)
-    counts[L_U_FLOOR] += f1 + f2
     mean, var, _ = mixture(lp, mp, vp, lq, -slope * mn, slope * slope * vn)
-    return mean / var, 1.0 / var
+    return mean / var, 1.0 / var, f1 + f2
+
+
+@njit(cache=True, inline="always")
+def fwd_marginal_one(ta, ra, tz, rz, slope):
+    """Training forward (tau, rho, fallback?, u-floors) of one unit."""
+    lw1, m1, v1, f1 = block52_log(ta, ra, tz, rz)
+    lw2, m2, v2, f2 = block52_log(-tz, rz, -ta / slope, ra / (slope * slope))
+    mean, var, log_m0 = mixture(lw1, m1, v1, lw2, -m2, v2)
+    rho_hat = 1.0 / var if var == var else math.nan
+    tau_hat = mean * rho_hat
+    if (log_m0 < LOG_MIN_MASS or not math.isfinite(rho_hat) or not math.isfinite(tau_hat)
+            or rho_hat < ra + rz):
+        t, r, f3 = moment_match_one(ta, ra, slope)
+        return t, r, 1, f1 + f2 + f3
+    return tau_hat - tz, rho_hat - rz, 0, f1 + f2
+
+
+@njit(cache=True, inline="always")
+def bwd_marginal_one(ta, ra, tz, rz, slope):
+    """Backward message (tau, rho) to the input of one unit, then min_rho(MIN_PRECISION), with the
+    flags (clamped?, fallback?, u-floors, min_rho?)."""
+    lw1, m1, v1, f1 = block52_log(ta, ra, tz, rz)
+    lw2, m2, v2, f2 = block52_log(-ta, ra, -slope * tz, slope * slope * rz)
+    mean, var, _ = mixture(lw1, m1, v1, lw2 - math.log(slope), -m2, v2)
+    rho_hat = 1.0 / var if var == var else math.nan
+    floor = ra + GAIN
+    clamped = 0
+    if rho_hat < floor:
+        if math.isfinite(rho_hat):
+            clamped = 1
+        rho_hat = floor
+    tau_hat = mean * rho_hat
+    fallback = 0
+    if not math.isfinite(rho_hat) or not math.isfinite(tau_hat) or (tz < 0 and rz < TINY):
+        fallback = 1
+        t, r = 0.0, 0.0
+    else:
+        t, r = tau_hat - ta, rho_hat - ra
+    low = 0
+    if r < MIN_RHO:
+        low = 1
+        t = t / r * MIN_RHO if r > 0 else 0.0
+        r = MIN_RHO
+    return t, r, clamped, fallback, f1 + f2, low
 
 
 @njit(cache=True)
 def leaky_fwd_moment_match(a_t, a_r, slope, out_t, out_r, counts):
     for n in range(a_t.shape[0]):
-        out_t[n], out_r[n] = _moment_match(a_t[n], a_r[n], slope, counts)
+        out_t[n], out_r[n], f = moment_match_one(a_t[n], a_r[n], slope)
+        counts[L_U_FLOOR] += f
 
 
 @njit(cache=True)
 def leaky_fwd_marginal(a_t, a_r, z_t, z_r, slope, out_t, out_r, counts):
     for n in range(a_t.shape[0]):
-        ta, ra, tz, rz = a_t[n], a_r[n], z_t[n], z_r[n]
-        lw1, m1, v1, f1 = block52_log(ta, ra, tz, rz)
-        lw2, m2, v2, f2 = block52_log(-tz, rz, -ta / slope, ra / (slope * slope))
-        counts[L_U_FLOOR] += f1 + f2
-        mean, var, log_m0 = mixture(lw1, m1, v1, lw2, -m2, v2)
-        rho_hat = 1.0 / var if var == var else math.nan
-        tau_hat = mean * rho_hat
-        bad = (log_m0 < LOG_MIN_MASS or not math.isfinite(rho_hat) or not math.isfinite(tau_hat)
-               or rho_hat < ra + rz)
-        if bad:
-            counts[L_FWD_FALLBACK] += 1
-            out_t[n], out_r[n] = _moment_match(ta, ra, slope, counts)
-        else:
-            out_t[n] = tau_hat - tz
-            out_r[n] = rho_hat - rz
+        out_t[n], out_r[n], fb, f = fwd_marginal_one(a_t[n], a_r[n], z_t[n], z_r[n], slope)
+        counts[L_FWD_FALLBACK] += fb
+        counts[L_U_FLOOR] += f
 
 
 @njit(cache=True)
 def leaky_bwd_marginal(a_t, a_r, z_t, z_r, slope, out_t, out_r, counts):
     """Backward message to the input, then ``min_rho(MIN_PRECISION)`` as the layer applies it."""
-    log_inv_slope = -math.log(slope)
     for n in range(a_t.shape[0]):
-        ta, ra, tz, rz = a_t[n], a_r[n], z_t[n], z_r[n]
-        lw1, m1, v1, f1 = block52_log(ta, ra, tz, rz)
-        lw2, m2, v2, f2 = block52_log(-ta, ra, -slope * tz, slope * slope * rz)
-        counts[L_U_FLOOR] += f1 + f2
-        mean, var, _ = mixture(lw1, m1, v1, lw2 + log_inv_slope, -m2, v2)
-        rho_hat = 1.0 / var if var == var else math.nan
-        floor = ra + GAIN
-        if rho_hat < floor:
-            if math.isfinite(rho_hat):
-                counts[L_BWD_CLAMP] += 1
-            rho_hat = floor
-        tau_hat = mean * rho_hat
-        if not math.isfinite(rho_hat) or not math.isfinite(tau_hat) or (tz < 0 and rz < TINY):
-            counts[L_BWD_FALLBACK] += 1
-            t, r = 0.0, 0.0
-        else:
-            t, r = tau_hat - ta, rho_hat - ra
-        if r < MIN_RHO:
-            counts[L_MIN_RHO] += 1
-            t = t / r * MIN_RHO if r > 0 else 0.0
-            r = MIN_RHO
-        out_t[n] = t
-        out_r[n] = r
+        out_t[n], out_r[n], c, fb, f, low = bwd_marginal_one(a_t[n], a_r[n], z_t[n], z_r[n], slope)
+        counts[L_BWD_CLAMP] += c
+        counts[L_BWD_FALLBACK] += fb
+        counts[L_U_FLOOR] += f
+        counts[L_MIN_RHO] += low

@@ -1,0 +1,69 @@
+"""Numba CUDA kernels of the LeakyReLU factor: one thread per unit, on device copies of the CPU
+per-element functions of :mod:`factorgraph.kernels.leaky_cpu` (same numbers, same guards)."""
+
+from numba import cuda
+
+from factorgraph.kernels import leaky_cpu, scalar
+from factorgraph.kernels._device import device_functions, grid
+from factorgraph.kernels.leaky_cpu import L_BWD_CLAMP, L_BWD_FALLBACK, L_FWD_FALLBACK, L_MIN_RHO, L_U_FLOOR
+
+_D = device_functions([scalar, leaky_cpu], ["log_ndtr", "shift_and_factor", "truncated", "block52_log",
+                                            "mixture", "moment_match_one", "fwd_marginal_one", "bwd_marginal_one"])
+_mm, _fwd, _bwd = _D["moment_match_one"], _D["fwd_marginal_one"], _D["bwd_marginal_one"]
+
+
+@cuda.jit
+def _moment_match_kernel(a_t, a_r, slope, out_t, out_r, counts):
+    n = cuda.grid(1)
+    if n < a_t.shape[0]:
+        t, r, f = _mm(a_t[n], a_r[n], slope)
+        out_t[n] = t
+        out_r[n] = r
+        if f:
+            cuda.atomic.add(counts, L_U_FLOOR, f)
+
+
+@cuda.jit
+def _fwd_marginal_kernel(a_t, a_r, z_t, z_r, slope, out_t, out_r, counts):
+    n = cuda.grid(1)
+    if n < a_t.shape[0]:
+        t, r, fb, f = _fwd(a_t[n], a_r[n], z_t[n], z_r[n], slope)
+        out_t[n] = t
+        out_r[n] = r
+        if fb:
+            cuda.atomic.add(counts, L_FWD_FALLBACK, 1)
+        if f:
+            cuda.atomic.add(counts, L_U_FLOOR, f)
+
+
+@cuda.jit
+def _bwd_marginal_kernel(a_t, a_r, z_t, z_r, slope, out_t, out_r, counts):
+    n = cuda.grid(1)
+    if n < a_t.shape[0]:
+        t, r, c, fb, f, low = _bwd(a_t[n], a_r[n], z_t[n], z_r[n], slope)
+        out_t[n] = t
+        out_r[n] = r
+        if c:
+            cuda.atomic.add(counts, L_BWD_CLAMP, 1)
+        if fb:
+            cuda.atomic.add(counts, L_BWD_FALLBACK, 1)
+        if f:
+            cuda.atomic.add(counts, L_U_FLOOR, f)
+        if low:
+            cuda.atomic.add(counts, L_MIN_RHO, 1)
+
+
+def leaky_fwd_moment_match(a_t, a_r, slope, out_t, out_r, counts):
+    _moment_match_kernel[grid(a_t.shape[0])](a_t, a_r, slope, out_t, out_r, counts)
+
+
+def leaky_fwd_marginal(a_t, a_r, z_t, z_r, slope, out_t, out_r, counts):
+    _fwd_marginal_kernel[grid(a_t.shape[0])](a_t, a_r, z_t, z_r, slope, out_t, out_r, counts)
+
+
+def leaky_bwd_marginal(a_t, a_r, z_t, z_r, slope, out_t, out_r, counts):
+    _bwd_marginal_kernel[grid(a_t.shape[0])](a_t, a_r, z_t, z_r, slope, out_t, out_r, counts)
+
+
+KERNELS = {"leaky_moment_match": _moment_match_kernel, "leaky_fwd_marginal": _fwd_marginal_kernel,
+           "leaky_bwd_marginal": _bwd_marginal_kernel}

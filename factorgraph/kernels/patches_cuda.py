@@ -1,0 +1,140 @@
+"""Numba CUDA kernels of the im2col convolution backward and the deterministic fold.
+
+``s1_patches_bwd`` / ``s2_patches_bwd`` compute the same sums as :mod:`factorgraph.kernels.patches_cpu`
+(one thread per kernel entry (d, f) looping over positions, one thread per patch entry (p, d) looping
+over filters).  ``fold`` merges the messages of all copies of each input pixel in a fixed order (a CSR
+list per pixel, built once), so it is deterministic, unlike an atomic scatter-add.
+"""
+
+import numpy as np
+from numba import cuda
+
+from factorgraph.kernels._device import grid
+
+
+def _grid2(a, b, ta=8, tb=32):
+    return ((a + ta - 1) // ta, (b + tb - 1) // tb), (ta, tb)
+
+
+@cuda.jit
+def _s1_to_b(A, b_mu, b_var, f_mu, f_var, r_t, r_r, out_t, out_r, counts):
+    d, f = cuda.grid(2)
+    P, D = A.shape
+    F = b_mu.shape[1]
+    if d >= D or f >= F:
+        return
+    acc_t = 0.0
+    acc_r = 0.0
+    for p in range(P):
+        a = A[p, d]
+        if a == 0.0:
+            continue
+        a2 = a * a
+        rest = f_var[p, f] - a2 * b_var[d, f]
+        if rest < 0:
+            cuda.atomic.add(counts, 0, 1)
+            rest = 0.0
+        rr = r_r[p, f]
+        inv_d = 1.0 / (1.0 + rr * rest)
+        acc_r += a2 * rr * inv_d
+        acc_t += a * (r_t[p, f] - rr * (f_mu[p, f] - a * b_mu[d, f])) * inv_d
+    out_t[d, f] = acc_t
+    out_r[d, f] = acc_r
+
+
+@cuda.jit
+def _s2_to_b(a_mu, a_var, b_mu, b_var, f_mu, f_var, r_t, r_r, to_b_t, to_b_r, counts):
+    d, f = cuda.grid(2)
+    P, D = a_mu.shape
+    F = b_mu.shape[1]
+    if d >= D or f >= F:
+        return
+    mu_b = b_mu[d, f]
+    var_b = b_var[d, f]
+    acc_t = 0.0
+    acc_r = 0.0
+    for p in range(P):
+        mu_a = a_mu[p, d]
+        var_a = a_var[p, d]
+        rest = f_var[p, f] - (var_a * var_b + var_a * mu_b * mu_b + mu_a * mu_a * var_b)
+        if rest < 0:
+            cuda.atomic.add(counts, 0, 1)
+            rest = 0.0
+        rr = r_r[p, f]
+        inv_d = 1.0 / (1.0 + rr * rest)
+        acc_t += mu_a * (r_t[p, f] - rr * (f_mu[p, f] - mu_a * mu_b)) * inv_d
+        acc_r += (var_a + mu_a * mu_a) * rr * inv_d
+    to_b_t[d, f] = acc_t
+    to_b_r[d, f] = acc_r
+
+
+@cuda.jit
+def _s2_to_a(a_mu, a_var, b_mu, b_var, f_mu, f_var, r_t, r_r, to_a_t, to_a_r):
+    p, d = cuda.grid(2)
+    P, D = a_mu.shape
+    F = b_mu.shape[1]
+    if p >= P or d >= D:
+        return
+    mu_a = a_mu[p, d]
+    var_a = a_var[p, d]
+    acc_t = 0.0
+    acc_r = 0.0
+    for f in range(F):
+        mu_b = b_mu[d, f]
+        var_b = b_var[d, f]
+        rest = f_var[p, f] - (var_a * var_b + var_a * mu_b * mu_b + mu_a * mu_a * var_b)
+        if rest < 0:
+            rest = 0.0  # counted once, by _s2_to_b
+        rr = r_r[p, f]
+        inv_d = 1.0 / (1.0 + rr * rest)
+        resid = (r_t[p, f] - rr * (f_mu[p, f] - mu_a * mu_b)) * inv_d
+        acc_t += mu_b * resid
+        acc_r += (var_b + mu_b * mu_b) * rr * inv_d
+    to_a_t[p, d] = acc_t
+    to_a_r[p, d] = acc_r
+
+
+@cuda.jit
+def _fold(msg_t, msg_r, offsets, entries, out_t, out_r):
+    i = cuda.grid(1)
+    if i >= out_t.shape[0]:
+        return
+    acc_t = 0.0
+    acc_r = 0.0
+    for e in range(offsets[i], offsets[i + 1]):
+        acc_t += msg_t[entries[e]]
+        acc_r += msg_r[entries[e]]
+    out_t[i] = acc_t
+    out_r[i] = acc_r
+
+
+def fold_plan(src, n_in):
+    """CSR lists of the flat patch entries copying each input pixel (zero-padding entries dropped):
+    ``(offsets (n_in + 1,), entries)``, in increasing entry order."""
+    flat = src.reshape(-1)
+    keep = np.nonzero(flat >= 0)[0]
+    order = keep[np.argsort(flat[keep], kind="stable")]
+    counts = np.bincount(flat[keep], minlength=n_in)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return offsets, order.astype(np.int64)
+
+
+def s1_patches_bwd(A, b_mu, b_var, f_mu, f_var, r_t, r_r, out_t, out_r, counts):
+    blocks, threads = _grid2(*b_mu.shape)
+    _s1_to_b[blocks, threads](A, b_mu, b_var, f_mu, f_var, r_t, r_r, out_t, out_r, counts)
+
+
+def s2_patches_bwd(a_mu, a_var, b_mu, b_var, f_mu, f_var, r_t, r_r, to_a_t, to_a_r, to_b_t, to_b_r, counts):
+    blocks, threads = _grid2(*a_mu.shape)
+    _s2_to_a[blocks, threads](a_mu, a_var, b_mu, b_var, f_mu, f_var, r_t, r_r, to_a_t, to_a_r)
+    blocks, threads = _grid2(*b_mu.shape)
+    _s2_to_b[blocks, threads](a_mu, a_var, b_mu, b_var, f_mu, f_var, r_t, r_r, to_b_t, to_b_r, counts)
+
+
+def fold(msg_t, msg_r, offsets, entries, out_t, out_r):
+    """Sum the flat patch-entry messages into the flat input messages (deterministic)."""
+    _fold[grid(out_t.shape[0])](msg_t, msg_r, offsets, entries, out_t, out_r)
+
+
+KERNELS = {"patches_s1_to_b": _s1_to_b, "patches_s2_to_b": _s2_to_b, "patches_s2_to_a": _s2_to_a,
+           "fold": _fold}

@@ -1,0 +1,58 @@
+"""Compile every Numba CUDA kernel of the library to PTX for sm_90, for float64 and float32.
+
+Run as a script (a separate process: the CUDA simulator must be off).  Needs ``numba-cuda[cu13]`` (NVVM
+from PyPI) but no GPU: device functions are compiled for the requested capability.  Prints one line per
+kernel and signature and exits non-zero on any failure.
+"""
+
+import sys
+
+import numpy as np
+
+
+def main():
+    import numba
+    import numba.cuda.dispatcher as dispatcher
+    from numba import cuda
+
+    class _Sm90:  # device functions ask the current device for its capability; there is none here
+        compute_capability = (9, 0)
+
+    dispatcher.get_current_device = lambda: _Sm90()
+
+    from factorgraph.kernels import leaky_cuda, linear_cuda, patches_cuda
+
+    def sig(*args):
+        return tuple(numba.typeof(a) for a in args)
+
+    n_ok = 0
+    for dt in (np.float64, np.float32):
+        v, m = np.zeros(3, dt), np.zeros((3, 2), dt)
+        i64, c = np.zeros(3, np.int64), np.zeros(7, np.int64)
+        s = dt(0.1)
+        specs = {
+            linear_cuda.KERNELS["linear_const_fwd"]: sig(v, m, m, m, m, v, v, v, v, v, v, c),
+            linear_cuda.KERNELS["linear_s1_rows"]: sig(v, m, m, m, m, v, v, v, v, c),
+            linear_cuda.KERNELS["linear_var_input"]: sig(v, v, v, v, v, v, c),
+            linear_cuda.KERNELS["linear_var_fwd"]: sig(v, v, m, m, v, v, v, v, v, v, c),
+            linear_cuda.KERNELS["linear_var_to_x"]: sig(v, v, m, m, v, v, v, v, v, v, c),
+            linear_cuda.KERNELS["linear_s2_weights"]: sig(v, v, m, m, m, m, v, v, v, v, c),
+            leaky_cuda.KERNELS["leaky_moment_match"]: sig(v, v, s, v, v, c),
+            leaky_cuda.KERNELS["leaky_fwd_marginal"]: sig(v, v, v, v, s, v, v, c),
+            leaky_cuda.KERNELS["leaky_bwd_marginal"]: sig(v, v, v, v, s, v, v, c),
+            patches_cuda.KERNELS["patches_s1_to_b"]: sig(m, m, m, m, m, m, m, m, m, c),
+            patches_cuda.KERNELS["patches_s2_to_b"]: sig(m, m, m, m, m, m, m, m, m, m, c),
+            patches_cuda.KERNELS["patches_s2_to_a"]: sig(m, m, m, m, m, m, m, m, m, m),
+            patches_cuda.KERNELS["fold"]: sig(v, v, i64, i64, v, v),
+        }
+        for kernel, types in specs.items():
+            ptx, _ = cuda.compile_ptx(kernel.py_func, types, cc=(9, 0))
+            assert ".target sm_90" in ptx, kernel.py_func.__name__
+            print(f"PTX ok  sm_90  {np.dtype(dt).name:8s} {kernel.py_func.__name__:16s} {len(ptx):7d} chars")
+            n_ok += 1
+    print(f"{n_ok} kernels compiled")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
