@@ -14,7 +14,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from factorgraph import config
-from factorgraph.backend import check_dtype
+from factorgraph.backend import check_dtype, resolve_device, to_device
 from factorgraph.equations import argmax_probs, probit_softmax
 from factorgraph.gaussian import Gaussian
 from factorgraph.graph import build_graph, draw_graph
@@ -52,6 +52,7 @@ class FactorGraph:
         self.seed = seed
         self.templates = templates
         self.rng = np.random.default_rng(seed)
+        self.device = "cpu"
         shape = self.input_shape
         constant = True
         for layer in self.layers:
@@ -65,6 +66,28 @@ class FactorGraph:
             "backward": backward_schedule(G, 0),
             "predict": predict_schedule(G),
         }
+
+    # --- device ---------------------------------------------------------------------------------
+    def to(self, device):
+        """Move every array of the graph to ``device`` ("cpu" or "cuda"; cuda needs cupy and a GPU).
+
+        The public API is the same on both devices; results come back as NumPy arrays.  A Trainer
+        driving this graph follows it at its next epoch.
+        """
+        resolve_device(device)
+        if device != self.device:
+            for layer in self.layers:
+                arrays = {k: (v if k == "seen_back" else to_device(v, device)) for k, v in layer.state().items()}
+                layer.load_state(arrays)
+                if hasattr(layer, "on_device"):
+                    layer.on_device(device)
+            self.device = device
+        return self
+
+    def _flush_guards(self):
+        for layer in self.layers:
+            if hasattr(layer, "flush_guards"):
+                layer.flush_guards()
 
     # --- structure ------------------------------------------------------------------------------
     @property
@@ -114,17 +137,23 @@ class FactorGraph:
             raise ValueError(f"example slot must be an integer in [0, {self.batch_size}), got {i!r}")
 
     # --- passes ---------------------------------------------------------------------------------
+    def _xp(self):
+        return resolve_device(self.device)
+
     def forward_pass(self, x, i):
         """Training forward pass of one example ``x`` (shape ``input_shape``) in slot ``i``."""
         self._check_slot(i)
-        x = self._check_inputs(np.asarray(x)[None], "x")[0]
-        return self._forward(x, i)
+        x = self._xp().asarray(self._check_inputs(np.asarray(x)[None], "x")[0])
+        out = self._forward(x, i)
+        self._flush_guards()
+        return out
 
     def backward_pass(self, y, i):
         """Training backward pass of target ``y`` in slot ``i`` (after ``forward_pass(x, i)``)."""
         self._check_slot(i)
-        y = self.signal.check_targets(np.asarray(y)[None], 1)[0]
+        y = self._xp().asarray(self.signal.check_targets(np.asarray(y)[None], 1)[0])
         self._backward(y, i)
+        self._flush_guards()
 
     def _forward(self, x, i):
         m = x
@@ -155,6 +184,8 @@ class FactorGraph:
         if not isinstance(num_training_its, (int, np.integer)) or num_training_its < 1:
             raise ValueError(f"num_training_its must be a positive integer, got {num_training_its!r}")
         perm = (order or Shuffled()).permutation(n, self.rng)
+        xp = self._xp()
+        X, Y = xp.asarray(X), xp.asarray(Y)
         bar = tqdm(total=num_training_its * n, disable=not progress, desc="train_batch", leave=False)
         for _ in range(num_training_its):
             for i in perm:
@@ -164,6 +195,7 @@ class FactorGraph:
             bar.update(n)
             self.recompute_marginals()
         bar.close()
+        self._flush_guards()
 
     def recompute_marginals(self):
         """Set every weight marginal to the exact product of its batch prior and per-example messages."""
@@ -185,13 +217,17 @@ class FactorGraph:
         """The predictive output message (after the training signal's predict) for inputs ``X``."""
         X = self._check_inputs(X)
         self.recompute_marginals()
+        xp = self._xp()
         outs = []
         for start in range(0, X.shape[0], self.batch_size):
-            m = X[start:start + self.batch_size]
+            m = xp.asarray(X[start:start + self.batch_size])
             for step in self.schedules["predict"]:
                 m = self.layers[step.layer].predict(m)
             outs.append(m)
-        return Gaussian(np.concatenate([o.tau for o in outs]), np.concatenate([o.rho for o in outs]))
+        self._flush_guards()
+        tau = to_device(xp.concatenate([o.tau for o in outs]), "cpu")
+        rho = to_device(xp.concatenate([o.rho for o in outs]), "cpu")
+        return Gaussian(tau, rho)
 
     def predict(self, X, split=False):
         """Posterior predictive for ``X`` (n, *input_shape).
@@ -274,12 +310,13 @@ class FactorGraph:
         out = {}
         for l, layer in enumerate(self.layers):
             for k, v in layer.state().items():
-                out[f"layer{l}.{k}"] = v
+                out[f"layer{l}.{k}"] = to_device(v, "cpu")
         out["fg.rng"] = np.array(json.dumps(self.rng.bit_generator.state))
         return out
 
     def load_state(self, arrays):
         for l, layer in enumerate(self.layers):
             prefix = f"layer{l}."
-            layer.load_state({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
+            layer.load_state({k[len(prefix):]: (v if k.endswith("seen_back") else to_device(v, self.device))
+                              for k, v in arrays.items() if k.startswith(prefix)})
         self.rng.bit_generator.state = json.loads(str(arrays["fg.rng"]))

@@ -14,7 +14,8 @@ hidden convolutions too; odd and even kernels are supported.
 
 import numpy as np
 
-from factorgraph import config, guards, kernels
+from factorgraph import config, kernels
+from factorgraph.backend import get_array_module
 from factorgraph.equations import (
     fold_messages,
     gather_constants,
@@ -28,7 +29,6 @@ from factorgraph.equations import (
 )
 from factorgraph.factor import Factor, WeightSlots
 from factorgraph.gaussian import Gaussian, clamp_min_rho
-from factorgraph.kernels import patches_cpu
 from layers.linear import OPTIONS as LINEAR_OPTIONS
 from layers.priors import bias_prior, weight_prior
 
@@ -89,6 +89,35 @@ class Conv(Factor):
         self.params = {"W": WeightSlots(w, batch_size), "c": WeightSlots(c, batch_size)}
         if not constant_input:
             self.m_to_x = Gaussian.uniform((batch_size,) + self.input_shape, dtype)
+        self._guards = kernels.GuardCounts(("s1_rest_variance_clamp", "s2_rest_variance_clamp"))
+        self._dev = {}  # device copies of the patch index and fold plan
+
+    def _src(self, like):
+        """The patch index on the device of ``like`` (NumPy arrays use the host copy)."""
+        if type(like) is np.ndarray:
+            return self.src
+        if "src" not in self._dev:
+            from factorgraph.kernels import patches_cuda
+
+            xp = get_array_module(like)
+            offsets, entries = patches_cuda.fold_plan(self.src, int(np.prod(self.input_shape)))
+            self._dev = {"src": xp.asarray(self.src), "offsets": xp.asarray(offsets), "entries": xp.asarray(entries)}
+        return self._dev["src"]
+
+    def flush_guards(self):
+        self._guards.flush()
+
+    def _fold(self, to_a):
+        if type(to_a.tau) is np.ndarray:
+            return fold_messages(to_a, self.src, self.input_shape)
+        from factorgraph.kernels import patches_cuda
+
+        xp = to_a.xp
+        n = int(np.prod(self.input_shape))
+        out = Gaussian(xp.empty(n, to_a.dtype), xp.empty(n, to_a.dtype))
+        patches_cuda.fold(to_a.tau.reshape(-1), to_a.rho.reshape(-1), self._dev["offsets"], self._dev["entries"],
+                          out.tau, out.rho)
+        return out.reshape(self.input_shape)
 
     def _out(self, g, lead=()):
         return g.reshape(*lead, *self.output_shape_)
@@ -98,12 +127,12 @@ class Conv(Factor):
         W, c = self.params["W"], self.params["c"]
         self._cav_c = c.cavity(i)
         if self.constant_input:
-            self._a = gather_constants(m_in, self.src)
+            self._a = gather_constants(m_in, self._src(m_in))
             self._cav_w = W.cavity(i)
             self._f = s1_forward(self._a, self._cav_w, self._cav_c)
         else:
             x_hat = clamp_min_rho(m_in * self.m_to_x[i], config.MIN_PRECISION)
-            self._a = gather_messages(x_hat, self.src)
+            self._a = gather_messages(x_hat, self._src(x_hat.tau))
             self._f = s2_forward(self._a, W.q, self._cav_c)
         return self._out(self._f)
 
@@ -111,8 +140,9 @@ class Conv(Factor):
         W, c = self.params["W"], self.params["c"]
         r = m_out.reshape(-1, self.filters)
         to_c = s1_backward_to_bias(self._cav_c, self._f, r)
-        if kernels.enabled() and type(r.tau) is np.ndarray:
-            to_w, to_a = self._backward_kernel(r)
+        mod = kernels.module(r.tau, "patches")
+        if mod is not None:
+            to_w, to_a = self._backward_kernel(mod, r)
         elif self.constant_input:
             to_w = s1_backward_to_b(self._a, self._cav_w, self._f, r)
         else:
@@ -120,28 +150,29 @@ class Conv(Factor):
         if self.constant_input:
             to_x = None
         else:
-            to_x = clamp_min_rho(fold_messages(to_a, self.src, self.input_shape), config.MIN_PRECISION)
+            to_x = clamp_min_rho(self._fold(to_a), config.MIN_PRECISION)
             self.m_to_x[i] = to_x
         W.replace(i, to_w)
         c.replace(i, to_c)
         return to_x
 
-    def _backward_kernel(self, r):
-        """The same messages as the reference branch, by the fused patch kernels."""
+    def _backward_kernel(self, mod, r):
+        """The same messages as the reference branch, by the fused patch kernels of ``mod``."""
         F, D = self.filters, self.src.shape[1]
-        counts = np.zeros(1, np.int64)
-        to_w = Gaussian(np.empty((D, F), self.dtype), np.empty((D, F), self.dtype))
+        xp = r.xp
+        counts = self._guards.array(r.tau)
+        to_w = Gaussian(xp.empty((D, F), self.dtype), xp.empty((D, F), self.dtype))
         f_mu, f_var = self._f.mean, self._f.var
         if self.constant_input:
             w = self._cav_w
-            patches_cpu.s1_patches_bwd(self._a, w.mean, w.var, f_mu, f_var, r.tau, r.rho, to_w.tau, to_w.rho, counts)
-            guards.record("s1_rest_variance_clamp", int(counts[0]))
+            mod.s1_patches_bwd(self._a, w.mean, w.var, f_mu, f_var, r.tau, r.rho, to_w.tau, to_w.rho, counts[0:1])
+            self._guards.after_call(r.tau)
             return to_w, None
         q = self.params["W"].q
-        to_a = Gaussian(np.empty(self._a.shape, self.dtype), np.empty(self._a.shape, self.dtype))
-        patches_cpu.s2_patches_bwd(self._a.mean, self._a.var, q.mean, q.var, f_mu, f_var, r.tau, r.rho, to_a.tau,
-                                   to_a.rho, to_w.tau, to_w.rho, counts)
-        guards.record("s2_rest_variance_clamp", int(counts[0]))
+        to_a = Gaussian(xp.empty(self._a.shape, self.dtype), xp.empty(self._a.shape, self.dtype))
+        mod.s2_patches_bwd(self._a.mean, self._a.var, q.mean, q.var, f_mu, f_var, r.tau, r.rho, to_a.tau, to_a.rho,
+                           to_w.tau, to_w.rho, counts[1:2])
+        self._guards.after_call(r.tau)
         return to_w, to_a
 
     def reset_batch_caches(self):
@@ -154,9 +185,9 @@ class Conv(Factor):
         W, c = self.params["W"], self.params["c"]
         n = m_in.shape[0]
         if self.constant_input:
-            f = s1_forward(gather_constants(m_in, self.src), W.q, c.q)
+            f = s1_forward(gather_constants(m_in, self._src(m_in)), W.q, c.q)
         else:
-            f = s2_forward(gather_messages(m_in, self.src), W.q, c.q)
+            f = s2_forward(gather_messages(m_in, self._src(m_in.tau)), W.q, c.q)
         return self._out(f, (n,))
 
     def state(self):

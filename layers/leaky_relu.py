@@ -6,8 +6,6 @@ yet (the first iteration after a batch reset).  Training backward: marginal appr
 ``min_rho(MIN_PRECISION)``.  Prediction: moment matching.
 """
 
-import numpy as np
-
 from factorgraph import config, kernels
 from factorgraph.equations import leaky_backward_marginal, leaky_forward_marginal, leaky_forward_moment_match
 from factorgraph.factor import Factor
@@ -33,23 +31,25 @@ class LeakyReLU(Factor):
         self.m_in = Gaussian.uniform(shape, dtype)
         self.m_back = Gaussian.uniform(shape, dtype)
         self._seen_back = [False] * batch_size
-        self._counts = np.zeros(len(leaky_cpu.GUARD_NAMES), np.int64)
+        self._guards = kernels.GuardCounts(leaky_cpu.GUARD_NAMES)
 
-    def _use_kernel(self, m):
-        return kernels.enabled() and type(m.tau) is np.ndarray
+    def flush_guards(self):
+        self._guards.flush()
 
     def forward(self, m_in, i):
         self.m_in[i] = m_in
-        if self._use_kernel(m_in):
-            out = Gaussian(np.empty_like(m_in.tau), np.empty_like(m_in.rho))
-            self._counts[:] = 0
+        mod = kernels.module(m_in.tau, "leaky")
+        if mod is not None:
+            xp = m_in.xp
+            out = Gaussian(xp.empty_like(m_in.tau), xp.empty_like(m_in.rho))
+            counts = self._guards.array(out.tau)
             a_t, a_r, o_t, o_r = (v.reshape(-1) for v in (m_in.tau, m_in.rho, out.tau, out.rho))
             if not self._seen_back[i]:
-                leaky_cpu.leaky_fwd_moment_match(a_t, a_r, self.slope, o_t, o_r, self._counts)
+                mod.leaky_fwd_moment_match(a_t, a_r, self.slope, o_t, o_r, counts)
             else:
-                leaky_cpu.leaky_fwd_marginal(a_t, a_r, self.m_back.tau[i].reshape(-1), self.m_back.rho[i].reshape(-1),
-                                             self.slope, o_t, o_r, self._counts)
-            kernels.record_counts(self._counts, leaky_cpu.GUARD_NAMES)
+                mod.leaky_fwd_marginal(a_t, a_r, self.m_back.tau[i].reshape(-1), self.m_back.rho[i].reshape(-1),
+                                       self.slope, o_t, o_r, counts)
+            self._guards.after_call(out.tau)
             return out
         if not self._seen_back[i]:
             return leaky_forward_moment_match(m_in, self.slope)
@@ -58,12 +58,14 @@ class LeakyReLU(Factor):
     def backward(self, m_out, i):
         self.m_back[i] = m_out
         self._seen_back[i] = True
-        if self._use_kernel(m_out):
-            out = Gaussian(np.empty_like(m_out.tau), np.empty_like(m_out.rho))
-            self._counts[:] = 0
+        mod = kernels.module(m_out.tau, "leaky")
+        if mod is not None:
+            xp = m_out.xp
+            out = Gaussian(xp.empty_like(m_out.tau), xp.empty_like(m_out.rho))
+            counts = self._guards.array(out.tau)
             flat = (v.reshape(-1) for v in (self.m_in.tau[i], self.m_in.rho[i], m_out.tau, m_out.rho))
-            leaky_cpu.leaky_bwd_marginal(*flat, self.slope, out.tau.reshape(-1), out.rho.reshape(-1), self._counts)
-            kernels.record_counts(self._counts, leaky_cpu.GUARD_NAMES)
+            mod.leaky_bwd_marginal(*flat, self.slope, out.tau.reshape(-1), out.rho.reshape(-1), counts)
+            self._guards.after_call(out.tau)
             return out
         msg = leaky_backward_marginal(self.m_in[i], m_out, self.slope)
         return clamp_min_rho(msg, config.MIN_PRECISION)
@@ -77,6 +79,8 @@ class LeakyReLU(Factor):
         self._seen_back = [False] * self.batch_size
 
     def state(self):
+        import numpy as np
+
         return {"m_in.tau": self.m_in.tau, "m_in.rho": self.m_in.rho, "m_back.tau": self.m_back.tau,
                 "m_back.rho": self.m_back.rho, "seen_back": np.asarray(self._seen_back)}
 

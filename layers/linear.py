@@ -58,18 +58,30 @@ class Linear(Factor):
         self.params = {"W": WeightSlots(w, batch_size), "c": WeightSlots(c, batch_size)}
         if not constant_input:
             self.m_to_x = Gaussian.uniform((batch_size, d_in), dtype)
-        # scratch of the compiled path: allocated once, reused for every example
-        self._f_mu, self._f_var = np.zeros(self.d_out, dtype), np.zeros(self.d_out, dtype)
-        self._x_mu, self._x_var = np.zeros(d_in, dtype), np.zeros(d_in, dtype)
-        self._counts = np.zeros(len(linear_cpu.GUARD_NAMES), np.int64)
+        self._guards = kernels.GuardCounts(linear_cpu.GUARD_NAMES)
+        self._scratch = None
 
-    def _use_kernel(self):
-        return kernels.enabled() and type(self.params["W"].q.tau) is np.ndarray
+    def _kernels(self):
+        """The compiled kernel module for the arrays' device (``None``: the NumPy reference)."""
+        return kernels.module(self.params["W"].q.tau, "linear")
+
+    def _buffers(self):
+        """Scratch of the compiled paths on the arrays' device, allocated once per device."""
+        q = self.params["W"].q.tau
+        if self._scratch is None or type(self._scratch[0]) is not type(q):
+            xp = self.params["W"].q.xp
+            K, J = q.shape
+            self._scratch = tuple(xp.zeros(n, q.dtype) for n in (J, J, K, K))
+        return self._scratch
+
+    def flush_guards(self):
+        self._guards.flush()
 
     # --- training -------------------------------------------------------------------------------
     def forward(self, m_in, i):
-        if self._use_kernel():
-            return self._forward_kernel(m_in, i)
+        mod = self._kernels()
+        if mod is not None:
+            return self._forward_kernel(mod, m_in, i)
         W, c = self.params["W"], self.params["c"]
         self._cav_c = c.cavity(i)
         if self.constant_input:
@@ -82,8 +94,9 @@ class Linear(Factor):
         return self._out
 
     def backward(self, m_out, i):
-        if self._use_kernel():
-            return self._backward_kernel(m_out, i)
+        mod = self._kernels()
+        if mod is not None:
+            return self._backward_kernel(mod, m_out, i)
         W, c = self.params["W"], self.params["c"]
         to_c = s1_backward_to_bias(self._cav_c, self._out, m_out)
         if self.constant_input:
@@ -101,34 +114,34 @@ class Linear(Factor):
         c.replace(i, to_c)
         return to_x
 
-    def _forward_kernel(self, m_in, i):
+    def _forward_kernel(self, mod, m_in, i):
         W, c = self.params["W"], self.params["c"]
-        self._counts[:] = 0
+        f_mu, f_var, x_mu, x_var = self._buffers()
+        counts = self._guards.array(f_mu)
         if self.constant_input:
             self._x = m_in
-            linear_cpu.linear_const_fwd(m_in, W.q.tau, W.q.rho, W.msgs.tau[i], W.msgs.rho[i], c.q.tau, c.q.rho,
-                                        c.msgs.tau[i], c.msgs.rho[i], self._f_mu, self._f_var, self._counts)
+            mod.linear_const_fwd(m_in, W.q.tau, W.q.rho, W.msgs.tau[i], W.msgs.rho[i], c.q.tau, c.q.rho,
+                                 c.msgs.tau[i], c.msgs.rho[i], f_mu, f_var, counts)
         else:
-            linear_cpu.linear_var_fwd(m_in.tau, m_in.rho, self.m_to_x.tau[i], self.m_to_x.rho[i], W.q.tau, W.q.rho,
-                                      c.q.tau, c.q.rho, c.msgs.tau[i], c.msgs.rho[i], self._x_mu, self._x_var,
-                                      self._f_mu, self._f_var, self._counts)
-        kernels.record_counts(self._counts, linear_cpu.GUARD_NAMES)
-        return Gaussian(self._f_mu / self._f_var, 1 / self._f_var)
+            mod.linear_var_fwd(m_in.tau, m_in.rho, self.m_to_x.tau[i], self.m_to_x.rho[i], W.q.tau, W.q.rho,
+                               c.q.tau, c.q.rho, c.msgs.tau[i], c.msgs.rho[i], x_mu, x_var, f_mu, f_var, counts)
+        self._guards.after_call(f_mu)
+        return Gaussian(f_mu / f_var, 1 / f_var)
 
-    def _backward_kernel(self, m_out, i):
+    def _backward_kernel(self, mod, m_out, i):
         W, c = self.params["W"], self.params["c"]
-        self._counts[:] = 0
+        f_mu, f_var, x_mu, x_var = self._buffers()
+        counts = self._guards.array(f_mu)
         if self.constant_input:
-            linear_cpu.linear_const_bwd(self._x, W.q.tau, W.q.rho, W.msgs.tau[i], W.msgs.rho[i], c.q.tau, c.q.rho,
-                                        c.msgs.tau[i], c.msgs.rho[i], self._f_mu, self._f_var, m_out.tau,
-                                        m_out.rho, self._counts)
+            mod.linear_const_bwd(self._x, W.q.tau, W.q.rho, W.msgs.tau[i], W.msgs.rho[i], c.q.tau, c.q.rho,
+                                 c.msgs.tau[i], c.msgs.rho[i], f_mu, f_var, m_out.tau, m_out.rho, counts)
             to_x = None
         else:
-            linear_cpu.linear_var_bwd(self._x_mu, self._x_var, W.q.tau, W.q.rho, W.msgs.tau[i], W.msgs.rho[i],
-                                      c.q.tau, c.q.rho, c.msgs.tau[i], c.msgs.rho[i], self._f_mu, self._f_var,
-                                      m_out.tau, m_out.rho, self.m_to_x.tau[i], self.m_to_x.rho[i], self._counts)
+            mod.linear_var_bwd(x_mu, x_var, W.q.tau, W.q.rho, W.msgs.tau[i], W.msgs.rho[i], c.q.tau, c.q.rho,
+                               c.msgs.tau[i], c.msgs.rho[i], f_mu, f_var, m_out.tau, m_out.rho,
+                               self.m_to_x.tau[i], self.m_to_x.rho[i], counts)
             to_x = self.m_to_x[i]
-        kernels.record_counts(self._counts, linear_cpu.GUARD_NAMES)
+        self._guards.after_call(f_mu)
         return to_x
 
     def reset_batch_caches(self):

@@ -12,6 +12,7 @@ Pooling layers keep no per-example state beyond the current example's input.
 import numpy as np
 
 from factorgraph import config
+from factorgraph.backend import get_array_module
 from factorgraph.equations import argmax_probs, s1_reduce_backward, s1_reduce_forward
 from factorgraph.factor import Factor
 from factorgraph.gaussian import Gaussian, clamp_min_rho
@@ -57,7 +58,7 @@ class _WindowPool(Factor):
             return x.swapaxes(-1, -2).reshape(H, W, C)
         k = self.k
         h, w = H // k, W // k
-        full = np.zeros((H, W, C), x.dtype)
+        full = get_array_module(x).zeros((H, W, C), x.dtype)
         full[:h * k, :w * k] = x.reshape(h, w, C, k, k).transpose(0, 3, 1, 4, 2).reshape(h * k, w * k, C)
         return full
 
@@ -108,7 +109,7 @@ class AvgPool(_WindowPool):
 
     def weights(self, win):
         n = win.shape[-1]
-        return np.full(win.shape, 1.0 / n, win.dtype)
+        return win.xp.full(win.shape, 1.0 / n, win.dtype)
 
     def _train_output(self, f):
         return clamp_min_rho(f, config.MIN_PRECISION)

@@ -39,7 +39,7 @@ class Regression(Factor):
         return m_in
 
     def backward_signal(self, y, i):
-        return Gaussian(y / self.beta2, np.full(y.shape, 1.0 / self.beta2, self.dtype))
+        return Gaussian(y / self.beta2, y * 0 + 1.0 / self.beta2)
 
     def predict(self, m_in):
         return m_in.add_variance(self.beta2)

@@ -56,7 +56,7 @@ def test_linear_const_cuda_equals_cpu(cuda_mods, dtype, record_cases):
             linear_cpu.linear_const_bwd(x, *w, *c, mu, var, r_t, r_r, counts)
         else:
             lin_cuda.linear_const_fwd(x, *w, *c, mu, var, counts)
-            lin_cuda.linear_const_bwd(x, np.ones(1, dtype), *w, *c, mu, var, r_t, r_r, counts)
+            lin_cuda.linear_const_bwd(x, *w, *c, mu, var, r_t, r_r, counts)
         outs.append([mu, var] + w + c + [counts])
     for a, b in zip(*outs):
         np.testing.assert_allclose(a, b, **TOL[dtype])
@@ -83,7 +83,7 @@ def test_linear_var_cuda_equals_cpu(cuda_mods, dtype, record_cases):
             linear_cpu.linear_var_bwd(x_mu, x_var, *w, *c, mu, var, r_t, r_r, tx, rx, counts)
         else:
             lin_cuda.linear_var_fwd(in_t, in_r, mx_t, mx_r, w[0], w[1], *c, x_mu, x_var, mu, var, counts)
-            lin_cuda.linear_var_bwd(x_mu, x_var, np.ones(1, dtype), *w, *c, mu, var, r_t, r_r, tx, rx, counts)
+            lin_cuda.linear_var_bwd(x_mu, x_var, *w, *c, mu, var, r_t, r_r, tx, rx, counts)
         outs.append([x_mu, x_var, mu, var, tx, rx] + w + c + [counts])
     for a, b in zip(*outs):
         np.testing.assert_allclose(a, b, **TOL[dtype])

@@ -20,6 +20,7 @@ import json
 import numpy as np
 from tqdm.auto import tqdm
 
+from factorgraph.backend import to_device
 from factorgraph.gaussian import Gaussian
 from schedules.epochs import Constant, EpochSchedule
 from trainer.damping import thesis_damping
@@ -61,6 +62,7 @@ class Trainer:
         self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.epoch = 0
+        self.device = "cpu"
         B = fg.batch_size
         self.batches = [(s, min(s + B, X.shape[0])) for s in range(0, X.shape[0], B)]
         K = len(self.batches)
@@ -85,8 +87,18 @@ class Trainer:
             out.setdefault(l, {})[name] = Gaussian(q.tau - m.tau[b], q.rho - m.rho[b])
         return out
 
+    def _follow_device(self):
+        """Move the batch messages to the graph's device (after ``fg.to(...)``)."""
+        if self.device != self.fg.device:
+            dev = self.fg.device
+            for store in (self.prior, self.msgs, self.total):
+                for key, g in store.items():
+                    store[key] = Gaussian(to_device(g.tau, dev), to_device(g.rho, dev))
+            self.device = dev
+
     def train_epoch(self, num_training_its=1):
         """One epoch: every batch once, ``num_training_its`` sweeps per visit."""
+        self._follow_device()
         self.epoch += 1
         beta = self.damping(self.epoch)
         order = self.rng.permutation(self.num_batches)
@@ -132,12 +144,13 @@ class Trainer:
     # --- persistence ----------------------------------------------------------------------------
     def save(self, path):
         """Write the full training state (graph and trainer) to an ``.npz`` file (no pickled code)."""
+        self._follow_device()
         arrays = {f"fg.{k}": v for k, v in self.fg.state().items()}
         for (l, name) in self.msgs:
             key = f"{l}.{name}"
-            arrays[f"tr.msgs.{key}.tau"], arrays[f"tr.msgs.{key}.rho"] = self.msgs[(l, name)].tau, self.msgs[(l, name)].rho
-            arrays[f"tr.prior.{key}.tau"], arrays[f"tr.prior.{key}.rho"] = self.prior[(l, name)].tau, self.prior[(l, name)].rho
-            arrays[f"tr.total.{key}.tau"], arrays[f"tr.total.{key}.rho"] = self.total[(l, name)].tau, self.total[(l, name)].rho
+            for attr, store in (("msgs", self.msgs), ("prior", self.prior), ("total", self.total)):
+                arrays[f"tr.{attr}.{key}.tau"] = to_device(store[(l, name)].tau, "cpu")
+                arrays[f"tr.{attr}.{key}.rho"] = to_device(store[(l, name)].rho, "cpu")
         meta = {
             "format": _FORMAT,
             "templates": _templates_to_json(self.fg.templates),

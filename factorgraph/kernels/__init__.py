@@ -8,7 +8,10 @@ turns them off, which runs the NumPy reference instead).
 
 import os
 
+import numpy as np
+
 from factorgraph import guards
+from factorgraph.backend import get_array_module, to_device
 
 _ENABLED = os.environ.get("FACTORGRAPH_KERNELS", "1") != "0"
 
@@ -23,6 +26,47 @@ def set_enabled(flag):
     global _ENABLED
     prev, _ENABLED = _ENABLED, bool(flag)
     return prev
+
+
+def module(array, name):
+    """The kernel module ``<name>_cpu`` for a NumPy array (when :func:`enabled`), ``<name>_cuda`` for a
+    device array, or ``None`` (use the NumPy reference)."""
+    import importlib
+
+    if type(array) is np.ndarray:
+        return importlib.import_module(f"factorgraph.kernels.{name}_cpu") if _ENABLED else None
+    return importlib.import_module(f"factorgraph.kernels.{name}_cuda")
+
+
+class GuardCounts:
+    """Guard counters of one layer's kernels, kept on the device of its arrays.
+
+    CPU counters are flushed into :mod:`factorgraph.guards` after every kernel call (so an improper
+    division raises at once); device counters at :meth:`flush`, which the graph calls after each
+    ``train_batch`` and ``predict``, so no host round-trip happens per example.
+    """
+
+    def __init__(self, names):
+        self.names = names
+        self._arrays = {}
+
+    def array(self, like):
+        xp = get_array_module(like)
+        key = xp.__name__
+        if key not in self._arrays:
+            self._arrays[key] = xp.zeros(len(self.names), np.int64)
+        return self._arrays[key]
+
+    def after_call(self, like):
+        if type(like) is np.ndarray:
+            self.flush()
+
+    def flush(self):
+        for arr in self._arrays.values():
+            host = to_device(arr, "cpu")
+            if host.any():
+                arr[...] = 0
+                record_counts(host, self.names)
 
 
 def record_counts(counts, names):

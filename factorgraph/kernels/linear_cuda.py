@@ -9,6 +9,7 @@ Guard counters are device arrays updated with atomics (only when a guard fires).
 
 import math
 
+import numpy as np
 from numba import cuda
 
 from factorgraph.kernels._device import grid
@@ -202,10 +203,21 @@ def s1_rows(x, q_t, q_r, m_t, m_r, f_mu, f_var, r_t, r_r, counts):
     _s1_rows[blocks, threads](x, q_t, q_r, m_t, m_r, f_mu, f_var, r_t, r_r, counts)
 
 
-def linear_const_bwd(x, ones, wq_t, wq_r, wm_t, wm_r, cq_t, cq_r, cm_t, cm_r, f_mu, f_var, r_t, r_r, counts):
+_ONES = {}
+
+
+def _ones(dtype):
+    """A cached device array ``[1.0]`` (the bias coefficient)."""
+    key = str(dtype)
+    if key not in _ONES:
+        _ONES[key] = cuda.to_device(np.ones(1, dtype))
+    return _ONES[key]
+
+
+def linear_const_bwd(x, wq_t, wq_r, wm_t, wm_r, cq_t, cq_r, cm_t, cm_r, f_mu, f_var, r_t, r_r, counts):
     J = cq_t.shape[0]
-    s1_rows(ones, cq_t.reshape(1, J), cq_r.reshape(1, J), cm_t.reshape(1, J), cm_r.reshape(1, J), f_mu, f_var, r_t,
-            r_r, counts)
+    s1_rows(_ones(cq_t.dtype), cq_t.reshape(1, J), cq_r.reshape(1, J), cm_t.reshape(1, J), cm_r.reshape(1, J), f_mu,
+            f_var, r_t, r_r, counts)
     s1_rows(x, wq_t, wq_r, wm_t, wm_r, f_mu, f_var, r_t, r_r, counts)
 
 
@@ -215,11 +227,11 @@ def linear_var_fwd(in_t, in_r, mx_t, mx_r, wq_t, wq_r, cq_t, cq_r, cm_t, cm_r, x
     _var_fwd[grid(wq_t.shape[1])](x_mu, x_var, wq_t, wq_r, cq_t, cq_r, cm_t, cm_r, out_mu, out_var, counts)
 
 
-def linear_var_bwd(x_mu, x_var, ones, wq_t, wq_r, wm_t, wm_r, cq_t, cq_r, cm_t, cm_r, f_mu, f_var, r_t, r_r,
+def linear_var_bwd(x_mu, x_var, wq_t, wq_r, wm_t, wm_r, cq_t, cq_r, cm_t, cm_r, f_mu, f_var, r_t, r_r,
                    to_x_t, to_x_r, counts):
     J = cq_t.shape[0]
-    s1_rows(ones, cq_t.reshape(1, J), cq_r.reshape(1, J), cm_t.reshape(1, J), cm_r.reshape(1, J), f_mu, f_var, r_t,
-            r_r, counts)
+    s1_rows(_ones(cq_t.dtype), cq_t.reshape(1, J), cq_r.reshape(1, J), cm_t.reshape(1, J), cm_r.reshape(1, J), f_mu,
+            f_var, r_t, r_r, counts)
     _var_to_x[grid(wq_t.shape[0])](x_mu, x_var, wq_t, wq_r, f_mu, f_var, r_t, r_r, to_x_t, to_x_r, counts)
     blocks, threads = _grid2(*wq_t.shape)
     _s2_weights[blocks, threads](x_mu, x_var, wq_t, wq_r, wm_t, wm_r, f_mu, f_var, r_t, r_r, counts)
