@@ -50,9 +50,9 @@ def load(n, seed):
     return norm(Xtr), ytr, norm(d.X_test[:1000]), d.y_test[:1000], norm(d.X_test[1000:]), d.y_test[1000:], Xood
 
 
-def run_mp(arch, head, data, its_top, seed, progress):
+def run_mp(arch, head, data, its_top, seed, progress, device="cpu"):
     Xtr, ytr, Xva, yva, Xte, yte, Xood = data
-    fg = create_factor_graph([(28, 28, 1)] + ARCH[arch] + [HEADS[head]], batch_size=320, seed=seed)
+    fg = create_factor_graph([(28, 28, 1)] + ARCH[arch] + [HEADS[head]], batch_size=320, seed=seed).to(device)
     Y = np.eye(10)[ytr] if head == "R-MP" else ytr
     t0 = time.perf_counter()
     Trainer(fg, Xtr, Y, progress=progress).train(schedule=Staircase(its_top))
@@ -138,6 +138,7 @@ def main(argv=None):
     p.add_argument("--staircase", type=int, default=9, help="top of the staircase 1,1,...,N,N (thesis: 9)")
     p.add_argument("--seed", type=int, default=98)
     p.add_argument("--progress", action="store_true")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device of the message passing")
     p.add_argument("--out", default="examples/out/fashion")
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
@@ -147,9 +148,10 @@ def main(argv=None):
         for arch in args.arch:
             rows = {}
             for head in args.heads:
-                rows.update(run_mp(arch, head, data, args.staircase, args.seed, args.progress or None))
+                rows.update(run_mp(arch, head, data, args.staircase, args.seed, args.progress or None, args.device))
                 print(f"n={n} {arch} {head} done", flush=True)
             for opt in args.baselines:
+                print(f"n={n} {arch} torch {opt}", flush=True)
                 rows.update(run_torch(arch, opt, data, args.seed))
             results[(n, arch)] = rows
             print(table({(n, arch): rows}), flush=True)
