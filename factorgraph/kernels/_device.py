@@ -8,7 +8,12 @@ it with ``numba.cuda.jit(device=True)``.  Imported only by the ``*_cuda`` module
 
 import types
 
-from numba import cuda
+import numpy as np
+
+if not hasattr(np, "row_stack"):  # numba-cuda <= 0.30 registers np.row_stack, which NumPy 2.5 removed
+    np.row_stack = np.vstack
+
+from numba import cuda  # noqa: E402
 
 
 def device_functions(namespace_modules, names):

@@ -1,10 +1,10 @@
 """Numba CUDA kernels of the LeakyReLU factor: one thread per unit, on device copies of the CPU
 per-element functions of :mod:`factorgraph.kernels.leaky_cpu` (same numbers, same guards)."""
 
-from numba import cuda
+from factorgraph.kernels._device import device_functions, grid  # first: it carries a NumPy shim numba.cuda needs
+from numba import cuda  # noqa: E402, I001
 
 from factorgraph.kernels import leaky_cpu, scalar
-from factorgraph.kernels._device import device_functions, grid
 from factorgraph.kernels.leaky_cpu import L_BWD_CLAMP, L_BWD_FALLBACK, L_FWD_FALLBACK, L_MIN_RHO, L_U_FLOOR
 
 _D = device_functions([scalar, leaky_cpu], ["log_ndtr", "shift_and_factor", "truncated", "block52_log",

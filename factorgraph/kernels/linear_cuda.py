@@ -10,9 +10,9 @@ Guard counters are device arrays updated with atomics (only when a guard fires).
 import math
 
 import numpy as np
-from numba import cuda
+from factorgraph.kernels._device import grid  # first: it carries a NumPy shim numba.cuda needs
+from numba import cuda  # noqa: E402, I001
 
-from factorgraph.kernels._device import grid
 from factorgraph.kernels.linear_cpu import (
     G_ALL_TINY,
     G_IMPROPER,

@@ -7,9 +7,9 @@ list per pixel, built once), so it is deterministic, unlike an atomic scatter-ad
 """
 
 import numpy as np
-from numba import cuda
+from factorgraph.kernels._device import grid  # first: it carries a NumPy shim numba.cuda needs
+from numba import cuda  # noqa: E402, I001
 
-from factorgraph.kernels._device import grid
 
 
 def _grid2(a, b, ta=8, tb=32):
