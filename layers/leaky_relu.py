@@ -41,9 +41,12 @@ class LeakyReLU(Factor):
         mod = kernels.module(m_in.tau, "leaky")
         if mod is not None:
             xp = m_in.xp
-            out = Gaussian(xp.empty_like(m_in.tau), xp.empty_like(m_in.rho))
+            # C-contiguous outputs, so the flat views below alias them (empty_like could keep a transposed
+            # layout, and reshape would then copy)
+            out = Gaussian(xp.empty(m_in.shape, m_in.dtype), xp.empty(m_in.shape, m_in.dtype))
             counts = self._guards.array(out.tau)
-            a_t, a_r, o_t, o_r = (v.reshape(-1) for v in (m_in.tau, m_in.rho, out.tau, out.rho))
+            a_t, a_r = (xp.ascontiguousarray(v).reshape(-1) for v in (m_in.tau, m_in.rho))
+            o_t, o_r = out.tau.reshape(-1), out.rho.reshape(-1)
             if not self._seen_back[i]:
                 mod.leaky_fwd_moment_match(a_t, a_r, self.slope, o_t, o_r, counts)
             else:
@@ -61,9 +64,10 @@ class LeakyReLU(Factor):
         mod = kernels.module(m_out.tau, "leaky")
         if mod is not None:
             xp = m_out.xp
-            out = Gaussian(xp.empty_like(m_out.tau), xp.empty_like(m_out.rho))
+            out = Gaussian(xp.empty(m_out.shape, m_out.dtype), xp.empty(m_out.shape, m_out.dtype))
             counts = self._guards.array(out.tau)
-            flat = (v.reshape(-1) for v in (self.m_in.tau[i], self.m_in.rho[i], m_out.tau, m_out.rho))
+            flat = (xp.ascontiguousarray(v).reshape(-1) for v in (self.m_in.tau[i], self.m_in.rho[i], m_out.tau,
+                                                                   m_out.rho))
             mod.leaky_bwd_marginal(*flat, self.slope, out.tau.reshape(-1), out.rho.reshape(-1), counts)
             self._guards.after_call(out.tau)
             return out

