@@ -13,6 +13,7 @@ import numpy as np
 from numba import njit
 
 from factorgraph import config
+from factorgraph.kernels.scalar import s1_term, s2_terms
 
 G_ROUNDOFF, G_S1_REST, G_SMALL_CAV, G_S2_REST, G_MIN_RHO, G_ALL_TINY, G_IMPROPER = range(7)
 GUARD_NAMES = ("strict_division_roundoff", "s1_rest_variance_clamp", "s1_small_cavity",
@@ -92,7 +93,6 @@ def _s1_rows(x, q_t, q_r, m_t, m_r, f_mu, f_var, r_t, r_r, counts):
     n_small = 0
     for k in range(K):
         a = x[k]
-        a2 = a * a
         for j in range(J):
             old_t = m_t[k, j]
             old_r = m_r[k, j]
@@ -106,19 +106,9 @@ def _s1_rows(x, q_t, q_r, m_t, m_r, f_mu, f_var, r_t, r_r, counts):
                     else:
                         n_round += 1
                     cr = 0.0
-            if a == 0.0:
-                nt = 0.0
-                nr = 0.0
-            else:
-                inv = 1.0 / cr if cr > 0 else np.inf
-                mu_b = ct * inv if cr > 0 else 0.0
-                rest = f_var[j] - a2 * inv
-                if rest < 0:
-                    n_rest += 1
-                    rest = 0.0
-                inv_d = 1.0 / (1.0 + r_r[j] * rest)
-                nr = a2 * r_r[j] * inv_d
-                nt = a * (r_t[j] - r_r[j] * (f_mu[j] - a * mu_b)) * inv_d
+            mu_b, var_b = _moments(ct, cr)
+            nt, nr, clamped = s1_term(a, mu_b, var_b, f_mu[j], f_var[j], r_t[j], r_r[j])
+            n_rest += clamped
             q_t[k, j] += nt - old_t
             q_r[k, j] += nr - old_r
             m_t[k, j] = nt
@@ -170,21 +160,14 @@ def linear_var_bwd(x_mu, x_var, wq_t, wq_r, wm_t, wm_r, cq_t, cq_r, cm_t, cm_r, 
     for k in range(K):
         mu_a = x_mu[k]
         var_a = x_var[k]
-        m2a = var_a + mu_a * mu_a
         acc_t = 0.0
         acc_r = 0.0
         for j in range(J):
             mu_b, var_b = _moments(wq_t[k, j], wq_r[k, j])
-            rest = f_var[j] - (var_a * var_b + var_a * mu_b * mu_b + mu_a * mu_a * var_b)
-            if rest < 0:
-                counts[G_S2_REST] += 1
-                rest = 0.0
-            d = 1.0 + r_r[j] * rest
-            resid = (r_t[j] - r_r[j] * (f_mu[j] - mu_a * mu_b)) / d
-            acc_t += mu_b * resid
-            acc_r += (var_b + mu_b * mu_b) * r_r[j] / d
-            nt = mu_a * resid
-            nr = m2a * r_r[j] / d
+            ta, ra, nt, nr, clamped = s2_terms(mu_a, var_a, mu_b, var_b, f_mu[j], f_var[j], r_t[j], r_r[j])
+            counts[G_S2_REST] += clamped
+            acc_t += ta
+            acc_r += ra
             wq_t[k, j] += nt - wm_t[k, j]
             wq_r[k, j] += nr - wm_r[k, j]
             wm_t[k, j] = nt

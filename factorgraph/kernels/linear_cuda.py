@@ -10,8 +10,10 @@ Guard counters are device arrays updated with atomics (only when a guard fires).
 import math
 
 import numpy as np
-from factorgraph.kernels._device import grid  # first: it carries a NumPy shim numba.cuda needs
+from factorgraph.kernels._device import device_functions, grid  # first: carries a NumPy shim for numba.cuda
 from numba import cuda  # noqa: E402, I001
+
+from factorgraph.kernels import scalar
 
 from factorgraph.kernels.linear_cpu import (
     G_ALL_TINY,
@@ -26,6 +28,9 @@ from factorgraph.kernels.linear_cpu import (
     RTOL,
     TINY,
 )
+
+_D = device_functions([scalar], ["s1_term", "s2_terms"])
+_s1_term, _s2_terms = _D["s1_term"], _D["s2_terms"]
 
 
 @cuda.jit(device=True, inline=True)
@@ -76,20 +81,11 @@ def _s1_rows(x, q_t, q_r, m_t, m_r, f_mu, f_var, r_t, r_r, counts):
     ct, cr = _cavity(q_t[k, j], q_r[k, j], old_t, old_r, counts)
     if cr < MIN_CAV:
         cuda.atomic.add(counts, G_SMALL_CAV, 1)
-    if a == 0.0:
-        nt = 0.0
-        nr = 0.0
-    else:
-        a2 = a * a
-        inv = 1.0 / cr if cr > 0 else math.inf
-        mu_b = ct * inv if cr > 0 else 0.0
-        rest = f_var[j] - a2 * inv
-        if rest < 0:
-            cuda.atomic.add(counts, G_S1_REST, 1)
-            rest = 0.0
-        inv_d = 1.0 / (1.0 + r_r[j] * rest)
-        nr = a2 * r_r[j] * inv_d
-        nt = a * (r_t[j] - r_r[j] * (f_mu[j] - a * mu_b)) * inv_d
+    mu_b = ct / cr if cr > 0 else 0.0
+    var_b = 1.0 / cr if cr > 0 else math.inf
+    nt, nr, clamped = _s1_term(a, mu_b, var_b, f_mu[j], f_var[j], r_t[j], r_r[j])
+    if clamped:
+        cuda.atomic.add(counts, G_S1_REST, 1)
     q_t[k, j] += nt - old_t
     q_r[k, j] += nr - old_r
     m_t[k, j] = nt
@@ -147,13 +143,9 @@ def _var_to_x(x_mu, x_var, wq_t, wq_r, f_mu, f_var, r_t, r_r, to_x_t, to_x_r, co
     for j in range(J):
         mu_b = wq_t[k, j] / wq_r[k, j]
         var_b = 1.0 / wq_r[k, j]
-        rest = f_var[j] - (var_a * var_b + var_a * mu_b * mu_b + mu_a * mu_a * var_b)
-        if rest < 0:
-            rest = 0.0  # counted once, by the weight kernel
-        inv_d = 1.0 / (1.0 + r_r[j] * rest)
-        resid = (r_t[j] - r_r[j] * (f_mu[j] - mu_a * mu_b)) * inv_d
-        acc_t += mu_b * resid
-        acc_r += (var_b + mu_b * mu_b) * r_r[j] * inv_d
+        ta, ra, _, _, _ = _s2_terms(mu_a, var_a, mu_b, var_b, f_mu[j], f_var[j], r_t[j], r_r[j])
+        acc_t += ta  # a clamp is counted once, by the weight kernel
+        acc_r += ra
     if all_tiny:
         acc_t = 0.0
         acc_r = MIN_RHO
@@ -177,13 +169,9 @@ def _s2_weights(x_mu, x_var, wq_t, wq_r, wm_t, wm_r, f_mu, f_var, r_t, r_r, coun
     var_a = x_var[k]
     mu_b = wq_t[k, j] / wq_r[k, j]
     var_b = 1.0 / wq_r[k, j]
-    rest = f_var[j] - (var_a * var_b + var_a * mu_b * mu_b + mu_a * mu_a * var_b)
-    if rest < 0:
+    _, _, nt, nr, clamped = _s2_terms(mu_a, var_a, mu_b, var_b, f_mu[j], f_var[j], r_t[j], r_r[j])
+    if clamped:
         cuda.atomic.add(counts, G_S2_REST, 1)
-        rest = 0.0
-    inv_d = 1.0 / (1.0 + r_r[j] * rest)
-    nt = mu_a * (r_t[j] - r_r[j] * (f_mu[j] - mu_a * mu_b)) * inv_d
-    nr = (var_a + mu_a * mu_a) * r_r[j] * inv_d
     wq_t[k, j] += nt - wm_t[k, j]
     wq_r[k, j] += nr - wm_r[k, j]
     wm_t[k, j] = nt

@@ -9,6 +9,8 @@ summed over positions) from precomputed moments, without materialising (P, D, F)
 
 from numba import njit
 
+from factorgraph.kernels.scalar import s1_term, s2_terms
+
 
 @njit(cache=True)
 def s1_patches_bwd(A, b_mu, b_var, f_mu, f_var, r_t, r_r, out_t, out_r, counts):
@@ -25,16 +27,11 @@ def s1_patches_bwd(A, b_mu, b_var, f_mu, f_var, r_t, r_r, out_t, out_r, counts):
             a = A[p, d]
             if a == 0.0:
                 continue
-            a2 = a * a
             for f in range(F):
-                rest = f_var[p, f] - a2 * b_var[d, f]
-                if rest < 0:
-                    n_rest += 1
-                    rest = 0.0
-                rr = r_r[p, f]
-                inv_d = 1.0 / (1.0 + rr * rest)
-                out_r[d, f] += a2 * rr * inv_d
-                out_t[d, f] += a * (r_t[p, f] - rr * (f_mu[p, f] - a * b_mu[d, f])) * inv_d
+                t, r, clamped = s1_term(a, b_mu[d, f], b_var[d, f], f_mu[p, f], f_var[p, f], r_t[p, f], r_r[p, f])
+                n_rest += clamped
+                out_t[d, f] += t
+                out_r[d, f] += r
     counts[0] += n_rest
 
 
@@ -52,23 +49,16 @@ def s2_patches_bwd(a_mu, a_var, b_mu, b_var, f_mu, f_var, r_t, r_r, to_a_t, to_a
         for d in range(D):
             mu_a = a_mu[p, d]
             var_a = a_var[p, d]
-            m2a = var_a + mu_a * mu_a
             acc_t = 0.0
             acc_r = 0.0
             for f in range(F):
-                mu_b = b_mu[d, f]
-                var_b = b_var[d, f]
-                rest = f_var[p, f] - (var_a * var_b + var_a * mu_b * mu_b + mu_a * mu_a * var_b)
-                if rest < 0:
-                    n_rest += 1
-                    rest = 0.0
-                rr = r_r[p, f]
-                inv_d = 1.0 / (1.0 + rr * rest)
-                resid = (r_t[p, f] - rr * (f_mu[p, f] - mu_a * mu_b)) * inv_d
-                acc_t += mu_b * resid
-                acc_r += (var_b + mu_b * mu_b) * rr * inv_d
-                to_b_t[d, f] += mu_a * resid
-                to_b_r[d, f] += m2a * rr * inv_d
+                ta, ra, tb, rb, clamped = s2_terms(mu_a, var_a, b_mu[d, f], b_var[d, f], f_mu[p, f], f_var[p, f],
+                                                   r_t[p, f], r_r[p, f])
+                n_rest += clamped
+                acc_t += ta
+                acc_r += ra
+                to_b_t[d, f] += tb
+                to_b_r[d, f] += rb
             to_a_t[p, d] = acc_t
             to_a_r[p, d] = acc_r
     counts[0] += n_rest

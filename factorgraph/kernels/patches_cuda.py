@@ -7,8 +7,13 @@ list per pixel, built once), so it is deterministic, unlike an atomic scatter-ad
 """
 
 import numpy as np
-from factorgraph.kernels._device import grid  # first: it carries a NumPy shim numba.cuda needs
+from factorgraph.kernels._device import device_functions, grid  # first: carries a NumPy shim for numba.cuda
 from numba import cuda  # noqa: E402, I001
+
+from factorgraph.kernels import scalar
+
+_D = device_functions([scalar], ["s1_term", "s2_terms"])
+_s1_term, _s2_terms = _D["s1_term"], _D["s2_terms"]
 
 
 
@@ -26,18 +31,11 @@ def _s1_to_b(A, b_mu, b_var, f_mu, f_var, r_t, r_r, out_t, out_r, counts):
     acc_t = 0.0
     acc_r = 0.0
     for p in range(P):
-        a = A[p, d]
-        if a == 0.0:
-            continue
-        a2 = a * a
-        rest = f_var[p, f] - a2 * b_var[d, f]
-        if rest < 0:
+        t, r, clamped = _s1_term(A[p, d], b_mu[d, f], b_var[d, f], f_mu[p, f], f_var[p, f], r_t[p, f], r_r[p, f])
+        if clamped:
             cuda.atomic.add(counts, 0, 1)
-            rest = 0.0
-        rr = r_r[p, f]
-        inv_d = 1.0 / (1.0 + rr * rest)
-        acc_r += a2 * rr * inv_d
-        acc_t += a * (r_t[p, f] - rr * (f_mu[p, f] - a * b_mu[d, f])) * inv_d
+        acc_t += t
+        acc_r += r
     out_t[d, f] = acc_t
     out_r[d, f] = acc_r
 
@@ -54,16 +52,12 @@ def _s2_to_b(a_mu, a_var, b_mu, b_var, f_mu, f_var, r_t, r_r, to_b_t, to_b_r, co
     acc_t = 0.0
     acc_r = 0.0
     for p in range(P):
-        mu_a = a_mu[p, d]
-        var_a = a_var[p, d]
-        rest = f_var[p, f] - (var_a * var_b + var_a * mu_b * mu_b + mu_a * mu_a * var_b)
-        if rest < 0:
+        _, _, tb, rb, clamped = _s2_terms(a_mu[p, d], a_var[p, d], mu_b, var_b, f_mu[p, f], f_var[p, f], r_t[p, f],
+                                          r_r[p, f])
+        if clamped:
             cuda.atomic.add(counts, 0, 1)
-            rest = 0.0
-        rr = r_r[p, f]
-        inv_d = 1.0 / (1.0 + rr * rest)
-        acc_t += mu_a * (r_t[p, f] - rr * (f_mu[p, f] - mu_a * mu_b)) * inv_d
-        acc_r += (var_a + mu_a * mu_a) * rr * inv_d
+        acc_t += tb
+        acc_r += rb
     to_b_t[d, f] = acc_t
     to_b_r[d, f] = acc_r
 
@@ -80,16 +74,10 @@ def _s2_to_a(a_mu, a_var, b_mu, b_var, f_mu, f_var, r_t, r_r, to_a_t, to_a_r):
     acc_t = 0.0
     acc_r = 0.0
     for f in range(F):
-        mu_b = b_mu[d, f]
-        var_b = b_var[d, f]
-        rest = f_var[p, f] - (var_a * var_b + var_a * mu_b * mu_b + mu_a * mu_a * var_b)
-        if rest < 0:
-            rest = 0.0  # counted once, by _s2_to_b
-        rr = r_r[p, f]
-        inv_d = 1.0 / (1.0 + rr * rest)
-        resid = (r_t[p, f] - rr * (f_mu[p, f] - mu_a * mu_b)) * inv_d
-        acc_t += mu_b * resid
-        acc_r += (var_b + mu_b * mu_b) * rr * inv_d
+        ta, ra, _, _, _ = _s2_terms(mu_a, var_a, b_mu[d, f], b_var[d, f], f_mu[p, f], f_var[p, f], r_t[p, f],
+                                    r_r[p, f])
+        acc_t += ta  # a clamp is counted once, by _s2_to_b
+        acc_r += ra
     to_a_t[p, d] = acc_t
     to_a_r[p, d] = acc_r
 

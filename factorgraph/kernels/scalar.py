@@ -89,3 +89,32 @@ def mixture(lw1, m1, v1, lw2, m2, v2):
     w2 = math.exp(lw2 - log_m0)
     dm = m1 - m2
     return w1 * m1 + w2 * m2, w1 * v1 + w2 * v2 + w1 * w2 * dm * dm, log_m0
+
+
+@njit(cache=True, inline="always")
+def s1_term(a, mu_b, var_b, f_mu, f_var, r_t, r_r):
+    """S1 message (tau, rho, clamped?) to one summand ``a * b`` of ``s`` (SPEC 4.1, natural form)."""
+    if a == 0.0:
+        return 0.0, 0.0, 0
+    a2 = a * a
+    rest = f_var - a2 * var_b
+    clamped = 0
+    if rest < 0:
+        rest = 0.0
+        clamped = 1
+    inv_d = 1.0 / (1.0 + r_r * rest)
+    return a * (r_t - r_r * (f_mu - a * mu_b)) * inv_d, a2 * r_r * inv_d, clamped
+
+
+@njit(cache=True, inline="always")
+def s2_terms(mu_a, var_a, mu_b, var_b, f_mu, f_var, r_t, r_r):
+    """S2 messages of one product term ``a * b`` of ``z`` (SPEC 4.2): (tau_a, rho_a, tau_b, rho_b, clamped?)."""
+    rest = f_var - (var_a * var_b + var_a * mu_b * mu_b + mu_a * mu_a * var_b)
+    clamped = 0
+    if rest < 0:
+        rest = 0.0
+        clamped = 1
+    inv_d = 1.0 / (1.0 + r_r * rest)
+    resid = (r_t - r_r * (f_mu - mu_a * mu_b)) * inv_d
+    return (mu_b * resid, (var_b + mu_b * mu_b) * r_r * inv_d, mu_a * resid, (var_a + mu_a * mu_a) * r_r * inv_d,
+            clamped)
