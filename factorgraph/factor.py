@@ -40,6 +40,8 @@ class Factor:
     is_signal = False
     #: True when the factor owns weight variables (stored in ``self.params``)
     has_weights = False
+    #: attributes holding per-example Gaussian caches, saved with the state (absent ones are skipped)
+    cache_names = ()
 
     def __init__(self):
         self.input_shape = None
@@ -80,11 +82,18 @@ class Factor:
         for pname, slots in self.params.items():
             for k, v in slots.state().items():
                 out[f"{pname}.{k}"] = v
+        for name in self.cache_names:
+            g = getattr(self, name, None)
+            if g is not None:
+                out[f"{name}.tau"], out[f"{name}.rho"] = g.tau, g.rho
         return out
 
     def load_state(self, arrays):
         for pname, slots in self.params.items():
             slots.load_state({k[len(pname) + 1:]: v for k, v in arrays.items() if k.startswith(pname + ".")})
+        for name in self.cache_names:
+            if f"{name}.tau" in arrays:
+                setattr(self, name, Gaussian(arrays[f"{name}.tau"].copy(), arrays[f"{name}.rho"].copy()))
 
     def describe(self):
         return f"{self.kind}{self.input_shape}->{self.output_shape_}"

@@ -45,6 +45,7 @@ class Conv(Factor):
     kind = "Conv"
     interfaces = ("input", "weight", "bias", "output")
     has_weights = True
+    cache_names = ("m_to_x",)
 
     def __init__(self, filters, kernel_size, padding=None, **options):
         super().__init__()
@@ -189,17 +190,6 @@ class Conv(Factor):
         else:
             f = s2_forward(gather_messages(m_in, self._src(m_in.tau)), W.q, c.q)
         return self._out(f, (n,))
-
-    def state(self):
-        out = super().state()
-        if not self.constant_input:
-            out["m_to_x.tau"], out["m_to_x.rho"] = self.m_to_x.tau, self.m_to_x.rho
-        return out
-
-    def load_state(self, arrays):
-        super().load_state(arrays)
-        if not self.constant_input:
-            self.m_to_x = Gaussian(arrays["m_to_x.tau"].copy(), arrays["m_to_x.rho"].copy())
 
     def describe(self):
         return (f"Conv(filters={self.filters}, k={self.k}, stride={self.stride}, padding={self.padding}, "

@@ -16,6 +16,7 @@ from factorgraph.kernels import leaky_cpu
 class LeakyReLU(Factor):
     kind = "LeakyReLU"
     accepts_constant_input = False
+    cache_names = ("m_in", "m_back")
 
     def __init__(self, slope=0.1):
         super().__init__()
@@ -85,10 +86,8 @@ class LeakyReLU(Factor):
     def state(self):
         import numpy as np
 
-        return {"m_in.tau": self.m_in.tau, "m_in.rho": self.m_in.rho, "m_back.tau": self.m_back.tau,
-                "m_back.rho": self.m_back.rho, "seen_back": np.asarray(self._seen_back)}
+        return dict(super().state(), seen_back=np.asarray(self._seen_back))
 
     def load_state(self, arrays):
-        self.m_in = Gaussian(arrays["m_in.tau"].copy(), arrays["m_in.rho"].copy())
-        self.m_back = Gaussian(arrays["m_back.tau"].copy(), arrays["m_back.rho"].copy())
+        super().load_state(arrays)
         self._seen_back = [bool(v) for v in arrays["seen_back"]]

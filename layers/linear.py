@@ -29,6 +29,7 @@ class Linear(Factor):
     kind = "Linear"
     interfaces = ("input", "weight", "bias", "output")
     has_weights = True
+    cache_names = ("m_to_x",)
 
     def __init__(self, d_out, **options):
         super().__init__()
@@ -155,14 +156,3 @@ class Linear(Factor):
         if self.constant_input:
             return s1_forward(m_in, W.q, c.q)
         return s2_forward(m_in, W.q, c.q)
-
-    def state(self):
-        out = super().state()
-        if not self.constant_input:
-            out["m_to_x.tau"], out["m_to_x.rho"] = self.m_to_x.tau, self.m_to_x.rho
-        return out
-
-    def load_state(self, arrays):
-        super().load_state(arrays)
-        if not self.constant_input:
-            self.m_to_x = Gaussian(arrays["m_to_x.tau"].copy(), arrays["m_to_x.rho"].copy())
