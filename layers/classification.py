@@ -11,10 +11,12 @@
 
 import numpy as np
 
-from factorgraph import config
+from factorgraph import config, kernels
 from factorgraph.equations import argmax_backward, argmax_probs, probit_softmax
 from factorgraph.equations.softmax import softmax_backward
 from factorgraph.factor import Factor
+from factorgraph.gaussian import Gaussian
+from factorgraph.kernels import signals_cpu
 
 
 def check_labels(Y, n, num_classes):
@@ -46,9 +48,28 @@ class ClassificationHead(Factor):
     def check_targets(self, Y, n):
         return check_labels(Y, n, self.input_shape[0])
 
+    def build(self, input_shape, batch_size, *, dtype, rng, constant_input):
+        super().build(input_shape, batch_size, dtype=dtype, rng=rng, constant_input=constant_input)
+        self._guards = kernels.GuardCounts(self.guard_names)
+
+    def flush_guards(self):
+        self._guards.flush()
+
     def forward(self, m_in, i):
         self._m = m_in
         return m_in
+
+    def backward_signal(self, y, i):
+        mod = kernels.module(self._m.tau, "signals")
+        if mod is None:
+            return self._backward_reference(y)
+        xp = self._m.xp
+        C = self._m.shape[-1]
+        out = Gaussian(xp.empty((1, C), self._m.dtype), xp.empty((1, C), self._m.dtype))
+        counts = self._guards.array(out.tau)
+        self._kernel(mod, self._m.tau.reshape(1, C), self._m.rho.reshape(1, C), xp.asarray(y).reshape(1), out, counts)
+        self._guards.after_call(out.tau)
+        return out.reshape(C)
 
     def predict(self, m_in):
         return m_in
@@ -63,8 +84,14 @@ class Argmax(ClassificationHead):
             raise ValueError(f"Argmax takes regularize=True/False, got {regularize!r}")
         self.regularize = bool(regularize)
 
-    def backward_signal(self, y, i):
+    guard_names = signals_cpu.ARGMAX_GUARDS
+
+    def _backward_reference(self, y):
         return argmax_backward(self._m, y, config.ARGMAX_NOISE, self.regularize)
+
+    def _kernel(self, mod, tau, rho, y, out, counts):
+        mod.argmax_bwd(tau, rho, y, config.ARGMAX_NOISE, config.ARGMAX_REG_VAR, self.regularize, out.tau, out.rho,
+                       counts)
 
     def probabilities(self, m):
         return argmax_probs(m, config.ARGMAX_NOISE)
@@ -73,8 +100,13 @@ class Argmax(ClassificationHead):
 class Softmax(ClassificationHead):
     kind = "Softmax"
 
-    def backward_signal(self, y, i):
+    guard_names = signals_cpu.SOFTMAX_GUARDS
+
+    def _backward_reference(self, y):
         return softmax_backward(self._m, y)
+
+    def _kernel(self, mod, tau, rho, y, out, counts):
+        mod.softmax_bwd(tau, rho, y, signals_cpu.GL_X, signals_cpu.GL_W, out.tau, out.rho, counts)
 
     def probabilities(self, m):
         return probit_softmax(m)

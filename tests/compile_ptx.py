@@ -20,7 +20,7 @@ def main():
 
     dispatcher.get_current_device = lambda: _Sm90()
 
-    from factorgraph.kernels import leaky_cuda, linear_cuda, patches_cuda
+    from factorgraph.kernels import leaky_cuda, linear_cuda, patches_cuda, signals_cuda
 
     def sig(*args):
         return tuple(numba.typeof(a) for a in args)
@@ -44,6 +44,8 @@ def main():
             patches_cuda.KERNELS["patches_s2_to_b"]: sig(m, m, m, m, m, m, m, m, m, m, c),
             patches_cuda.KERNELS["patches_s2_to_a"]: sig(m, m, m, m, m, m, m, m, m, m),
             patches_cuda.KERNELS["fold"]: sig(v, v, i64, i64, v, v),
+            signals_cuda.KERNELS["argmax_bwd"]: sig(m, m, i64, s, s, True, m, m, c),
+            signals_cuda.KERNELS["softmax_bwd"]: sig(m, m, i64, np.zeros(12), np.zeros(12), m, m, c),
         }
         for kernel, types in specs.items():
             ptx, _ = cuda.compile_ptx(kernel.py_func, types, cc=(9, 0))

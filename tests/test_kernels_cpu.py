@@ -147,3 +147,54 @@ def test_graph_with_kernels_equals_graph_without(templates, dtype):
         preds.append(out[0] if isinstance(out, tuple) else out)
     tol = dict(rtol=1e-7, atol=1e-9) if dtype == np.float64 else dict(rtol=2e-3, atol=2e-4)
     np.testing.assert_allclose(preds[0], preds[1], **tol)
+
+
+def _logit_messages(rng, n, C, dtype=np.float64):
+    mu = rng.normal(0, 3, (n, C))
+    var = 10 ** rng.uniform(-4, 2, (n, C))
+    mu[0] = 0.0  # ties
+    mu[1, 0] = 300.0  # a dominant logit
+    var[2] = 1e-8  # tiny variances
+    return Gaussian.from_mean_var(mu, var).astype(dtype), rng.integers(0, C, n)
+
+
+@pytest.mark.parametrize("regularize", [False, True])
+def test_argmax_kernel_equals_reference(regularize, record_cases):
+    from factorgraph.kernels import signals_cpu
+
+    rng = np.random.default_rng(11)
+    m, y = _logit_messages(rng, 300, 10)
+    guards.reset()
+    ref = eq.argmax_backward(m, y, 0.3, regularize)
+    ref_counts = guards.counts()
+    out_t, out_r, counts = np.zeros(m.shape), np.zeros(m.shape), np.zeros(1, np.int64)
+    signals_cpu.argmax_bwd(m.tau, m.rho, y, 0.3, 0.1, regularize, out_t, out_r, counts)
+    # relative to the marginal, as for softmax below; 1e-10 because the kernels' log-cdf (erfc based) and
+    # scipy's log_ndtr differ by rounding, which the truncation u = 1 - v (v + t) amplifies for t << 0
+    scale = m.rho + np.abs(ref.tau) + np.abs(ref.rho)
+    assert np.max(np.abs(out_t - ref.tau) / scale) < 1e-10
+    assert np.max(np.abs(out_r - ref.rho) / scale) < 1e-10
+    assert counts[0] == ref_counts.get("truncation_u_floor", 0)
+    record_cases("kernel argmax_backward", 300)
+
+
+def test_softmax_kernel_equals_reference_relative_to_the_marginal(record_cases):
+    """The message is the difference of two nearly equal precisions where the likelihood says little,
+    so the comparison is relative to the marginal precision rho_fwd + |rho_msg| (the kernel follows the
+    reference's arithmetic; remaining differences are rounding of that subtraction)."""
+    from factorgraph.equations.softmax import softmax_backward
+    from factorgraph.kernels import signals_cpu
+
+    rng = np.random.default_rng(12)
+    m, y = _logit_messages(rng, 200, 10)
+    guards.reset()
+    ref = softmax_backward(m, y)
+    ref_counts = guards.counts()
+    out_t, out_r, counts = np.zeros(m.shape), np.zeros(m.shape), np.zeros(4, np.int64)
+    signals_cpu.softmax_bwd(m.tau, m.rho, y, signals_cpu.GL_X, signals_cpu.GL_W, out_t, out_r, counts)
+    scale = m.rho + np.abs(ref.rho)
+    assert np.max(np.abs(out_t - ref.tau) / (scale + np.abs(ref.tau))) < 1e-12
+    assert np.max(np.abs(out_r - ref.rho) / scale) < 1e-12
+    for k, name in enumerate(signals_cpu.SOFTMAX_GUARDS):
+        assert counts[k] == ref_counts.get(name, 0), name
+    record_cases("kernel softmax_backward", 200 * 10)

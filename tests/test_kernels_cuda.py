@@ -20,9 +20,9 @@ TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=1e-4, ato
 
 @pytest.fixture(scope="module")
 def cuda_mods():
-    from factorgraph.kernels import leaky_cuda, linear_cuda, patches_cuda
+    from factorgraph.kernels import leaky_cuda, linear_cuda, patches_cuda, signals_cuda
 
-    return linear_cuda, leaky_cuda, patches_cuda
+    return linear_cuda, leaky_cuda, patches_cuda, signals_cuda
 
 
 def _weights(rng, K, J, dtype):
@@ -157,3 +157,23 @@ def test_fold_cuda_equals_reference_fold(cuda_mods):
     patches_cuda.fold(msg.tau.reshape(-1), msg.rho.reshape(-1), offsets, entries, out_t, out_r)
     np.testing.assert_allclose(out_t.reshape(shape), ref.tau, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(out_r.reshape(shape), ref.rho, rtol=1e-12, atol=1e-14)
+
+
+def test_signal_kernels_cuda_equal_cpu(cuda_mods, record_cases):
+    from factorgraph.kernels import signals_cpu
+
+    signals_cuda = cuda_mods[3]
+    rng = np.random.default_rng(6)
+    n, C = 3, 4
+    m = Gaussian.from_mean_var(rng.normal(0, 2, (n, C)), 10 ** rng.uniform(-2, 1, (n, C)))
+    y = rng.integers(0, C, n)
+    for name, args in (("argmax_bwd", (0.3, 0.1, True)), ("softmax_bwd", (signals_cpu.GL_X, signals_cpu.GL_W))):
+        res = []
+        for mod in (signals_cpu, signals_cuda):
+            out_t, out_r, counts = np.zeros((n, C)), np.zeros((n, C)), np.zeros(4, np.int64)
+            getattr(mod, name)(m.tau, m.rho, y, *args, out_t, out_r, counts)
+            res.append((out_t, out_r, counts))
+        np.testing.assert_allclose(res[0][0], res[1][0], rtol=1e-12, atol=1e-14, err_msg=name)
+        np.testing.assert_allclose(res[0][1], res[1][1], rtol=1e-12, atol=1e-14, err_msg=name)
+        np.testing.assert_array_equal(res[0][2], res[1][2])
+        record_cases(f"cuda {name}", n * C)
