@@ -12,7 +12,7 @@
 import numpy as np
 
 from factorgraph import config, kernels
-from factorgraph.equations import argmax_backward, argmax_probs, probit_softmax
+from factorgraph.equations import argmax_backward, probit_softmax
 from factorgraph.equations.softmax import softmax_backward
 from factorgraph.factor import Factor
 from factorgraph.gaussian import Gaussian
@@ -94,7 +94,7 @@ class Argmax(ClassificationHead):
                        counts)
 
     def probabilities(self, m):
-        return argmax_probs(m, config.ARGMAX_NOISE)
+        return kernels.argmax_probs(m, config.ARGMAX_NOISE)
 
 
 class Softmax(ClassificationHead):

@@ -76,7 +76,7 @@ class LeakyReLU(Factor):
         return clamp_min_rho(msg, config.MIN_PRECISION)
 
     def predict(self, m_in):
-        return leaky_forward_moment_match(m_in, self.slope)
+        return kernels.leaky_moment_match(m_in, self.slope)
 
     def reset_batch_caches(self):
         self.m_back.tau[...] = 0

@@ -11,9 +11,9 @@ Pooling layers keep no per-example state beyond the current example's input.
 
 import numpy as np
 
-from factorgraph import config
+from factorgraph import config, kernels
 from factorgraph.backend import get_array_module
-from factorgraph.equations import argmax_probs, s1_reduce_backward, s1_reduce_forward
+from factorgraph.equations import s1_reduce_backward, s1_reduce_forward
 from factorgraph.factor import Factor
 from factorgraph.gaussian import Gaussian, clamp_min_rho
 
@@ -97,7 +97,7 @@ class MaxPool(_WindowPool):
         self.noise = float(noise)
 
     def weights(self, win):
-        return argmax_probs(win, self.noise)
+        return kernels.argmax_probs(win, self.noise)
 
 
 class AvgPool(_WindowPool):

@@ -46,6 +46,7 @@ def main():
             patches_cuda.KERNELS["fold"]: sig(v, v, i64, i64, v, v),
             signals_cuda.KERNELS["argmax_bwd"]: sig(m, m, i64, s, s, True, m, m, c),
             signals_cuda.KERNELS["softmax_bwd"]: sig(m, m, i64, np.zeros(12), np.zeros(12), m, m, c),
+            signals_cuda.KERNELS["argmax_probs"]: sig(m, m, s, m),
         }
         for kernel, types in specs.items():
             ptx, _ = cuda.compile_ptx(kernel.py_func, types, cc=(9, 0))

@@ -198,3 +198,22 @@ def test_softmax_kernel_equals_reference_relative_to_the_marginal(record_cases):
     for k, name in enumerate(signals_cpu.SOFTMAX_GUARDS):
         assert counts[k] == ref_counts.get(name, 0), name
     record_cases("kernel softmax_backward", 200 * 10)
+
+
+def test_argmax_probs_kernel_equals_reference(record_cases):
+    rng = np.random.default_rng(13)
+    m, _ = _logit_messages(rng, 300, 10)
+    ref = eq.argmax_probs(m, 0.3)
+    got = kernels.argmax_probs(m, 0.3)
+    np.testing.assert_allclose(got, ref, rtol=1e-11, atol=1e-15)
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, rtol=1e-12)
+    record_cases("kernel argmax_probs", 300)
+
+
+def test_leaky_prediction_kernel_equals_reference():
+    rng = np.random.default_rng(14)
+    m = Gaussian.from_mean_var(rng.normal(0, 3, (50, 4, 4)), 10 ** rng.uniform(-3, 2, (50, 4, 4)))
+    ref = eq.leaky_forward_moment_match(m, 0.1)
+    got = kernels.leaky_moment_match(m, 0.1)
+    np.testing.assert_allclose(got.tau, ref.tau, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(got.rho, ref.rho, rtol=1e-10)

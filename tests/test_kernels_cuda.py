@@ -6,6 +6,8 @@ Host arrays are passed directly (the simulator works on them; on a real GPU Numb
 Sizes are tiny because the simulator interprets every thread in Python.
 """
 
+import os
+
 import numpy as np
 import pytest
 
@@ -16,6 +18,9 @@ from factorgraph.gaussian import Gaussian  # noqa: E402
 from factorgraph.kernels import leaky_cpu, linear_cpu, patches_cpu  # noqa: E402
 
 TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=1e-4, atol=1e-5)}
+#: the simulator runs Python's math and agrees to rounding; a real GPU's libdevice exp/log/erfc differ in the
+#: last bits, which the truncation and tolerant-division cancellations amplify
+SIGNAL_RTOL = 1e-8 if os.environ.get("FACTORGRAPH_REAL_GPU") == "1" else 1e-12
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +178,11 @@ def test_signal_kernels_cuda_equal_cpu(cuda_mods, record_cases):
             out_t, out_r, counts = np.zeros((n, C)), np.zeros((n, C)), np.zeros(4, np.int64)
             getattr(mod, name)(m.tau, m.rho, y, *args, out_t, out_r, counts)
             res.append((out_t, out_r, counts))
-        np.testing.assert_allclose(res[0][0], res[1][0], rtol=1e-12, atol=1e-14, err_msg=name)
-        np.testing.assert_allclose(res[0][1], res[1][1], rtol=1e-12, atol=1e-14, err_msg=name)
+        np.testing.assert_allclose(res[0][0], res[1][0], rtol=SIGNAL_RTOL, atol=1e-14, err_msg=name)
+        np.testing.assert_allclose(res[0][1], res[1][1], rtol=SIGNAL_RTOL, atol=1e-14, err_msg=name)
         np.testing.assert_array_equal(res[0][2], res[1][2])
         record_cases(f"cuda {name}", n * C)
+    out_cpu, out_gpu = np.zeros((n, C)), np.zeros((n, C))
+    signals_cpu.argmax_probs(m.tau, m.rho, 0.3, out_cpu)
+    signals_cuda.argmax_probs(m.tau, m.rho, 0.3, out_gpu)
+    np.testing.assert_allclose(out_gpu, out_cpu, rtol=SIGNAL_RTOL)

@@ -69,6 +69,44 @@ class GuardCounts:
                 record_counts(host, self.names)
 
 
+def argmax_probs(m, beta2):
+    """Argmax probabilities over the last axis of ``m`` by the compiled kernel of its device (the
+    reference :func:`factorgraph.equations.argmax_probs` when kernels are off)."""
+    mod = module(m.tau, "signals")
+    if mod is None:
+        from factorgraph.equations import argmax_probs as reference
+
+        return reference(m, beta2)
+    xp = get_array_module(m.tau)
+    C = m.shape[-1]
+    tau = xp.ascontiguousarray(m.tau).reshape(-1, C)
+    rho = xp.ascontiguousarray(m.rho).reshape(-1, C)
+    out = xp.empty(tau.shape, m.dtype)
+    mod.argmax_probs(tau, rho, beta2, out)
+    return out.reshape(m.shape)
+
+
+def leaky_moment_match(m, slope):
+    """Moment-matched LeakyReLU output of ``m`` by the compiled kernel of its device (the reference
+    :func:`factorgraph.equations.leaky_forward_moment_match` when kernels are off)."""
+    mod = module(m.tau, "leaky")
+    if mod is None:
+        from factorgraph.equations import leaky_forward_moment_match as reference
+
+        return reference(m, slope)
+    from factorgraph.gaussian import Gaussian
+
+    xp = get_array_module(m.tau)
+    out = Gaussian(xp.empty(m.shape, m.dtype), xp.empty(m.shape, m.dtype))
+    counts = xp.zeros(5, np.int64)
+    mod.leaky_fwd_moment_match(xp.ascontiguousarray(m.tau).reshape(-1), xp.ascontiguousarray(m.rho).reshape(-1), slope,
+                               out.tau.reshape(-1), out.rho.reshape(-1), counts)
+    from factorgraph.kernels.leaky_cpu import GUARD_NAMES
+
+    record_counts(to_device(counts, "cpu"), GUARD_NAMES)
+    return out
+
+
 def record_counts(counts, names):
     """Add a kernel's guard counters to :mod:`factorgraph.guards`; raise on an improper division."""
     for name, n in zip(names, counts):

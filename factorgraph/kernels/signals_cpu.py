@@ -24,7 +24,7 @@ from factorgraph.equations.softmax import (
     _WINDOW_SIGMAS,
     _gauss_legendre,
 )
-from factorgraph.kernels.scalar import SQRT1_2, shift_and_factor
+from factorgraph.kernels.scalar import SQRT1_2, log_ndtr, shift_and_factor
 
 A_U_FLOOR = 0
 ARGMAX_GUARDS = ("truncation_u_floor",)
@@ -259,3 +259,33 @@ def softmax_bwd(tau, rho, y, xg, wg, out_t, out_r, counts):
             counts[S_NONFINITE] += nonfin
             counts[S_IMPROPER] += improper
             counts[S_CLAMP] += clamp
+
+
+# ----- argmax probabilities (argmax prediction, max-pool weights) -------------------------------------------
+@njit(cache=True, inline="always")
+def argmax_probs_row(tau, rho, beta2, out):
+    """``p_i ∝ prod_{j != i} Phi((mu_i - mu_j) / sqrt(var_i + var_j + beta2))`` over one row, in log space."""
+    C = tau.shape[0]
+    mx = -math.inf
+    for i in range(C):
+        mu_i = tau[i] / rho[i]
+        var_i = 1.0 / rho[i]
+        acc = 0.0
+        for j in range(C):
+            if j != i:
+                acc += log_ndtr((mu_i - tau[j] / rho[j]) / math.sqrt(var_i + 1.0 / rho[j] + beta2))
+        out[i] = acc
+        mx = max(mx, acc)
+    total = 0.0
+    for i in range(C):
+        out[i] = math.exp(out[i] - mx)
+        total += out[i]
+    for i in range(C):
+        out[i] /= total
+
+
+@njit(cache=True)
+def argmax_probs(tau, rho, beta2, out):
+    """Argmax probabilities over the last axis of (N, C) messages into ``out`` (N, C)."""
+    for n in range(tau.shape[0]):
+        argmax_probs_row(tau[n], rho[n], beta2, out[n])

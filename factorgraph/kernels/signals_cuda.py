@@ -10,8 +10,8 @@ from factorgraph.kernels.signals_cpu import A_U_FLOOR, GL_W, GL_X, S_CLAMP, S_IM
 
 _D = device_functions([scalar, signals_cpu], [
     "log_ndtr", "shift_and_factor", "argmax_pair_one", "_edge", "_q", "softmax_one", "softmax_message_one", "_t",
-    "softmax_setup", "softmax_logit"])
-_pair, _logit = _D["argmax_pair_one"], _D["softmax_logit"]
+    "softmax_setup", "softmax_logit", "argmax_probs_row"])
+_pair, _logit, _probs_row = _D["argmax_pair_one"], _D["softmax_logit"], _D["argmax_probs_row"]
 
 
 @cuda.jit
@@ -59,6 +59,13 @@ def _softmax_kernel(tau, rho, y, xg, wg, out_t, out_r, counts):
         cuda.atomic.add(counts, S_CLAMP, 1)
 
 
+@cuda.jit
+def _argmax_probs_kernel(tau, rho, beta2, out):
+    n = cuda.grid(1)
+    if n < tau.shape[0]:
+        _probs_row(tau[n], rho[n], beta2, out[n])
+
+
 _GL = {}
 
 
@@ -82,4 +89,9 @@ def softmax_bwd(tau, rho, y, xg, wg, out_t, out_r, counts):
     _softmax_kernel[blocks, threads](tau, rho, y, xg, wg, out_t, out_r, counts)
 
 
-KERNELS = {"argmax_bwd": _argmax_kernel, "softmax_bwd": _softmax_kernel}
+def argmax_probs(tau, rho, beta2, out):
+    _argmax_probs_kernel[grid(tau.shape[0])](tau, rho, beta2, out)
+
+
+
+KERNELS = {"argmax_bwd": _argmax_kernel, "softmax_bwd": _softmax_kernel, "argmax_probs": _argmax_probs_kernel}
