@@ -115,6 +115,8 @@ class WeightSlots:
         self.msgs = Gaussian.uniform((batch_size + 1,) + prior.shape, prior.dtype, xp)
         self.msgs[batch_size] = prior
         self.q = prior.copy()
+        self.pending = None  # accumulated marginal change while deferred (parallel schedules)
+        self.damping = 1.0
 
     @property
     def prior(self):
@@ -126,12 +128,36 @@ class WeightSlots:
         return divide(self.q, self.msgs[i])
 
     def replace(self, i, new):
-        """Store ``new`` as slot ``i``'s message and update the marginal incrementally."""
+        """Store ``new`` as slot ``i``'s message and update the marginal incrementally; while deferred,
+        store ``old + damping (new - old)`` and accumulate the change without touching ``q``."""
         old_tau, old_rho = self.msgs.tau[i], self.msgs.rho[i]
-        self.q.tau += new.tau - old_tau
-        self.q.rho += new.rho - old_rho
+        if self.damping != 1.0:
+            new = Gaussian(old_tau + self.damping * (new.tau - old_tau), old_rho + self.damping * (new.rho - old_rho))
+        sink = self.q if self.pending is None else self.pending
+        sink.tau += new.tau - old_tau
+        sink.rho += new.rho - old_rho
         self.msgs.tau[i] = new.tau
         self.msgs.rho[i] = new.rho
+
+    def defer(self, damping=1.0):
+        """Start a parallel chunk: messages computed from now on see the same marginal ``q``; their
+        change to it is accumulated (after damping) and applied by :meth:`commit`."""
+        xp = self.q.xp
+        self.pending = Gaussian(xp.zeros_like(self.q.tau), xp.zeros_like(self.q.rho))
+        self.damping = float(damping)
+
+    def commit(self):
+        """End a parallel chunk: apply the accumulated change to ``q``."""
+        if self.pending is not None:
+            self.q.tau += self.pending.tau
+            self.q.rho += self.pending.rho
+        self.pending = None
+        self.damping = 1.0
+
+    def sink(self):
+        """The arrays the fused kernels add the marginal change to (``q``, or the pending change)."""
+        g = self.q if self.pending is None else self.pending
+        return g.tau, g.rho
 
     def recompute(self):
         """Exact marginal: product of all B + 1 slots."""

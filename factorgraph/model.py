@@ -174,7 +174,9 @@ class FactorGraph:
 
         ``X`` (n, *input_shape) with ``n <= batch_size``; ``Y`` targets of the training signal.
         The order (default :class:`schedules.Shuffled`) is drawn once from the graph's generator and
-        reused for every sweep; the marginals are recomputed exactly after each sweep (SPEC 6.2).
+        reused for every sweep; the marginals are recomputed exactly after each sweep (SPEC 6.2).  With
+        :class:`schedules.Chunked` the examples of each chunk send their (damped) messages from the same
+        marginals, which change once per chunk.
         """
         X = self._check_inputs(X)
         n = X.shape[0]
@@ -183,15 +185,27 @@ class FactorGraph:
         Y = self.signal.check_targets(Y, n)
         if not isinstance(num_training_its, (int, np.integer)) or num_training_its < 1:
             raise ValueError(f"num_training_its must be a positive integer, got {num_training_its!r}")
-        perm = (order or Shuffled()).permutation(n, self.rng)
+        order = order or Shuffled()
+        perm = order.permutation(n, self.rng)
+        chunk = getattr(order, "chunk_size", 1)
+        damping = getattr(order, "damping", 1.0)
+        parallel = chunk > 1 or damping != 1.0
+        slots = [s for _, layer in self.weighted_layers() for s in layer.params.values()]
         xp = self._xp()
         X, Y = xp.asarray(X), xp.asarray(Y)
         bar = tqdm(total=num_training_its * n, disable=not progress, desc="train_batch", leave=False)
         for _ in range(num_training_its):
-            for i in perm:
-                i = int(i)
-                self._forward(X[i], i)
-                self._backward(Y[i], i)
+            for start in range(0, n, chunk):
+                if parallel:
+                    for s in slots:
+                        s.defer(damping)
+                for i in perm[start:start + chunk]:
+                    i = int(i)
+                    self._forward(X[i], i)
+                    self._backward(Y[i], i)
+                if parallel:
+                    for s in slots:
+                        s.commit()
             bar.update(n)
             self.recompute_marginals()
         bar.close()

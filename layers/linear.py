@@ -133,13 +133,13 @@ class Linear(Factor):
         W, c = self.params["W"], self.params["c"]
         f_mu, f_var, x_mu, x_var = self._buffers()
         counts = self._guards.array(f_mu)
+        w_args = (W.q.tau, W.q.rho, W.msgs.tau[i], W.msgs.rho[i], *W.sink())
+        c_args = (c.q.tau, c.q.rho, c.msgs.tau[i], c.msgs.rho[i], *c.sink())
         if self.constant_input:
-            mod.linear_const_bwd(self._x, W.q.tau, W.q.rho, W.msgs.tau[i], W.msgs.rho[i], c.q.tau, c.q.rho,
-                                 c.msgs.tau[i], c.msgs.rho[i], f_mu, f_var, m_out.tau, m_out.rho, counts)
+            mod.linear_const_bwd(self._x, *w_args, *c_args, W.damping, f_mu, f_var, m_out.tau, m_out.rho, counts)
             to_x = None
         else:
-            mod.linear_var_bwd(x_mu, x_var, W.q.tau, W.q.rho, W.msgs.tau[i], W.msgs.rho[i], c.q.tau, c.q.rho,
-                               c.msgs.tau[i], c.msgs.rho[i], f_mu, f_var, m_out.tau, m_out.rho,
+            mod.linear_var_bwd(x_mu, x_var, *w_args, *c_args, W.damping, f_mu, f_var, m_out.tau, m_out.rho,
                                self.m_to_x.tau[i], self.m_to_x.rho[i], counts)
             to_x = self.m_to_x[i]
         self._guards.after_call(f_mu)

@@ -32,11 +32,11 @@ def main():
         s = dt(0.1)
         specs = {
             linear_cuda.KERNELS["linear_const_fwd"]: sig(v, m, m, m, m, v, v, v, v, v, v, c),
-            linear_cuda.KERNELS["linear_s1_rows"]: sig(v, m, m, m, m, v, v, v, v, c),
+            linear_cuda.KERNELS["linear_s1_rows"]: sig(v, m, m, m, m, m, m, s, v, v, v, v, c),
             linear_cuda.KERNELS["linear_var_input"]: sig(v, v, v, v, v, v, c),
             linear_cuda.KERNELS["linear_var_fwd"]: sig(v, v, m, m, v, v, v, v, v, v, c),
             linear_cuda.KERNELS["linear_var_to_x"]: sig(v, v, m, m, v, v, v, v, v, v, c),
-            linear_cuda.KERNELS["linear_s2_weights"]: sig(v, v, m, m, m, m, v, v, v, v, c),
+            linear_cuda.KERNELS["linear_s2_weights"]: sig(v, v, m, m, m, m, m, m, s, v, v, v, v, c),
             leaky_cuda.KERNELS["leaky_moment_match"]: sig(v, v, s, v, v, c),
             leaky_cuda.KERNELS["leaky_fwd_marginal"]: sig(v, v, v, v, s, v, v, c),
             leaky_cuda.KERNELS["leaky_bwd_marginal"]: sig(v, v, v, v, s, v, v, c),

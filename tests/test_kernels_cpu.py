@@ -37,8 +37,8 @@ def test_linear_const_kernels_equal_s1(seed, dtype, record_cases):
     linear_cpu.linear_const_fwd(x, qw.tau, qw.rho, mw.tau, mw.rho, qc.tau, qc.rho, mc.tau, mc.rho, mu, var, counts)
     np.testing.assert_allclose(mu, ref_f.mean, **TOL[dtype])
     np.testing.assert_allclose(var, ref_f.var, **TOL[dtype])
-    linear_cpu.linear_const_bwd(x, qw.tau, qw.rho, mw.tau, mw.rho, qc.tau, qc.rho, mc.tau, mc.rho, mu, var, r.tau, r.rho,
-                                counts)
+    linear_cpu.linear_const_bwd(x, qw.tau, qw.rho, mw.tau, mw.rho, qw.tau, qw.rho, qc.tau, qc.rho, mc.tau, mc.rho,
+                                qc.tau, qc.rho, 1.0, mu, var, r.tau, r.rho, counts)
     np.testing.assert_allclose(mw.tau, ref_w.tau, **TOL[dtype])
     np.testing.assert_allclose(mw.rho, ref_w.rho, **TOL[dtype])
     np.testing.assert_allclose(mc.tau, ref_c.tau, **TOL[dtype])
@@ -70,7 +70,8 @@ def test_linear_var_kernels_equal_s2(seed, dtype, record_cases):
     np.testing.assert_allclose(mu, ref_f.mean, **TOL[dtype])
     np.testing.assert_allclose(var, ref_f.var, **TOL[dtype])
     tx, rx = np.zeros(K, dtype), np.zeros(K, dtype)
-    linear_cpu.linear_var_bwd(x_mu, x_var, qw.tau, qw.rho, mw.tau, mw.rho, qc.tau, qc.rho, mc.tau, mc.rho, mu, var,
+    linear_cpu.linear_var_bwd(x_mu, x_var, qw.tau, qw.rho, mw.tau, mw.rho, qw.tau, qw.rho, qc.tau, qc.rho, mc.tau,
+                              mc.rho, qc.tau, qc.rho, 1.0, mu, var,
                               r.tau, r.rho, tx, rx, counts)
     np.testing.assert_allclose(tx, ref_x.tau, **TOL[dtype])
     np.testing.assert_allclose(rx, ref_x.rho, **TOL[dtype])

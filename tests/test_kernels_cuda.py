@@ -58,10 +58,10 @@ def test_linear_const_cuda_equals_cpu(cuda_mods, dtype, record_cases):
         mu, var, counts = np.zeros(J, dtype), np.zeros(J, dtype), np.zeros(7, np.int64)
         if mod == "cpu":
             linear_cpu.linear_const_fwd(x, *w, *c, mu, var, counts)
-            linear_cpu.linear_const_bwd(x, *w, *c, mu, var, r_t, r_r, counts)
+            linear_cpu.linear_const_bwd(x, *w, w[0], w[1], *c, c[0], c[1], 1.0, mu, var, r_t, r_r, counts)
         else:
             lin_cuda.linear_const_fwd(x, *w, *c, mu, var, counts)
-            lin_cuda.linear_const_bwd(x, *w, *c, mu, var, r_t, r_r, counts)
+            lin_cuda.linear_const_bwd(x, *w, w[0], w[1], *c, c[0], c[1], 1.0, mu, var, r_t, r_r, counts)
         outs.append([mu, var] + w + c + [counts])
     for a, b in zip(*outs):
         np.testing.assert_allclose(a, b, **TOL[dtype])
@@ -85,10 +85,12 @@ def test_linear_var_cuda_equals_cpu(cuda_mods, dtype, record_cases):
         mu, var, counts = np.zeros(J, dtype), np.zeros(J, dtype), np.zeros(7, np.int64)
         if mod == "cpu":
             linear_cpu.linear_var_fwd(in_t, in_r, mx_t, mx_r, w[0], w[1], *c, x_mu, x_var, mu, var, counts)
-            linear_cpu.linear_var_bwd(x_mu, x_var, *w, *c, mu, var, r_t, r_r, tx, rx, counts)
+            linear_cpu.linear_var_bwd(x_mu, x_var, *w, w[0], w[1], *c, c[0], c[1], 1.0, mu, var, r_t, r_r, tx, rx,
+                                      counts)
         else:
             lin_cuda.linear_var_fwd(in_t, in_r, mx_t, mx_r, w[0], w[1], *c, x_mu, x_var, mu, var, counts)
-            lin_cuda.linear_var_bwd(x_mu, x_var, *w, *c, mu, var, r_t, r_r, tx, rx, counts)
+            lin_cuda.linear_var_bwd(x_mu, x_var, *w, w[0], w[1], *c, c[0], c[1], 1.0, mu, var, r_t, r_r, tx, rx,
+                                    counts)
         outs.append([x_mu, x_var, mu, var, tx, rx] + w + c + [counts])
     for a, b in zip(*outs):
         np.testing.assert_allclose(a, b, **TOL[dtype])

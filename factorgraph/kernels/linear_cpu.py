@@ -75,17 +75,21 @@ def linear_const_fwd(x, wq_t, wq_r, wm_t, wm_r, cq_t, cq_r, cm_t, cm_r, out_mu, 
 
 
 @njit(cache=True)
-def linear_const_bwd(x, wq_t, wq_r, wm_t, wm_r, cq_t, cq_r, cm_t, cm_r, f_mu, f_var, r_t, r_r, counts):
-    """S1 backward to weights and bias, fused with ``q <- q + new - old`` and the slot write."""
+def linear_const_bwd(x, wq_t, wq_r, wm_t, wm_r, wa_t, wa_r, cq_t, cq_r, cm_t, cm_r, ca_t, ca_r, damp, f_mu, f_var,
+                     r_t, r_r, counts):
+    """S1 backward to weights and bias, fused with the slot write and ``a <- a + new - old``, where ``a``
+    is the marginal itself (``wa``/``ca`` = ``wq``/``cq``) or, in a parallel chunk, its pending change;
+    ``new`` is damped toward the old message by ``damp`` (1: no damping)."""
     K, J = wq_t.shape
     _s1_rows(np.ones(1), cq_t.reshape(1, J), cq_r.reshape(1, J), cm_t.reshape(1, J), cm_r.reshape(1, J),
-             f_mu, f_var, r_t, r_r, counts)
-    _s1_rows(x, wq_t, wq_r, wm_t, wm_r, f_mu, f_var, r_t, r_r, counts)
+             ca_t.reshape(1, J), ca_r.reshape(1, J), damp, f_mu, f_var, r_t, r_r, counts)
+    _s1_rows(x, wq_t, wq_r, wm_t, wm_r, wa_t, wa_r, damp, f_mu, f_var, r_t, r_r, counts)
 
 
 @njit(cache=True)
-def _s1_rows(x, q_t, q_r, m_t, m_r, f_mu, f_var, r_t, r_r, counts):
-    """S1 messages to every b[k, j] of s_j = sum_k x_k b_kj from its cavity; in-place slot and marginal."""
+def _s1_rows(x, q_t, q_r, m_t, m_r, a_t, a_r, damp, f_mu, f_var, r_t, r_r, counts):
+    """S1 messages to every b[k, j] of s_j = sum_k x_k b_kj from its cavity; in-place slot and marginal
+    (or pending) change."""
     K, J = q_t.shape
     n_round = 0
     n_bad = 0
@@ -109,8 +113,11 @@ def _s1_rows(x, q_t, q_r, m_t, m_r, f_mu, f_var, r_t, r_r, counts):
             mu_b, var_b = _moments(ct, cr)
             nt, nr, clamped = s1_term(a, mu_b, var_b, f_mu[j], f_var[j], r_t[j], r_r[j])
             n_rest += clamped
-            q_t[k, j] += nt - old_t
-            q_r[k, j] += nr - old_r
+            if damp != 1.0:
+                nt = old_t + damp * (nt - old_t)
+                nr = old_r + damp * (nr - old_r)
+            a_t[k, j] += nt - old_t
+            a_r[k, j] += nr - old_r
             m_t[k, j] = nt
             m_r[k, j] = nr
     counts[G_ROUNDOFF] += n_round
@@ -146,13 +153,13 @@ def linear_var_fwd(in_t, in_r, mx_t, mx_r, wq_t, wq_r, cq_t, cq_r, cm_t, cm_r, x
 
 
 @njit(cache=True)
-def linear_var_bwd(x_mu, x_var, wq_t, wq_r, wm_t, wm_r, cq_t, cq_r, cm_t, cm_r, f_mu, f_var, r_t, r_r,
-                   to_x_t, to_x_r, counts):
+def linear_var_bwd(x_mu, x_var, wq_t, wq_r, wm_t, wm_r, wa_t, wa_r, cq_t, cq_r, cm_t, cm_r, ca_t, ca_r, damp, f_mu,
+                   f_var, r_t, r_r, to_x_t, to_x_r, counts):
     """S2 backward to inputs and weights (from the pre-update marginals), S1 to the bias, fused with
     the marginal and slot updates; the input message gets the all-tiny edge rule and ``min_rho``."""
     K, J = wq_t.shape
     _s1_rows(np.ones(1), cq_t.reshape(1, J), cq_r.reshape(1, J), cm_t.reshape(1, J), cm_r.reshape(1, J),
-             f_mu, f_var, r_t, r_r, counts)
+             ca_t.reshape(1, J), ca_r.reshape(1, J), damp, f_mu, f_var, r_t, r_r, counts)
     all_tiny = True
     for j in range(J):
         if f_var[j] < 1.0 / TINY or r_r[j] > TINY:
@@ -168,8 +175,13 @@ def linear_var_bwd(x_mu, x_var, wq_t, wq_r, wm_t, wm_r, cq_t, cq_r, cm_t, cm_r, 
             counts[G_S2_REST] += clamped
             acc_t += ta
             acc_r += ra
-            wq_t[k, j] += nt - wm_t[k, j]
-            wq_r[k, j] += nr - wm_r[k, j]
+            old_t = wm_t[k, j]
+            old_r = wm_r[k, j]
+            if damp != 1.0:
+                nt = old_t + damp * (nt - old_t)
+                nr = old_r + damp * (nr - old_r)
+            wa_t[k, j] += nt - old_t
+            wa_r[k, j] += nr - old_r
             wm_t[k, j] = nt
             wm_r[k, j] = nr
         if all_tiny:

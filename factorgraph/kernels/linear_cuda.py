@@ -69,7 +69,7 @@ def _const_fwd(x, wq_t, wq_r, wm_t, wm_r, cq_t, cq_r, cm_t, cm_r, out_mu, out_va
 
 
 @cuda.jit
-def _s1_rows(x, q_t, q_r, m_t, m_r, f_mu, f_var, r_t, r_r, counts):
+def _s1_rows(x, q_t, q_r, m_t, m_r, a_t, a_r, damp, f_mu, f_var, r_t, r_r, counts):
     """S1 message to b[k, j] from its cavity; in-place slot and marginal (one thread per weight)."""
     k, j = cuda.grid(2)
     K, J = q_t.shape
@@ -86,8 +86,11 @@ def _s1_rows(x, q_t, q_r, m_t, m_r, f_mu, f_var, r_t, r_r, counts):
     nt, nr, clamped = _s1_term(a, mu_b, var_b, f_mu[j], f_var[j], r_t[j], r_r[j])
     if clamped:
         cuda.atomic.add(counts, G_S1_REST, 1)
-    q_t[k, j] += nt - old_t
-    q_r[k, j] += nr - old_r
+    if damp != 1.0:
+        nt = old_t + damp * (nt - old_t)
+        nr = old_r + damp * (nr - old_r)
+    a_t[k, j] += nt - old_t
+    a_r[k, j] += nr - old_r
     m_t[k, j] = nt
     m_r[k, j] = nr
 
@@ -160,7 +163,7 @@ def _var_to_x(x_mu, x_var, wq_t, wq_r, f_mu, f_var, r_t, r_r, to_x_t, to_x_r, co
 
 
 @cuda.jit
-def _s2_weights(x_mu, x_var, wq_t, wq_r, wm_t, wm_r, f_mu, f_var, r_t, r_r, counts):
+def _s2_weights(x_mu, x_var, wq_t, wq_r, wm_t, wm_r, wa_t, wa_r, damp, f_mu, f_var, r_t, r_r, counts):
     k, j = cuda.grid(2)
     K, J = wq_t.shape
     if k >= K or j >= J:
@@ -172,8 +175,13 @@ def _s2_weights(x_mu, x_var, wq_t, wq_r, wm_t, wm_r, f_mu, f_var, r_t, r_r, coun
     _, _, nt, nr, clamped = _s2_terms(mu_a, var_a, mu_b, var_b, f_mu[j], f_var[j], r_t[j], r_r[j])
     if clamped:
         cuda.atomic.add(counts, G_S2_REST, 1)
-    wq_t[k, j] += nt - wm_t[k, j]
-    wq_r[k, j] += nr - wm_r[k, j]
+    old_t = wm_t[k, j]
+    old_r = wm_r[k, j]
+    if damp != 1.0:
+        nt = old_t + damp * (nt - old_t)
+        nr = old_r + damp * (nr - old_r)
+    wa_t[k, j] += nt - old_t
+    wa_r[k, j] += nr - old_r
     wm_t[k, j] = nt
     wm_r[k, j] = nr
 
@@ -186,9 +194,9 @@ def linear_const_fwd(x, wq_t, wq_r, wm_t, wm_r, cq_t, cq_r, cm_t, cm_r, out_mu, 
     _const_fwd[grid(wq_t.shape[1])](x, wq_t, wq_r, wm_t, wm_r, cq_t, cq_r, cm_t, cm_r, out_mu, out_var, counts)
 
 
-def s1_rows(x, q_t, q_r, m_t, m_r, f_mu, f_var, r_t, r_r, counts):
+def s1_rows(x, q_t, q_r, m_t, m_r, a_t, a_r, damp, f_mu, f_var, r_t, r_r, counts):
     blocks, threads = _grid2(*q_t.shape)
-    _s1_rows[blocks, threads](x, q_t, q_r, m_t, m_r, f_mu, f_var, r_t, r_r, counts)
+    _s1_rows[blocks, threads](x, q_t, q_r, m_t, m_r, a_t, a_r, damp, f_mu, f_var, r_t, r_r, counts)
 
 
 _ONES = {}
@@ -202,11 +210,12 @@ def _ones(dtype):
     return _ONES[key]
 
 
-def linear_const_bwd(x, wq_t, wq_r, wm_t, wm_r, cq_t, cq_r, cm_t, cm_r, f_mu, f_var, r_t, r_r, counts):
+def linear_const_bwd(x, wq_t, wq_r, wm_t, wm_r, wa_t, wa_r, cq_t, cq_r, cm_t, cm_r, ca_t, ca_r, damp, f_mu, f_var,
+                     r_t, r_r, counts):
     J = cq_t.shape[0]
-    s1_rows(_ones(cq_t.dtype), cq_t.reshape(1, J), cq_r.reshape(1, J), cm_t.reshape(1, J), cm_r.reshape(1, J), f_mu,
-            f_var, r_t, r_r, counts)
-    s1_rows(x, wq_t, wq_r, wm_t, wm_r, f_mu, f_var, r_t, r_r, counts)
+    s1_rows(_ones(cq_t.dtype), cq_t.reshape(1, J), cq_r.reshape(1, J), cm_t.reshape(1, J), cm_r.reshape(1, J),
+            ca_t.reshape(1, J), ca_r.reshape(1, J), damp, f_mu, f_var, r_t, r_r, counts)
+    s1_rows(x, wq_t, wq_r, wm_t, wm_r, wa_t, wa_r, damp, f_mu, f_var, r_t, r_r, counts)
 
 
 def linear_var_fwd(in_t, in_r, mx_t, mx_r, wq_t, wq_r, cq_t, cq_r, cm_t, cm_r, x_mu, x_var, out_mu, out_var,
@@ -215,14 +224,14 @@ def linear_var_fwd(in_t, in_r, mx_t, mx_r, wq_t, wq_r, cq_t, cq_r, cm_t, cm_r, x
     _var_fwd[grid(wq_t.shape[1])](x_mu, x_var, wq_t, wq_r, cq_t, cq_r, cm_t, cm_r, out_mu, out_var, counts)
 
 
-def linear_var_bwd(x_mu, x_var, wq_t, wq_r, wm_t, wm_r, cq_t, cq_r, cm_t, cm_r, f_mu, f_var, r_t, r_r,
-                   to_x_t, to_x_r, counts):
+def linear_var_bwd(x_mu, x_var, wq_t, wq_r, wm_t, wm_r, wa_t, wa_r, cq_t, cq_r, cm_t, cm_r, ca_t, ca_r, damp, f_mu,
+                   f_var, r_t, r_r, to_x_t, to_x_r, counts):
     J = cq_t.shape[0]
-    s1_rows(_ones(cq_t.dtype), cq_t.reshape(1, J), cq_r.reshape(1, J), cm_t.reshape(1, J), cm_r.reshape(1, J), f_mu,
-            f_var, r_t, r_r, counts)
+    s1_rows(_ones(cq_t.dtype), cq_t.reshape(1, J), cq_r.reshape(1, J), cm_t.reshape(1, J), cm_r.reshape(1, J),
+            ca_t.reshape(1, J), ca_r.reshape(1, J), damp, f_mu, f_var, r_t, r_r, counts)
     _var_to_x[grid(wq_t.shape[0])](x_mu, x_var, wq_t, wq_r, f_mu, f_var, r_t, r_r, to_x_t, to_x_r, counts)
     blocks, threads = _grid2(*wq_t.shape)
-    _s2_weights[blocks, threads](x_mu, x_var, wq_t, wq_r, wm_t, wm_r, f_mu, f_var, r_t, r_r, counts)
+    _s2_weights[blocks, threads](x_mu, x_var, wq_t, wq_r, wm_t, wm_r, wa_t, wa_r, damp, f_mu, f_var, r_t, r_r, counts)
 
 
 KERNELS = {"linear_const_fwd": _const_fwd, "linear_s1_rows": _s1_rows, "linear_var_input": _var_input,
