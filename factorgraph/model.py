@@ -180,6 +180,8 @@ class FactorGraph:
         """
         X = self._check_inputs(X)
         n = X.shape[0]
+        if n == 0:
+            raise ValueError("train_batch got no examples (X is empty)")
         if n > self.batch_size:
             raise ValueError(f"batch has {n} examples but the graph has batch_size={self.batch_size}")
         Y = self.signal.check_targets(Y, n)
@@ -304,6 +306,8 @@ class FactorGraph:
 
         X = self._check_inputs(X)
         n = X.shape[0]
+        if n == 0:
+            raise ValueError("evaluate got no examples (X is empty)")
         labels = np.asarray(Y)
         if self.signal.output == "gaussian" and not (labels.ndim == 1 and np.issubdtype(labels.dtype, np.integer)):
             Y = self.signal.check_targets(Y, n)

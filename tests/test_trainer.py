@@ -137,3 +137,13 @@ def test_bad_data_and_schedule_are_rejected_before_any_state_change():
     with pytest.raises(TypeError):
         tr.train(schedule=[1, 2])
     assert tr.epoch == 0
+
+
+def test_empty_data_is_refused():
+    fg = create_factor_graph(TEMPLATES, batch_size=8, seed=0)
+    with pytest.raises(ValueError, match="empty"):
+        Trainer(fg, np.zeros((0, 3)), np.zeros((0, 2)))
+    with pytest.raises(ValueError, match="no examples"):
+        fg.train_batch(np.zeros((0, 3)), np.zeros((0, 2)))
+    with pytest.raises(ValueError, match="no examples"):
+        fg.evaluate(np.zeros((0, 3)), np.zeros((0, 2)))
