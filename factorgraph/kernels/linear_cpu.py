@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit
 
 from factorgraph import config
-from factorgraph.kernels.scalar import s1_term, s2_terms
+from factorgraph.kernels.scalar import damp_toward, s1_term, s2_terms
 
 G_ROUNDOFF, G_S1_REST, G_SMALL_CAV, G_S2_REST, G_MIN_RHO, G_ALL_TINY, G_IMPROPER = range(7)
 GUARD_NAMES = ("strict_division_roundoff", "s1_rest_variance_clamp", "s1_small_cavity",
@@ -113,9 +113,8 @@ def _s1_rows(x, q_t, q_r, m_t, m_r, a_t, a_r, damp, f_mu, f_var, r_t, r_r, count
             mu_b, var_b = _moments(ct, cr)
             nt, nr, clamped = s1_term(a, mu_b, var_b, f_mu[j], f_var[j], r_t[j], r_r[j])
             n_rest += clamped
-            if damp != 1.0:
-                nt = old_t + damp * (nt - old_t)
-                nr = old_r + damp * (nr - old_r)
+            nt = damp_toward(old_t, nt, damp)
+            nr = damp_toward(old_r, nr, damp)
             a_t[k, j] += nt - old_t
             a_r[k, j] += nr - old_r
             m_t[k, j] = nt
@@ -177,9 +176,8 @@ def linear_var_bwd(x_mu, x_var, wq_t, wq_r, wm_t, wm_r, wa_t, wa_r, cq_t, cq_r, 
             acc_r += ra
             old_t = wm_t[k, j]
             old_r = wm_r[k, j]
-            if damp != 1.0:
-                nt = old_t + damp * (nt - old_t)
-                nr = old_r + damp * (nr - old_r)
+            nt = damp_toward(old_t, nt, damp)
+            nr = damp_toward(old_r, nr, damp)
             wa_t[k, j] += nt - old_t
             wa_r[k, j] += nr - old_r
             wm_t[k, j] = nt

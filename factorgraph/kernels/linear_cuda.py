@@ -29,8 +29,8 @@ from factorgraph.kernels.linear_cpu import (
     TINY,
 )
 
-_D = device_functions([scalar], ["s1_term", "s2_terms"])
-_s1_term, _s2_terms = _D["s1_term"], _D["s2_terms"]
+_D = device_functions([scalar], ["s1_term", "s2_terms", "damp_toward"])
+_s1_term, _s2_terms, _damp = _D["s1_term"], _D["s2_terms"], _D["damp_toward"]
 
 
 @cuda.jit(device=True, inline=True)
@@ -86,9 +86,8 @@ def _s1_rows(x, q_t, q_r, m_t, m_r, a_t, a_r, damp, f_mu, f_var, r_t, r_r, count
     nt, nr, clamped = _s1_term(a, mu_b, var_b, f_mu[j], f_var[j], r_t[j], r_r[j])
     if clamped:
         cuda.atomic.add(counts, G_S1_REST, 1)
-    if damp != 1.0:
-        nt = old_t + damp * (nt - old_t)
-        nr = old_r + damp * (nr - old_r)
+    nt = _damp(old_t, nt, damp)
+    nr = _damp(old_r, nr, damp)
     a_t[k, j] += nt - old_t
     a_r[k, j] += nr - old_r
     m_t[k, j] = nt
@@ -177,9 +176,8 @@ def _s2_weights(x_mu, x_var, wq_t, wq_r, wm_t, wm_r, wa_t, wa_r, damp, f_mu, f_v
         cuda.atomic.add(counts, G_S2_REST, 1)
     old_t = wm_t[k, j]
     old_r = wm_r[k, j]
-    if damp != 1.0:
-        nt = old_t + damp * (nt - old_t)
-        nr = old_r + damp * (nr - old_r)
+    nt = _damp(old_t, nt, damp)
+    nr = _damp(old_r, nr, damp)
     wa_t[k, j] += nt - old_t
     wa_r[k, j] += nr - old_r
     wm_t[k, j] = nt

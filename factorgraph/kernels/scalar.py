@@ -118,3 +118,11 @@ def s2_terms(mu_a, var_a, mu_b, var_b, f_mu, f_var, r_t, r_r):
     resid = (r_t - r_r * (f_mu - mu_a * mu_b)) * inv_d
     return (mu_b * resid, (var_b + mu_b * mu_b) * r_r * inv_d, mu_a * resid, (var_a + mu_a * mu_a) * r_r * inv_d,
             clamped)
+
+
+@njit(cache=True, inline="always")
+def damp_toward(old, new, damp):
+    """``old + damp (new - old)``: the message kept after damping (``damp = 1``: ``new`` exactly)."""
+    if damp == 1.0:
+        return new
+    return old + damp * (new - old)
