@@ -147,3 +147,16 @@ def test_empty_data_is_refused():
         fg.train_batch(np.zeros((0, 3)), np.zeros((0, 2)))
     with pytest.raises(ValueError, match="no examples"):
         fg.evaluate(np.zeros((0, 3)), np.zeros((0, 2)))
+
+
+def test_save_without_data_needs_it_back(tmp_path):
+    X, Y = _data(40)
+    tr = Trainer(create_factor_graph(TEMPLATES, batch_size=16, seed=3), X, Y, progress=False)
+    tr.train(1, 1)
+    tr.save(tmp_path / "small.npz", include_data=False)
+    with pytest.raises(ValueError, match="without its training data"):
+        Trainer.load(tmp_path / "small.npz")
+    back = Trainer.load(tmp_path / "small.npz", X=X, Y=Y)
+    tr.train(1, 2)
+    back.train(1, 2)
+    np.testing.assert_array_equal(tr.fg.predict(X)[0], back.fg.predict(X)[0])

@@ -142,8 +142,12 @@ class Trainer:
         return self
 
     # --- persistence ----------------------------------------------------------------------------
-    def save(self, path):
-        """Write the full training state (graph and trainer) to an ``.npz`` file (no pickled code)."""
+    def save(self, path, include_data=True):
+        """Write the full training state (graph and trainer) to an ``.npz`` file (no pickled code).
+
+        With ``include_data=False`` the training set is left out (a smaller file); :meth:`load` then needs
+        it passed back as ``X``, ``Y``.
+        """
         self._follow_device()
         arrays = {f"fg.{k}": v for k, v in self.fg.state().items()}
         for (l, name) in self.msgs:
@@ -162,12 +166,16 @@ class Trainer:
             "rng": self.rng.bit_generator.state,
         }
         arrays["meta"] = np.array(json.dumps(meta))
-        arrays["X"], arrays["Y"] = self.X, self.Y
+        if include_data:
+            arrays["X"], arrays["Y"] = self.X, self.Y
         np.savez(path, **arrays)
 
     @classmethod
-    def load(cls, path, damping=thesis_damping, order=None, progress=None, callbacks=None):
-        """Rebuild the graph and trainer saved by :meth:`save`; training resumes where it stopped."""
+    def load(cls, path, damping=thesis_damping, order=None, progress=None, callbacks=None, X=None, Y=None):
+        """Rebuild the graph and trainer saved by :meth:`save`; training resumes where it stopped.
+
+        ``X``, ``Y``: the training set, needed when it was saved with ``include_data=False``.
+        """
         from layers.dsl import create_factor_graph
 
         with np.load(path, allow_pickle=False) as f:
@@ -178,7 +186,11 @@ class Trainer:
         templates = _templates_from_json(meta["templates"])
         fg = create_factor_graph(templates, meta["batch_size"], seed=meta["seed"], dtype=meta["dtype"])
         fg.load_state({k[3:]: v for k, v in arrays.items() if k.startswith("fg.")})
-        tr = cls(fg, arrays["X"], arrays["Y"], seed=meta["trainer_seed"], damping=damping, order=order,
+        if "X" in arrays:
+            X, Y = arrays["X"], arrays["Y"]
+        elif X is None or Y is None:
+            raise ValueError(f"{path} was saved without its training data; pass X and Y to Trainer.load")
+        tr = cls(fg, X, Y, seed=meta["trainer_seed"], damping=damping, order=order,
                  progress=progress, callbacks=callbacks)
         tr.epoch = meta["epoch"]
         tr.rng.bit_generator.state = meta["rng"]
