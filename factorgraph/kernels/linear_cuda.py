@@ -45,15 +45,22 @@ def _cavity(q_t, q_r, m_t, m_r, counts):
     return q_t - m_t, r
 
 
+@cuda.jit(device=True, inline=True)
+def _cavity_moments(q_t, q_r, m_t, m_r, counts):
+    """Mean and variance of the cavity ``q / m`` (0 and inf when it is uniform)."""
+    t, r = _cavity(q_t, q_r, m_t, m_r, counts)
+    if r > 0:
+        return t / r, 1.0 / r
+    return 0.0, math.inf
+
+
 @cuda.jit
 def _const_fwd(x, wq_t, wq_r, wm_t, wm_r, cq_t, cq_r, cm_t, cm_r, out_mu, out_var, counts):
     j = cuda.grid(1)
     K, J = wq_t.shape
     if j >= J:
         return
-    t, r = _cavity(cq_t[j], cq_r[j], cm_t[j], cm_r[j], counts)
-    mu = t / r if r > 0 else 0.0
-    var = 1.0 / r if r > 0 else math.inf
+    mu, var = _cavity_moments(cq_t[j], cq_r[j], cm_t[j], cm_r[j], counts)
     for k in range(K):
         a = x[k]
         if a == 0.0:
@@ -114,9 +121,7 @@ def _var_fwd(x_mu, x_var, wq_t, wq_r, cq_t, cq_r, cm_t, cm_r, out_mu, out_var, c
     K, J = wq_t.shape
     if j >= J:
         return
-    t, r = _cavity(cq_t[j], cq_r[j], cm_t[j], cm_r[j], counts)
-    mu = t / r if r > 0 else 0.0
-    var = 1.0 / r if r > 0 else math.inf
+    mu, var = _cavity_moments(cq_t[j], cq_r[j], cm_t[j], cm_r[j], counts)
     for k in range(K):
         mu_a = x_mu[k]
         var_a = x_var[k]

@@ -101,6 +101,22 @@ def _q(u, x0, log_s, isy, bo, inv2v):
     return isy * x + bo - max(log_s, x) - u * u * inv2v, x
 
 
+@njit(cache=True, inline="always")
+def _panel(k, panels, R, A, B, psi1, psi2, h_out, h_mid):
+    """Left edge and width of panel ``k`` of the composite rule."""
+    left = _edge(R * k / panels, A, psi1, psi2, h_out, h_mid)
+    right = B if k == panels - 1 else _edge(R * (k + 1) / panels, A, psi1, psi2, h_out, h_mid)
+    return left, right - left
+
+
+@njit(cache=True, inline="always")
+def _node(left, width, xg, wg, ref, x0, log_s, isy, bo, inv2v):
+    """Offset ``u`` of one quadrature node and its weighted integrand, relative to ``exp(ref)``."""
+    u = left + width * xg
+    q, x = _q(u, x0, log_s, isy, bo, inv2v)
+    return u, width * wg * math.exp(q - ref) / (1.0 + math.exp(-abs(x - log_s)))
+
+
 @njit(cache=True)
 def softmax_one(mu, var, lo, hi, x0, log_s, isy, bo, xg, wg):
     """Tilted moments ``(log m0, mean offset, variance)`` of ``exp(l(z)) N(z; mu, var)`` on [lo, hi]."""
@@ -134,33 +150,26 @@ def softmax_one(mu, var, lo, hi, x0, log_s, isy, bo, xg, wg):
     R = psi2 + (B - p2) / h_out
     inv2v = 0.5 / var
     G = xg.shape[0]
-    ref = -math.inf
+    ref = -math.inf  # pass 1: the largest log-integrand over the nodes
     for k in range(panels):
-        left = _edge(R * k / panels, A, psi1, psi2, h_out, h_mid)
-        right = B if k == panels - 1 else _edge(R * (k + 1) / panels, A, psi1, psi2, h_out, h_mid)
+        left, width = _panel(k, panels, R, A, B, psi1, psi2, h_out, h_mid)
         for g in range(G):
-            q, _ = _q(left + (right - left) * xg[g], x0, log_s, isy, bo, inv2v)
+            q, _ = _q(left + width * xg[g], x0, log_s, isy, bo, inv2v)
             ref = max(ref, q)
-    s0 = 0.0
+    s0 = 0.0  # pass 2: mass and mean
     s1 = 0.0
     for k in range(panels):
-        left = _edge(R * k / panels, A, psi1, psi2, h_out, h_mid)
-        right = B if k == panels - 1 else _edge(R * (k + 1) / panels, A, psi1, psi2, h_out, h_mid)
+        left, width = _panel(k, panels, R, A, B, psi1, psi2, h_out, h_mid)
         for g in range(G):
-            u = left + (right - left) * xg[g]
-            q, x = _q(u, x0, log_s, isy, bo, inv2v)
-            h = (right - left) * wg[g] * math.exp(q - ref) / (1.0 + math.exp(-abs(x - log_s)))
+            u, h = _node(left, width, xg[g], wg[g], ref, x0, log_s, isy, bo, inv2v)
             s0 += h
             s1 += h * u
     mean_u = s1 / s0
-    s2 = 0.0
+    s2 = 0.0  # pass 3: central second moment
     for k in range(panels):
-        left = _edge(R * k / panels, A, psi1, psi2, h_out, h_mid)
-        right = B if k == panels - 1 else _edge(R * (k + 1) / panels, A, psi1, psi2, h_out, h_mid)
+        left, width = _panel(k, panels, R, A, B, psi1, psi2, h_out, h_mid)
         for g in range(G):
-            u = left + (right - left) * xg[g]
-            q, x = _q(u, x0, log_s, isy, bo, inv2v)
-            h = (right - left) * wg[g] * math.exp(q - ref) / (1.0 + math.exp(-abs(x - log_s)))
+            u, h = _node(left, width, xg[g], wg[g], ref, x0, log_s, isy, bo, inv2v)
             du = u - mean_u
             s2 += h * du * du
     log_m0 = ref + math.log(s0) - (math.log(sigma) + HALF_LOG_2PI) if s0 > 0 else -math.inf
