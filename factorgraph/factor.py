@@ -14,6 +14,11 @@ backward messages to its input), and exposes three operations:
 ``predict(m_in)``
     batched prediction (leading axis ``n``), using the weight marginals; returns the output message.
 
+For the batched schedule (:class:`schedules.Parallel`) a factor also implements
+``forward_chunk(m_in, idx, site)`` / ``backward_chunk(m_out, idx, site, damping, exact)``: the same
+messages for the examples in slots ``idx`` at once (leading axis ``len(idx)``); a weighted factor stores
+the chunk's joint weight message in slot ``site`` (and sets ``supports_chunks = True``).
+
 A training signal (likelihood) is the last factor: it sets ``is_signal = True`` and implements
 ``backward_signal(y, i)`` (the first backward message), ``predict`` (the predictive of the head) and
 ``check_targets(Y)``.
@@ -40,6 +45,8 @@ class Factor:
     is_signal = False
     #: True when the factor owns weight variables (stored in ``self.params``)
     has_weights = False
+    #: True when the factor implements forward_chunk / backward_chunk (batched schedules)
+    supports_chunks = False
     #: attributes holding per-example Gaussian caches, saved with the state (absent ones are skipped)
     cache_names = ()
 
@@ -71,6 +78,12 @@ class Factor:
 
     def predict(self, m_in):
         raise NotImplementedError(f"{type(self).__name__} must implement predict(m_in)")
+
+    def forward_chunk(self, m_in, idx, site):
+        raise NotImplementedError(f"{type(self).__name__} does not support batched schedules (forward_chunk)")
+
+    def backward_chunk(self, m_out, idx, site, damping, exact):
+        raise NotImplementedError(f"{type(self).__name__} does not support batched schedules (backward_chunk)")
 
     def reset_batch_caches(self):
         """Forget the per-example caches kept across iterations (backward messages to inputs, ...)."""
@@ -127,12 +140,14 @@ class WeightSlots:
         """``q / m_i`` by strict division."""
         return divide(self.q, self.msgs[i])
 
-    def replace(self, i, new):
+    def replace(self, i, new, damping=None):
         """Store ``new`` as slot ``i``'s message and update the marginal incrementally; while deferred,
-        store ``old + damping (new - old)`` and accumulate the change without touching ``q``."""
+        store ``old + damping (new - old)`` and accumulate the change without touching ``q``.  An explicit
+        ``damping`` overrides the deferred one."""
         old_tau, old_rho = self.msgs.tau[i], self.msgs.rho[i]
-        if self.damping != 1.0:
-            new = Gaussian(old_tau + self.damping * (new.tau - old_tau), old_rho + self.damping * (new.rho - old_rho))
+        damping = self.damping if damping is None else damping
+        if damping != 1.0:
+            new = Gaussian(old_tau + damping * (new.tau - old_tau), old_rho + damping * (new.rho - old_rho))
         sink = self.q if self.pending is None else self.pending
         sink.tau += new.tau - old_tau
         sink.rho += new.rho - old_rho

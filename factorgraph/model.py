@@ -18,7 +18,7 @@ from factorgraph.backend import check_dtype, resolve_device, to_device
 from factorgraph.equations import argmax_probs, probit_softmax
 from factorgraph.gaussian import Gaussian
 from factorgraph.graph import build_graph, draw_graph
-from schedules.orders import Shuffled
+from schedules.orders import Chains, Parallel, Shuffled
 from schedules.traversal import backward_schedule, forward_schedule, predict_schedule
 
 
@@ -176,7 +176,8 @@ class FactorGraph:
         The order (default :class:`schedules.Shuffled`) is drawn once from the graph's generator and
         reused for every sweep; the marginals are recomputed exactly after each sweep (SPEC 6.2).  With
         :class:`schedules.Chunked` the examples of each chunk send their (damped) messages from the same
-        marginals, which change once per chunk.
+        marginals, which change once per chunk; :class:`schedules.Parallel` computes each chunk as
+        matrices and stores its joint weight message; :class:`schedules.Chains` runs k chains.
         """
         X = self._check_inputs(X)
         n = X.shape[0]
@@ -188,30 +189,73 @@ class FactorGraph:
         if not isinstance(num_training_its, (int, np.integer)) or num_training_its < 1:
             raise ValueError(f"num_training_its must be a positive integer, got {num_training_its!r}")
         order = order or Shuffled()
+        if isinstance(order, Parallel):
+            bad = [layer.kind for layer in self.layers if not layer.supports_chunks]
+            if bad:
+                raise ValueError(f"{order} needs layers with batched messages (forward_chunk/backward_chunk); "
+                                 f"not supported by: {', '.join(bad)}")
         perm = order.permutation(n, self.rng)
-        chunk = getattr(order, "chunk_size", 1)
-        damping = getattr(order, "damping", 1.0)
-        parallel = chunk > 1 or damping != 1.0
-        slots = [s for _, layer in self.weighted_layers() for s in layer.params.values()]
         xp = self._xp()
         X, Y = xp.asarray(X), xp.asarray(Y)
         bar = tqdm(total=num_training_its * n, disable=not progress, desc="train_batch", leave=False)
         for _ in range(num_training_its):
-            for start in range(0, n, chunk):
-                if parallel:
-                    for s in slots:
-                        s.defer(damping)
-                for i in perm[start:start + chunk]:
-                    i = int(i)
-                    self._forward(X[i], i)
-                    self._backward(Y[i], i)
-                if parallel:
-                    for s in slots:
-                        s.commit()
+            if isinstance(order, Parallel):
+                self._sweep_parallel(X, Y, perm, order)
+            elif isinstance(order, Chains):
+                self._sweep_chains(X, Y, perm, order.chains)
+            else:
+                self._sweep(X, Y, perm, getattr(order, "chunk_size", 1), getattr(order, "damping", 1.0))
             bar.update(n)
             self.recompute_marginals()
         bar.close()
         self._flush_guards()
+
+    def _slots(self):
+        return [s for _, layer in self.weighted_layers() for s in layer.params.values()]
+
+    def _sweep(self, X, Y, perm, chunk, damping):
+        """One sweep example by example; chunks > 1 (or damping) defer the marginal update per chunk."""
+        parallel = chunk > 1 or damping != 1.0
+        slots = self._slots()
+        for start in range(0, len(perm), chunk):
+            if parallel:
+                for s in slots:
+                    s.defer(damping)
+            for i in perm[start:start + chunk]:
+                i = int(i)
+                self._forward(X[i], i)
+                self._backward(Y[i], i)
+            if parallel:
+                for s in slots:
+                    s.commit()
+
+    def _sweep_parallel(self, X, Y, perm, order):
+        """One sweep of :class:`schedules.Parallel`: chunk ``k`` is weight site ``k``."""
+        for k, start in enumerate(range(0, len(perm), order.chunk_size)):
+            idx = perm[start:start + order.chunk_size]
+            m = X[idx]
+            for step in self.schedules["forward"]:
+                m = self.layers[step.layer].forward_chunk(m, idx, k)
+            steps = iter(self.schedules["backward"])
+            m = self.layers[next(steps).layer].backward_signal_chunk(Y[idx], idx)
+            for step in steps:
+                m = self.layers[step.layer].backward_chunk(m, idx, k, order.damping, order.exact)
+                if m is None:
+                    break
+
+    def _sweep_chains(self, X, Y, perm, k):
+        """One sweep of :class:`schedules.Chains`: part ``j = perm[j::k]`` runs on its own marginal copy."""
+        slots = self._slots()
+        own = [[s.q.copy() for s in slots] for _ in range(k)]
+        parts = [perm[j::k] for j in range(k)]
+        for t in range(len(parts[0])):
+            for j in range(k):
+                if t < len(parts[j]):
+                    for s, q in zip(slots, own[j]):
+                        s.q = q
+                    i = int(parts[j][t])
+                    self._forward(X[i], i)
+                    self._backward(Y[i], i)
 
     def recompute_marginals(self):
         """Set every weight marginal to the exact product of its batch prior and per-example messages."""

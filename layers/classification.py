@@ -39,6 +39,7 @@ class ClassificationHead(Factor):
 
     is_signal = True
     output = "probabilities"
+    supports_chunks = True
 
     def output_shape(self, input_shape):
         if len(input_shape) != 1 or input_shape[0] < 2:
@@ -63,13 +64,27 @@ class ClassificationHead(Factor):
         mod = kernels.module(self._m.tau, "signals")
         if mod is None:
             return self._backward_reference(y)
-        xp = self._m.xp
         C = self._m.shape[-1]
-        out = Gaussian(xp.empty((1, C), self._m.dtype), xp.empty((1, C), self._m.dtype))
+        return self._backward_kernel(mod, self._m.reshape(1, C), self._m.xp.asarray(y).reshape(1)).reshape(C)
+
+    def forward_chunk(self, m_in, idx, site):
+        self._m = m_in
+        return m_in
+
+    def backward_signal_chunk(self, Y, idx):
+        """The first backward messages of a chunk: ``Y`` (c,) labels, forward messages (c, C)."""
+        mod = kernels.module(self._m.tau, "signals")
+        if mod is None:
+            return self._backward_reference(Y)
+        return self._backward_kernel(mod, self._m, self._m.xp.asarray(Y))
+
+    def _backward_kernel(self, mod, m, y):
+        xp = m.xp
+        out = Gaussian(xp.empty(m.shape, m.dtype), xp.empty(m.shape, m.dtype))
         counts = self._guards.array(out.tau)
-        self._kernel(mod, self._m.tau.reshape(1, C), self._m.rho.reshape(1, C), xp.asarray(y).reshape(1), out, counts)
+        self._kernel(mod, xp.ascontiguousarray(m.tau), xp.ascontiguousarray(m.rho), y, out, counts)
         self._guards.after_call(out.tau)
-        return out.reshape(C)
+        return out
 
     def predict(self, m_in):
         return m_in

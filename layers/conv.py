@@ -22,9 +22,11 @@ from factorgraph.equations import (
     gather_messages,
     patch_index,
     s1_backward_to_b,
+    s1_backward_to_b_gemm,
     s1_backward_to_bias,
     s1_forward,
     s2_backward,
+    s2_backward_gemm,
     s2_forward,
 )
 from factorgraph.factor import Factor, WeightSlots
@@ -45,6 +47,7 @@ class Conv(Factor):
     kind = "Conv"
     interfaces = ("input", "weight", "bias", "output")
     has_weights = True
+    supports_chunks = True
     cache_names = ("m_to_x",)
 
     def __init__(self, filters, kernel_size, padding=None, **options):
@@ -175,6 +178,47 @@ class Conv(Factor):
                            to_w.tau, to_w.rho, counts[1:2])
         self._guards.after_call(r.tau)
         return to_w, to_a
+
+    # --- batched (chunk) training ---------------------------------------------------------------
+    def forward_chunk(self, m_in, idx, site):
+        W, c = self.params["W"], self.params["c"]
+        self._cav_c = c.cavity(site)
+        if self.constant_input:
+            self._a = gather_constants(m_in, self._src(m_in))
+            self._cav_w = W.cavity(site)
+            self._f = s1_forward(self._a, self._cav_w, self._cav_c)
+        else:
+            x_hat = clamp_min_rho(m_in * self.m_to_x[idx], config.MIN_PRECISION)
+            self._a = gather_messages(x_hat, self._src(x_hat.tau))
+            self._f = s2_forward(self._a, W.q, self._cav_c)
+        return self._out(self._f, m_in.shape[:1])
+
+    def backward_chunk(self, m_out, idx, site, damping, exact):
+        """Chunk backward: all positions of all examples are uses of the kernel (rows c * P)."""
+        W, c = self.params["W"], self.params["c"]
+        n = m_out.shape[0]
+        P, D = self.src.shape
+        r = m_out.reshape(n * P, self.filters)
+        f = self._f.reshape(n * P, self.filters)
+        to_c = s1_backward_to_bias(self._cav_c, f, r)
+        to_x = None
+        if self.constant_input:
+            a = self._a.reshape(n * P, D)
+            to_w = (s1_backward_to_b if exact else s1_backward_to_b_gemm)(a, self._cav_w, f, r)
+        else:
+            a = self._a.reshape(n * P, D)
+            to_a, to_w = (s2_backward if exact else s2_backward_gemm)(a, W.q, f, r)
+            to_a = to_a.reshape(n, P, D)
+            if type(to_a.tau) is np.ndarray:
+                folded = fold_messages(to_a, self.src, self.input_shape)
+            else:
+                parts = [self._fold(to_a[j]) for j in range(n)]
+                folded = Gaussian(to_a.xp.stack([g.tau for g in parts]), to_a.xp.stack([g.rho for g in parts]))
+            to_x = clamp_min_rho(folded, config.MIN_PRECISION)
+            self.m_to_x[idx] = to_x
+        W.replace(site, to_w, damping)
+        c.replace(site, to_c, damping)
+        return to_x
 
     def reset_batch_caches(self):
         if not self.constant_input:

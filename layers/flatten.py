@@ -7,6 +7,7 @@ from factorgraph.factor import Factor
 
 class Flatten(Factor):
     kind = "Flatten"
+    supports_chunks = True
 
     def output_shape(self, input_shape):
         return (math.prod(input_shape),)
@@ -22,3 +23,11 @@ class Flatten(Factor):
     def predict(self, m_in):
         n = m_in.shape[0]
         return m_in.reshape(n, *self.output_shape_)
+
+    def forward_chunk(self, m_in, idx, site):
+        return self.predict(m_in)
+
+    def backward_chunk(self, m_out, idx, site, damping, exact):
+        if self.constant_input or m_out is None:
+            return None
+        return m_out.reshape(m_out.shape[0], *self.input_shape)

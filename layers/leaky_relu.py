@@ -16,6 +16,7 @@ from factorgraph.kernels import leaky_cpu
 class LeakyReLU(Factor):
     kind = "LeakyReLU"
     accepts_constant_input = False
+    supports_chunks = True
     cache_names = ("m_in", "m_back")
 
     def __init__(self, slope=0.1):
@@ -38,6 +39,18 @@ class LeakyReLU(Factor):
         self._guards.flush()
 
     def forward(self, m_in, i):
+        return self._forward(m_in, i, self._seen_back[i])
+
+    def forward_chunk(self, m_in, idx, site):
+        seen = [self._seen_back[i] for i in idx]
+        if all(seen) or not any(seen):
+            return self._forward(m_in, idx, seen[0])
+        first, later = self._forward(m_in, idx, False), self._forward(m_in, idx, True)
+        mask = m_in.xp.asarray(seen).reshape((-1,) + (1,) * (m_in.tau.ndim - 1))
+        return Gaussian(m_in.xp.where(mask, later.tau, first.tau), m_in.xp.where(mask, later.rho, first.rho))
+
+    def _forward(self, m_in, i, seen):
+        """Forward of slot(s) ``i`` (an int or an index array with ``m_in`` stacked along axis 0)."""
         self.m_in[i] = m_in
         mod = kernels.module(m_in.tau, "leaky")
         if mod is not None:
@@ -48,20 +61,29 @@ class LeakyReLU(Factor):
             counts = self._guards.array(out.tau)
             a_t, a_r = (xp.ascontiguousarray(v).reshape(-1) for v in (m_in.tau, m_in.rho))
             o_t, o_r = out.tau.reshape(-1), out.rho.reshape(-1)
-            if not self._seen_back[i]:
+            if not seen:
                 mod.leaky_fwd_moment_match(a_t, a_r, self.slope, o_t, o_r, counts)
             else:
-                mod.leaky_fwd_marginal(a_t, a_r, self.m_back.tau[i].reshape(-1), self.m_back.rho[i].reshape(-1),
-                                       self.slope, o_t, o_r, counts)
+                mod.leaky_fwd_marginal(a_t, a_r, xp.ascontiguousarray(self.m_back.tau[i]).reshape(-1),
+                                       xp.ascontiguousarray(self.m_back.rho[i]).reshape(-1), self.slope, o_t, o_r,
+                                       counts)
             self._guards.after_call(out.tau)
             return out
-        if not self._seen_back[i]:
+        if not seen:
             return leaky_forward_moment_match(m_in, self.slope)
         return leaky_forward_marginal(m_in, self.m_back[i], self.slope)
 
     def backward(self, m_out, i):
-        self.m_back[i] = m_out
         self._seen_back[i] = True
+        return self._backward(m_out, i)
+
+    def backward_chunk(self, m_out, idx, site, damping, exact):
+        for i in idx:
+            self._seen_back[int(i)] = True
+        return self._backward(m_out, idx)
+
+    def _backward(self, m_out, i):
+        self.m_back[i] = m_out
         mod = kernels.module(m_out.tau, "leaky")
         if mod is not None:
             xp = m_out.xp

@@ -8,12 +8,26 @@ Two variants, chosen by the graph builder (SPEC 5.1, 5.2):
   to the input is stored in ``m_to_x[i]`` across iterations.
 
 The bias always uses S1 with its cavity.  Prediction uses the marginals.
+
+Batched schedules (:class:`schedules.Parallel`): a chunk of examples is a matrix of inputs; the forward
+messages are matrix products with the cavities ``q / m_site`` (first layer, bias) or the marginals
+(hidden layers); the chunk's joint weight message comes from
+:func:`~factorgraph.equations.s1_backward_to_b_gemm` / :func:`~factorgraph.equations.s2_backward_gemm`
+(or, with ``exact``, from the product of the per-example messages) and replaces slot ``site``.
 """
 
 import numpy as np
 
 from factorgraph import config, guards, kernels
-from factorgraph.equations import s1_backward_to_b, s1_backward_to_bias, s1_forward, s2_backward, s2_forward
+from factorgraph.equations import (
+    s1_backward_to_b,
+    s1_backward_to_b_gemm,
+    s1_backward_to_bias,
+    s1_forward,
+    s2_backward,
+    s2_backward_gemm,
+    s2_forward,
+)
 from factorgraph.factor import Factor, WeightSlots
 from factorgraph.gaussian import Gaussian, clamp_min_rho
 from factorgraph.kernels import linear_cpu
@@ -29,6 +43,7 @@ class Linear(Factor):
     kind = "Linear"
     interfaces = ("input", "weight", "bias", "output")
     has_weights = True
+    supports_chunks = True
     cache_names = ("m_to_x",)
 
     def __init__(self, d_out, **options):
@@ -143,6 +158,45 @@ class Linear(Factor):
                                self.m_to_x.tau[i], self.m_to_x.rho[i], counts)
             to_x = self.m_to_x[i]
         self._guards.after_call(f_mu)
+        return to_x
+
+    # --- batched (chunk) training ---------------------------------------------------------------
+    def forward_chunk(self, m_in, idx, site):
+        W, c = self.params["W"], self.params["c"]
+        self._cav_c = c.cavity(site)
+        if self.constant_input:
+            self._x = m_in
+            self._cav_w = W.cavity(site)
+            self._out = s1_forward(m_in, self._cav_w, self._cav_c)
+        else:
+            self._x = clamp_min_rho(m_in * self.m_to_x[idx], config.MIN_PRECISION)
+            self._qw = W.q
+            self._out = s2_forward(self._x, self._qw, self._cav_c)
+        return self._out
+
+    def backward_chunk(self, m_out, idx, site, damping, exact):
+        W, c = self.params["W"], self.params["c"]
+        to_c = s1_backward_to_bias(self._cav_c, self._out, m_out)
+        to_x = None
+        if self.constant_input:
+            gemm = s1_backward_to_b_gemm if not exact else s1_backward_to_b
+            to_w = gemm(self._x, self._cav_w, self._out, m_out)
+        else:
+            if exact:
+                to_x, to_w = s2_backward(self._x, self._qw, self._out, m_out)
+            else:
+                to_x, to_w = s2_backward_gemm(self._x, self._qw, self._out, m_out)
+            xp = to_x.xp
+            flat = xp.all(self._out.rho <= config.TINY_PRECISION, axis=1) & \
+                xp.all(m_out.rho <= config.TINY_PRECISION, axis=1)
+            if bool(flat.any()):  # SPEC 4.3 edge rule, per example
+                guards.record("linear_all_tiny_precision", int(flat.sum()))
+                to_x = Gaussian(xp.where(flat[:, None], 0, to_x.tau),
+                                xp.where(flat[:, None], config.MIN_PRECISION, to_x.rho))
+            to_x = clamp_min_rho(to_x, config.MIN_PRECISION)
+            self.m_to_x[idx] = to_x
+        W.replace(site, to_w, damping)
+        c.replace(site, to_c, damping)
         return to_x
 
     def reset_batch_caches(self):

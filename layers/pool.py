@@ -26,6 +26,7 @@ def _check_k(kind, k):
 
 class _WindowPool(Factor):
     accepts_constant_input = False
+    supports_chunks = True
     k = None  # None: global pooling
 
     def output_shape(self, input_shape):
@@ -51,15 +52,18 @@ class _WindowPool(Factor):
         perm = tuple(range(n)) + (n, n + 2, n + 4, n + 1, n + 3)
         return x.transpose(perm).reshape(lead + (h, w, C, k * k))
 
-    def _unwindows(self, x):
-        """Inverse of :meth:`_windows` for one example; pixels outside windows get 0."""
+    def _unwindows(self, x, lead=()):
+        """Inverse of :meth:`_windows` (leading axes ``lead``); pixels outside windows get 0."""
         H, W, C = self.input_shape
         if self.k is None:
-            return x.swapaxes(-1, -2).reshape(H, W, C)
+            return x.swapaxes(-1, -2).reshape(*lead, H, W, C)
         k = self.k
         h, w = H // k, W // k
-        full = get_array_module(x).zeros((H, W, C), x.dtype)
-        full[:h * k, :w * k] = x.reshape(h, w, C, k, k).transpose(0, 3, 1, 4, 2).reshape(h * k, w * k, C)
+        n = len(lead)
+        full = get_array_module(x).zeros(lead + (H, W, C), x.dtype)
+        perm = tuple(range(n)) + tuple(n + p for p in (0, 3, 1, 4, 2))
+        full[..., :h * k, :w * k, :] = x.reshape(lead + (h, w, C, k, k)).transpose(perm).reshape(
+            lead + (h * k, w * k, C))
         return full
 
     def _gwin(self, m):
@@ -77,6 +81,14 @@ class _WindowPool(Factor):
     def backward(self, m_out, i):
         msg = s1_reduce_backward(self._p, self._win, self._f, m_out)
         return self._finish_backward(Gaussian(self._unwindows(msg.tau), self._unwindows(msg.rho)))
+
+    def forward_chunk(self, m_in, idx, site):
+        return self.forward(m_in, None)
+
+    def backward_chunk(self, m_out, idx, site, damping, exact):
+        msg = s1_reduce_backward(self._p, self._win, self._f, m_out)
+        lead = m_out.shape[:1]
+        return self._finish_backward(Gaussian(self._unwindows(msg.tau, lead), self._unwindows(msg.rho, lead)))
 
     def _finish_backward(self, g):
         return g

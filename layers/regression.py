@@ -15,6 +15,7 @@ class Regression(Factor):
     kind = "Regression"
     is_signal = True
     output = "gaussian"
+    supports_chunks = True
 
     def __init__(self, beta2):
         super().__init__()
@@ -40,6 +41,12 @@ class Regression(Factor):
 
     def backward_signal(self, y, i):
         return Gaussian(y / self.beta2, y * 0 + 1.0 / self.beta2)
+
+    def forward_chunk(self, m_in, idx, site):
+        return m_in
+
+    def backward_signal_chunk(self, Y, idx):
+        return self.backward_signal(Y, None)
 
     def predict(self, m_in):
         return m_in.add_variance(self.beta2)

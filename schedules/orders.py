@@ -4,6 +4,11 @@ An order is a value with ``permutation(n, rng) -> int array``; ``train_batch`` d
 permutation per call and uses it for every iteration of that visit (SPEC 6.2).  An order may also set
 ``chunk_size`` and ``damping`` (:class:`Chunked`): the examples of a chunk then all compute their
 messages from the same weight marginals, and the chunk's (damped) messages replace the old ones at once.
+
+:class:`Parallel` goes further: a chunk is one *site* of the weights (its joint message is stored, not
+the per-example ones) and is computed layer by layer with matrix x matrix products.  :class:`Chains`
+runs ``k`` sequential chains on disjoint parts of the batch, each with its own marginal, merged after
+every sweep (thesis footnote 17).
 """
 
 from dataclasses import dataclass
@@ -46,13 +51,70 @@ class Chunked:
     damping: float = 1.0
 
     def __post_init__(self):
-        if isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int) or self.chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive integer, got {self.chunk_size!r}")
-        if not 0 < self.damping <= 1:
-            raise ValueError(f"damping must be in (0, 1], got {self.damping!r}")
+        _check_chunk(self.chunk_size, self.damping)
 
     def permutation(self, n, rng):
         return rng.permutation(n)
 
     def __str__(self):
         return f"Chunked({self.chunk_size}, damping={self.damping})"
+
+
+def _check_chunk(chunk_size, damping):
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    if isinstance(damping, bool) or not isinstance(damping, (int, float)) or not 0 < damping <= 1:
+        raise ValueError(f"damping must be in (0, 1], got {damping!r}")
+
+
+@dataclass(frozen=True)
+class Parallel:
+    """Batched (GEMM-shaped) message passing: the batch is cut into chunks of ``chunk_size`` examples
+    (one shuffled order per ``train_batch`` call, kept for all its sweeps); a chunk's examples pass
+    forward and backward together, layer by layer, as matrices, from the same weight marginals.
+
+    Each chunk is one site of the weights: the product of its examples' messages is stored as one
+    message (in slot ``k`` for the ``k``-th chunk) and replaces the chunk's previous one, damped
+    ``old + damping (new - old)`` (parallel EP over chunks).  Cavities of the first layer and the biases
+    are taken with respect to the chunk's message.
+
+    ``exact=False`` computes the chunk's weight messages with matrix products, dropping each weight's own
+    term from the message denominator (see :func:`factorgraph.equations.s2_backward_gemm`);
+    ``exact=True`` forms the per-example messages (memory ``chunk_size x weights``) and multiplies them.
+    ``Parallel(1, exact=True)`` gives the same marginals as the sequential thesis schedule.
+    """
+
+    chunk_size: int
+    damping: float = 1.0
+    exact: bool = False
+
+    def __post_init__(self):
+        _check_chunk(self.chunk_size, self.damping)
+        if not isinstance(self.exact, bool):
+            raise ValueError(f"exact must be True or False, got {self.exact!r}")
+
+    def permutation(self, n, rng):
+        return rng.permutation(n)
+
+    def __str__(self):
+        return f"Parallel({self.chunk_size}, damping={self.damping}{', exact=True' if self.exact else ''})"
+
+
+@dataclass(frozen=True)
+class Chains:
+    """``k`` chains (thesis footnote 17): the batch's shuffled examples are dealt into ``k`` parts; each
+    part is swept sequentially with its own copy of the weight marginals, which sees its own updates at
+    once and the other chains' only when the marginals are merged (recomputed exactly) after the sweep.
+    Step ``t`` of all chains can run at the same time; ``Chains(1)`` is the thesis schedule."""
+
+    chains: int
+
+    def __post_init__(self):
+        if isinstance(self.chains, bool) or not isinstance(self.chains, int) or self.chains < 1:
+            raise ValueError(f"chains must be a positive integer, got {self.chains!r}")
+
+    def permutation(self, n, rng):
+        return rng.permutation(n)
+
+    def __str__(self):
+        return f"Chains({self.chains})"

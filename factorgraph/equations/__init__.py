@@ -11,6 +11,8 @@ function                          message
 ``patch_index`` / ``fold_messages``  im2col geometry, gather and deterministic fold of messages
 ``s2_forward``                    inner product of variables, forward (S2)
 ``s2_backward``                   S2 backward to both operands
+``s1_backward_to_b_gemm``         S1 weight messages of many uses by matrix products (self term dropped)
+``s2_backward_gemm``              S2 backward of many uses by matrix products (self term dropped)
 ``relu_moments``                  R1, R2 of max(a, 0)
 ``block52`` / ``block52_log``     truncated product integrals B0, B1, B2
 ``leaky_forward_moment_match``    LeakyReLU moment matching (prediction, fallback)
@@ -24,7 +26,7 @@ function                          message
 """
 
 from factorgraph.equations.argmax import argmax_backward, argmax_log_probs, argmax_probs
-from factorgraph.equations.inner_product import s2_backward, s2_forward
+from factorgraph.equations.inner_product import s2_backward, s2_backward_gemm, s2_forward
 from factorgraph.equations.leaky_relu import backward_marginal as leaky_backward_marginal
 from factorgraph.equations.leaky_relu import forward_marginal as leaky_forward_marginal
 from factorgraph.equations.leaky_relu import forward_moment_match as leaky_forward_moment_match
@@ -39,6 +41,7 @@ from factorgraph.equations.im2col import (
 )
 from factorgraph.equations.weighted_sum import (
     s1_backward_to_b,
+    s1_backward_to_b_gemm,
     s1_backward_to_bias,
     s1_forward,
     s1_reduce_backward,
@@ -49,7 +52,7 @@ from factorgraph.equations.weighted_sum import (
 __all__ = [
     "argmax_backward", "argmax_log_probs", "argmax_probs", "block52", "block52_log",
     "leaky_backward_marginal", "leaky_forward_marginal", "leaky_forward_moment_match",
-    "probit_scaled_means", "probit_softmax", "relu_moments", "s1_backward_to_b",
+    "probit_scaled_means", "probit_softmax", "relu_moments", "s1_backward_to_b", "s1_backward_to_b_gemm", "s2_backward_gemm",
     "s1_backward_to_bias", "s1_forward", "s1_term_message", "s2_backward", "s2_forward",
     "truncated_moments", "conv_output_size", "fold_messages", "gather_constants", "gather_messages",
     "patch_index", "s1_reduce_backward", "s1_reduce_forward", "softmax_backward",

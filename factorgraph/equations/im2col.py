@@ -82,12 +82,16 @@ def gather_messages(m, src):
 
 
 def fold_messages(msg, src, in_shape):
-    """Merge messages to patch entries (P, D) into one message per input pixel: the product over all
-    copies (sum of natural parameters), deterministic; zero-padding entries are dropped."""
+    """Merge messages to patch entries (..., P, D) into one message per input pixel (..., *in_shape): the
+    product over all copies (sum of natural parameters), deterministic; zero-padding entries are dropped."""
     xp = get_array_module(msg.tau)
     n = int(np.prod(in_shape))
+    lead = msg.shape[:-2]
+    L = int(np.prod(lead))
     keep = src >= 0
-    idx = src[keep]
-    tau = xp.bincount(idx, weights=msg.tau[keep], minlength=n)
-    rho = xp.bincount(idx, weights=msg.rho[keep], minlength=n)
-    return Gaussian(tau.astype(msg.dtype).reshape(in_shape), rho.astype(msg.dtype).reshape(in_shape))
+    idx = (xp.arange(L)[:, None] * n + src[keep][None, :]).reshape(-1)
+    out = []
+    for v in (msg.tau, msg.rho):
+        w = v.reshape((L,) + src.shape)[:, keep].reshape(-1)
+        out.append(xp.bincount(idx, weights=w, minlength=L * n).astype(msg.dtype).reshape(lead + tuple(in_shape)))
+    return Gaussian(*out)
