@@ -49,6 +49,8 @@ class Factor:
     supports_chunks = False
     #: attributes holding per-example Gaussian caches, saved with the state (absent ones are skipped)
     cache_names = ()
+    #: the caches among them that hold backward messages to activations (warm-startable)
+    activation_cache_names = ()
 
     def __init__(self):
         self.input_shape = None
@@ -87,6 +89,12 @@ class Factor:
 
     def reset_batch_caches(self):
         """Forget the per-example caches kept across iterations (backward messages to inputs, ...)."""
+
+    def warm_start(self, name, g):
+        """Set every example slot of activation cache ``name`` to the message ``g`` (one example's shape)."""
+        cache = getattr(self, name)
+        cache.tau[...] = g.tau
+        cache.rho[...] = g.rho
 
     # --- persistence ----------------------------------------------------------------------------
     def state(self):
@@ -185,10 +193,10 @@ class WeightSlots:
         self.msgs[self.batch_size] = prior
         self.q = prior.copy()
 
-    def likelihood(self, n=None):
-        """Product of the per-example messages of the first ``n`` slots (prior slot excluded)."""
+    def likelihood(self, n=None, start=0):
+        """Product of the per-example messages of slots ``start .. n-1`` (prior slot excluded)."""
         n = self.batch_size if n is None else n
-        return Gaussian(self.msgs.tau[:n].sum(axis=0), self.msgs.rho[:n].sum(axis=0))
+        return Gaussian(self.msgs.tau[start:n].sum(axis=0), self.msgs.rho[start:n].sum(axis=0))
 
     def state(self):
         return {"tau": self.msgs.tau, "rho": self.msgs.rho, "q_tau": self.q.tau, "q_rho": self.q.rho}

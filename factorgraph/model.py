@@ -202,7 +202,7 @@ class FactorGraph:
             if isinstance(order, Parallel):
                 self._sweep_parallel(X, Y, perm, order)
             elif isinstance(order, Chains):
-                self._sweep_chains(X, Y, perm, order.chains)
+                self._sweep_chains(X, Y, perm, order.chains, order.damping)
             else:
                 self._sweep(X, Y, perm, getattr(order, "chunk_size", 1), getattr(order, "damping", 1.0))
             bar.update(n)
@@ -243,19 +243,25 @@ class FactorGraph:
                 if m is None:
                     break
 
-    def _sweep_chains(self, X, Y, perm, k):
+    def _sweep_chains(self, X, Y, perm, k, damping):
         """One sweep of :class:`schedules.Chains`: part ``j = perm[j::k]`` runs on its own marginal copy."""
         slots = self._slots()
         own = [[s.q.copy() for s in slots] for _ in range(k)]
         parts = [perm[j::k] for j in range(k)]
-        for t in range(len(parts[0])):
-            for j in range(k):
-                if t < len(parts[j]):
-                    for s, q in zip(slots, own[j]):
-                        s.q = q
-                    i = int(parts[j][t])
-                    self._forward(X[i], i)
-                    self._backward(Y[i], i)
+        for s in slots:
+            s.damping = float(damping)
+        try:
+            for t in range(len(parts[0])):
+                for j in range(k):
+                    if t < len(parts[j]):
+                        for s, q in zip(slots, own[j]):
+                            s.q = q
+                        i = int(parts[j][t])
+                        self._forward(X[i], i)
+                        self._backward(Y[i], i)
+        finally:
+            for s in slots:
+                s.damping = 1.0
 
     def recompute_marginals(self):
         """Set every weight marginal to the exact product of its batch prior and per-example messages."""
@@ -271,6 +277,18 @@ class FactorGraph:
                 slots.reset(priors[l][name])
         for layer in self.layers:
             layer.reset_batch_caches()
+
+    def activation_caches(self, n=None):
+        """``{(layer, name): Gaussian (n, ...)}``: the per-example backward messages to activations of the
+        first ``n`` slots (the caches a warm start fills)."""
+        n = self.batch_size if n is None else n
+        return {(l, name): getattr(layer, name)[:n] for l, layer in enumerate(self.layers)
+                for name in layer.activation_cache_names if getattr(layer, name, None) is not None}
+
+    def warm_start_caches(self, messages):
+        """Fill activation caches with ``messages[(layer, name)]`` (one example's shape) after a reset."""
+        for (l, name), g in messages.items():
+            self.layers[l].warm_start(name, g)
 
     # --- prediction -----------------------------------------------------------------------------
     def predict_messages(self, X):

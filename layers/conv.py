@@ -49,6 +49,7 @@ class Conv(Factor):
     has_weights = True
     supports_chunks = True
     cache_names = ("m_to_x",)
+    activation_cache_names = ("m_to_x",)
 
     def __init__(self, filters, kernel_size, padding=None, **options):
         super().__init__()

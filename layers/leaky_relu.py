@@ -18,6 +18,7 @@ class LeakyReLU(Factor):
     accepts_constant_input = False
     supports_chunks = True
     cache_names = ("m_in", "m_back")
+    activation_cache_names = ("m_back",)
 
     def __init__(self, slope=0.1):
         super().__init__()
@@ -99,6 +100,10 @@ class LeakyReLU(Factor):
 
     def predict(self, m_in):
         return kernels.leaky_moment_match(m_in, self.slope)
+
+    def warm_start(self, name, g):
+        super().warm_start(name, g)
+        self._seen_back = [True] * self.batch_size
 
     def reset_batch_caches(self):
         self.m_back.tau[...] = 0

@@ -45,6 +45,7 @@ class Linear(Factor):
     has_weights = True
     supports_chunks = True
     cache_names = ("m_to_x",)
+    activation_cache_names = ("m_to_x",)
 
     def __init__(self, d_out, **options):
         super().__init__()

@@ -105,16 +105,20 @@ class Chains:
     """``k`` chains (thesis footnote 17): the batch's shuffled examples are dealt into ``k`` parts; each
     part is swept sequentially with its own copy of the weight marginals, which sees its own updates at
     once and the other chains' only when the marginals are merged (recomputed exactly) after the sweep.
-    Step ``t`` of all chains can run at the same time; ``Chains(1)`` is the thesis schedule."""
+    Step ``t`` of all chains can run at the same time; ``Chains(1)`` is the thesis schedule.  Like any
+    parallel update the chains can oscillate (on correlated inputs they do): ``damping`` damps every new
+    per-example message toward the example's previous one."""
 
     chains: int
+    damping: float = 1.0
 
     def __post_init__(self):
         if isinstance(self.chains, bool) or not isinstance(self.chains, int) or self.chains < 1:
             raise ValueError(f"chains must be a positive integer, got {self.chains!r}")
+        _check_chunk(1, self.damping)
 
     def permutation(self, n, rng):
         return rng.permutation(n)
 
     def __str__(self):
-        return f"Chains({self.chains})"
+        return f"Chains({self.chains}, damping={self.damping})"

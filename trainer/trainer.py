@@ -10,6 +10,15 @@ visited in an epoch:
 4. ``L_b`` = product of the batch's per-example messages; ``W_msg[b] := EMA(W_msg[b], L_b, beta_e)`` and
    ``Q`` is updated by the difference (recomputed exactly at the end of each epoch).
 
+Two options from the thesis's future work:
+
+* ``mixing=True`` (thesis 6.2, item 4): messages are stored per *half* batch (contiguous blocks of B/2);
+  every epoch the halves are paired at random into batches, so examples meet new batch partners while
+  each half keeps its own message (steps 1 and 4 run over both halves of a batch).
+* ``warm_start=True`` (item 3): instead of clearing the activation messages of a new batch (the
+  per-example backward messages to hidden units), fill them with an exponential moving average (rate
+  ``WARM_RATE``) of the per-unit mean of those messages over the batches trained so far.
+
 Batches are contiguous blocks of the training set in its given order; the batch visit order is
 reshuffled every epoch by a dedicated generator (seed 42 by default), the within-batch order by the
 graph's generator.  The damping rate follows ``damping(epoch)``, 1-based across calls.
@@ -23,9 +32,12 @@ from tqdm.auto import tqdm
 from factorgraph.backend import to_device
 from factorgraph.gaussian import Gaussian
 from schedules.epochs import Constant, EpochSchedule
+from schedules.orders import Parallel
 from trainer.damping import thesis_damping
 
 _FORMAT = "factorgraph-trainer-1"
+#: weight of the old average in the warm-start moving average
+WARM_RATE = 0.9
 
 
 class Trainer:
@@ -46,9 +58,14 @@ class Trainer:
         Show a tqdm bar; ``None`` shows it only on a terminal.
     callbacks : dict, optional
         ``{"on_batch_end": f(trainer, epoch, batch), "on_epoch_end": f(trainer, epoch)}``.
+    mixing : bool
+        Store messages per half batch and recombine halves every epoch (see the module docstring).
+    warm_start : bool
+        Start each batch's activation messages from a moving average (see the module docstring).
     """
 
-    def __init__(self, fg, X, Y, seed=42, damping=thesis_damping, order=None, progress=None, callbacks=None):
+    def __init__(self, fg, X, Y, seed=42, damping=thesis_damping, order=None, progress=None, callbacks=None,
+                 mixing=False, warm_start=False):
         X = fg._check_inputs(X)
         Y = fg.signal.check_targets(Y, X.shape[0])
         if X.shape[0] == 0:
@@ -63,8 +80,19 @@ class Trainer:
         self.rng = np.random.default_rng(seed)
         self.epoch = 0
         self.device = "cpu"
+        for name, v in (("mixing", mixing), ("warm_start", warm_start)):
+            if not isinstance(v, (bool, np.bool_)):
+                raise TypeError(f"{name} must be True or False, got {v!r}")
+        self.mixing, self.warm_start = bool(mixing), bool(warm_start)
+        if self.mixing and isinstance(order, Parallel):
+            raise ValueError("mixing needs per-example messages; Parallel stores one message per chunk")
         B = fg.batch_size
-        self.batches = [(s, min(s + B, X.shape[0])) for s in range(0, X.shape[0], B)]
+        if self.mixing and B < 2:
+            raise ValueError("mixing needs batch_size >= 2 (batches are made of two halves)")
+        step = B // 2 if self.mixing else B
+        #: the blocks that own a stored message: batches, or half batches with ``mixing``
+        self.batches = [(s, min(s + step, X.shape[0])) for s in range(0, X.shape[0], step)]
+        self.warm = {}
         K = len(self.batches)
         self.prior, self.msgs, self.total = {}, {}, {}
         for l, layer in fg.weighted_layers():
@@ -80,49 +108,77 @@ class Trainer:
 
     # --- one batch / one epoch ------------------------------------------------------------------
     def batch_prior(self, b):
-        """``P_b = Q / W_msg[b]`` for every weighted tensor, as new arrays (``{layer: {name: G}}``)."""
+        """``P_b = Q / W_msg[b]`` for every weighted tensor, as new arrays (``{layer: {name: G}}``); ``b`` is
+        a block index or a list of them (their messages are all divided out)."""
+        blocks = [b] if isinstance(b, (int, np.integer)) else list(b)
         out = {}
         for (l, name), q in self.total.items():
             m = self.msgs[(l, name)]
-            out.setdefault(l, {})[name] = Gaussian(q.tau - m.tau[b], q.rho - m.rho[b])
+            tau, rho = q.tau, q.rho
+            for k in blocks:
+                tau, rho = tau - m.tau[k], rho - m.rho[k]
+            out.setdefault(l, {})[name] = Gaussian(tau, rho)
         return out
 
     def _follow_device(self):
         """Move the batch messages to the graph's device (after ``fg.to(...)``)."""
         if self.device != self.fg.device:
             dev = self.fg.device
-            for store in (self.prior, self.msgs, self.total):
+            for store in (self.prior, self.msgs, self.total, self.warm):
                 for key, g in store.items():
                     store[key] = Gaussian(to_device(g.tau, dev), to_device(g.rho, dev))
             self.device = dev
+
+    def _groups(self):
+        """The batches of one epoch as lists of blocks, in visit order."""
+        order = [int(k) for k in self.rng.permutation(self.num_batches)]
+        if not self.mixing:
+            return [[k] for k in order]
+        return [order[j:j + 2] for j in range(0, len(order), 2)]
 
     def train_epoch(self, num_training_its=1):
         """One epoch: every batch once, ``num_training_its`` sweeps per visit."""
         self._follow_device()
         self.epoch += 1
         beta = self.damping(self.epoch)
-        order = self.rng.permutation(self.num_batches)
         disable = None if self.progress is None else not self.progress  # None: only on a terminal
-        bar = tqdm(order, desc=f"epoch {self.epoch}", disable=disable, leave=False)
-        for b in bar:
-            start, stop = self.batches[b]
-            self.fg.reset_batch(self.batch_prior(b))
-            self.fg.train_batch(self.X[start:stop], self.Y[start:stop], num_training_its, order=self.order)
-            for l, layer in self.fg.weighted_layers():
-                for name, slots in layer.params.items():
-                    key = (l, name)
-                    new = slots.likelihood(stop - start)
-                    old = self.msgs[key][b]
-                    damped = old.damp(new, beta)
-                    self.total[key] = Gaussian(self.total[key].tau + damped.tau - old.tau,
-                                               self.total[key].rho + damped.rho - old.rho)
-                    self.msgs[key][b] = damped
+        groups = self._groups()
+        bar = tqdm(groups, desc=f"epoch {self.epoch}", disable=disable, leave=False)
+        for group in bar:
+            ranges = [self.batches[k] for k in group]
+            idx = np.concatenate([np.arange(a, b) for a, b in ranges])
+            self.fg.reset_batch(self.batch_prior(group))
+            if self.warm_start:
+                self.fg.warm_start_caches(self.warm)
+            self.fg.train_batch(self.X[idx], self.Y[idx], num_training_its, order=self.order)
+            if self.warm_start:
+                self._update_warm(len(idx))
+            offset = 0
+            for k, (a, b) in zip(group, ranges):
+                for l, layer in self.fg.weighted_layers():
+                    for name, slots in layer.params.items():
+                        key = (l, name)
+                        new = slots.likelihood(offset + b - a, start=offset)
+                        old = self.msgs[key][k]
+                        damped = old.damp(new, beta)
+                        self.total[key] = Gaussian(self.total[key].tau + damped.tau - old.tau,
+                                                   self.total[key].rho + damped.rho - old.rho)
+                        self.msgs[key][k] = damped
+                offset += b - a
             if "on_batch_end" in self.callbacks:
-                self.callbacks["on_batch_end"](self, self.epoch, int(b))
+                self.callbacks["on_batch_end"](self, self.epoch, group[0] if len(group) == 1 else tuple(group))
         bar.close()
         self.recompute_total()
         if "on_epoch_end" in self.callbacks:
             self.callbacks["on_epoch_end"](self, self.epoch)
+
+    def _update_warm(self, n):
+        """Fold the per-unit mean of this batch's activation messages into the moving average."""
+        for key, g in self.fg.activation_caches(n).items():
+            mean = Gaussian(g.tau.mean(axis=0), g.rho.mean(axis=0))
+            old = self.warm.get(key)
+            self.warm[key] = mean if old is None else Gaussian(WARM_RATE * old.tau + (1 - WARM_RATE) * mean.tau,
+                                                               WARM_RATE * old.rho + (1 - WARM_RATE) * mean.rho)
 
     def recompute_total(self):
         """``Q := prior * prod_b W_msg[b]`` exactly."""
@@ -164,7 +220,13 @@ class Trainer:
             "trainer_seed": self.seed,
             "epoch": self.epoch,
             "rng": self.rng.bit_generator.state,
+            "mixing": self.mixing,
+            "warm_start": self.warm_start,
+            "warm_keys": [[l, name] for (l, name) in self.warm],
         }
+        for (l, name), g in self.warm.items():
+            arrays[f"tr.warm.{l}.{name}.tau"] = to_device(g.tau, "cpu")
+            arrays[f"tr.warm.{l}.{name}.rho"] = to_device(g.rho, "cpu")
         arrays["meta"] = np.array(json.dumps(meta))
         if include_data:
             arrays["X"], arrays["Y"] = self.X, self.Y
@@ -190,8 +252,11 @@ class Trainer:
             X, Y = arrays["X"], arrays["Y"]
         elif X is None or Y is None:
             raise ValueError(f"{path} was saved without its training data; pass X and Y to Trainer.load")
-        tr = cls(fg, X, Y, seed=meta["trainer_seed"], damping=damping, order=order,
-                 progress=progress, callbacks=callbacks)
+        tr = cls(fg, X, Y, seed=meta["trainer_seed"], damping=damping, order=order, progress=progress,
+                 callbacks=callbacks, mixing=meta.get("mixing", False), warm_start=meta.get("warm_start", False))
+        for l, name in meta.get("warm_keys", []):
+            tr.warm[(l, name)] = Gaussian(arrays[f"tr.warm.{l}.{name}.tau"].copy(),
+                                          arrays[f"tr.warm.{l}.{name}.rho"].copy())
         tr.epoch = meta["epoch"]
         tr.rng.bit_generator.state = meta["rng"]
         for (l, name) in tr.msgs:
