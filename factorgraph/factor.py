@@ -138,6 +138,7 @@ class WeightSlots:
         self.q = prior.copy()
         self.pending = None  # accumulated marginal change while deferred (parallel schedules)
         self.damping = 1.0
+        self.used = 0  # slots 0 .. used-1 may hold messages; the others are G(0, 0)
 
     @property
     def prior(self):
@@ -152,6 +153,7 @@ class WeightSlots:
         """Store ``new`` as slot ``i``'s message and update the marginal incrementally; while deferred,
         store ``old + damping (new - old)`` and accumulate the change without touching ``q``.  An explicit
         ``damping`` overrides the deferred one."""
+        self.touch(i)
         old_tau, old_rho = self.msgs.tau[i], self.msgs.rho[i]
         damping = self.damping if damping is None else damping
         if damping != 1.0:
@@ -161,6 +163,12 @@ class WeightSlots:
         sink.rho += new.rho - old_rho
         self.msgs.tau[i] = new.tau
         self.msgs.rho[i] = new.rho
+
+    def touch(self, i):
+        """Note that slot ``i`` holds (or is about to hold) a message; code that writes ``msgs`` in place
+        (the fused kernels) calls this, so sums over slots can skip the unused ones."""
+        if i >= self.used:
+            self.used = int(i) + 1
 
     def defer(self, damping=1.0):
         """Start a parallel chunk: messages computed from now on see the same marginal ``q``; their
@@ -183,19 +191,24 @@ class WeightSlots:
         return g.tau, g.rho
 
     def recompute(self):
-        """Exact marginal: product of all B + 1 slots."""
-        self.q = Gaussian(self.msgs.tau.sum(axis=0), self.msgs.rho.sum(axis=0))
+        """Exact marginal: product of all B + 1 slots (the unused ones are G(0, 0) and skipped)."""
+        u, B = self.used, self.batch_size
+        self.q = Gaussian(self.msgs.tau[:u].sum(axis=0) + self.msgs.tau[B], self.msgs.rho[:u].sum(axis=0) + self.msgs.rho[B])
 
     def reset(self, prior):
         """Set the batch prior, clear every per-example message, and set ``q`` to the prior."""
-        self.msgs.tau[...] = 0
-        self.msgs.rho[...] = 0
+        self.msgs.tau[:self.used] = 0
+        self.msgs.rho[:self.used] = 0
+        self.used = 0
         self.msgs[self.batch_size] = prior
         self.q = prior.copy()
 
     def likelihood(self, n=None, start=0):
         """Product of the per-example messages of slots ``start .. n-1`` (prior slot excluded)."""
-        n = self.batch_size if n is None else n
+        n = min(self.batch_size if n is None else n, self.used)
+        xp = self.msgs.xp
+        if n <= start:
+            return Gaussian(xp.zeros(self.shape, self.msgs.dtype), xp.zeros(self.shape, self.msgs.dtype))
         return Gaussian(self.msgs.tau[start:n].sum(axis=0), self.msgs.rho[start:n].sum(axis=0))
 
     def state(self):
@@ -204,3 +217,4 @@ class WeightSlots:
     def load_state(self, arrays):
         self.msgs = Gaussian(arrays["tau"].copy(), arrays["rho"].copy())
         self.q = Gaussian(arrays["q_tau"].copy(), arrays["q_rho"].copy())
+        self.used = self.batch_size

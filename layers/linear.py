@@ -149,6 +149,8 @@ class Linear(Factor):
         W, c = self.params["W"], self.params["c"]
         f_mu, f_var, x_mu, x_var = self._buffers()
         counts = self._guards.array(f_mu)
+        W.touch(i)
+        c.touch(i)
         w_args = (W.q.tau, W.q.rho, W.msgs.tau[i], W.msgs.rho[i], *W.sink())
         c_args = (c.q.tau, c.q.rho, c.msgs.tau[i], c.msgs.rho[i], *c.sink())
         if self.constant_input:
