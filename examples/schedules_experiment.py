@@ -66,6 +66,22 @@ def run_order(spec, arch, data, args):
             "time_s": t, "us_per_example_pass": 1e6 * t / (sweeps * len(Xtr))}
 
 
+def throughput(arch, data, orders, batch, reps=5):
+    """Median time of one sweep of ``train_batch`` over one batch, per order (after a warm-up sweep)."""
+    Xtr, ytr = data[0][:batch], data[1][:batch]
+    out = {}
+    for spec in orders:
+        fg = create_factor_graph(ARCH[arch] + [("Regression", 0.01)], batch_size=batch, seed=0)
+        fg.train_batch(Xtr, np.eye(10)[ytr], 1, order=eval(spec))
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fg.train_batch(Xtr, np.eye(10)[ytr], 1, order=eval(spec))
+            times.append(time.perf_counter() - t0)
+        out[spec] = float(np.median(times)) / batch
+    return out
+
+
 def torch_epochs(arch, data, batch, epochs, seed):
     """Median wall time of a PyTorch SGD epoch (same architecture, batch size), and its test accuracy."""
     import torch
@@ -133,10 +149,24 @@ def main(argv=None):
     p.add_argument("--warm", action="store_true", help="warm-start activation messages of each new batch")
     p.add_argument("--mix", action="store_true", help="recombine half batches between epochs")
     p.add_argument("--torch", action="store_true", help="time PyTorch SGD epochs in the same run")
+    p.add_argument("--throughput", action="store_true",
+                   help="only time one sweep over one batch per order (median of 5) and exit")
     p.add_argument("--seed", type=int, default=98)
     p.add_argument("--out", default="examples/out")
     args = p.parse_args(argv)
     data = load(args.n, args.arch, args.seed)
+    if args.throughput:
+        res = throughput(args.arch, data, args.orders, args.batch)
+        base = res.get("Shuffled()")
+        print(f"| order ({args.arch}, one sweep over {args.batch} examples, median of 5) | us / example-pass | "
+              f"speed-up vs Shuffled() |\n|---|---|---|")
+        for spec, t in res.items():
+            print(f"| {spec} | {1e6 * t:.0f} | {base / t if base else float('nan'):.1f}x |")
+        if args.torch:
+            t, _ = torch_epochs(args.arch, data, args.batch, 5, args.seed)
+            print(f"PyTorch SGD epoch over n = {args.n} (batch {args.batch}): {t:.3f} s = "
+                  f"{1e6 * t / args.n:.1f} us / example")
+        return
     os.makedirs(args.out, exist_ok=True)
     tag = f"{args.arch}_n{args.n}" + ("_warm" if args.warm else "") + ("_mix" if args.mix else "")
     rows = []

@@ -13,7 +13,8 @@ import json
 import numpy as np
 from tqdm.auto import tqdm
 
-from factorgraph import config
+from factorgraph import config, guards
+from factorgraph.guards import ImproperMessageError
 from factorgraph.backend import check_dtype, resolve_device, to_device
 from factorgraph.equations import argmax_probs, probit_softmax
 from factorgraph.gaussian import Gaussian
@@ -207,8 +208,21 @@ class FactorGraph:
                 self._sweep(X, Y, perm, getattr(order, "chunk_size", 1), getattr(order, "damping", 1.0))
             bar.update(n)
             self.recompute_marginals()
+            self._check_marginals(order)
         bar.close()
         self._flush_guards()
+
+    def _check_marginals(self, order):
+        """Raise (never continue silently) when a sweep left a weight marginal non-finite or improper."""
+        for l, layer in self.weighted_layers():
+            for name, s in layer.params.items():
+                xp = s.q.xp
+                if not (bool(xp.isfinite(s.q.tau).all()) and bool((s.q.rho > 0).all())
+                        and bool(xp.isfinite(s.q.rho).all())):
+                    guards.record("diverged_sweep", 1)
+                    raise ImproperMessageError(
+                        f"training diverged under {order}: the marginal of layer {l} ({layer.kind}) {name} is "
+                        "non-finite or improper after a sweep; use smaller chunks or stronger damping")
 
     def _slots(self):
         return [s for _, layer in self.weighted_layers() for s in layer.params.values()]
