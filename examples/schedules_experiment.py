@@ -53,9 +53,9 @@ def run_order(spec, arch, data, args):
     Xtr, ytr, Xte, yte, Xood = data
     fg = create_factor_graph(ARCH[arch] + [("Regression", 0.01)], batch_size=args.batch, seed=args.seed)
     extra = {k: True for k, on in (("warm_start", args.warm), ("mixing", args.mix)) if on}
-    tr = Trainer(fg, Xtr, np.eye(10)[ytr], order=eval(spec), progress=False, **extra)
     t0 = time.perf_counter()
     try:
+        tr = Trainer(fg, Xtr, np.eye(10)[ytr], order=eval(spec), progress=False, **extra)
         tr.train(schedule=Staircase(args.staircase))
     except (ArithmeticError, ValueError) as e:  # a diverging schedule
         return {"order": spec, "failed": f"{type(e).__name__}: {e}"[:120], "time_s": time.perf_counter() - t0}
