@@ -25,17 +25,17 @@ import time
 
 import numpy as np
 
-from factorgraph import datasets, metrics
+import schedules
+from benchmark_fashion import ARCH, torch_model
+from factorgraph import datasets
 from layers import create_factor_graph
-from schedules import Chains, Chunked, Fixed, Parallel, Shuffled, Staircase  # noqa: F401 (used by eval)
+from schedules import Staircase
 from trainer import Trainer
 
-ARCH = {
-    "mlp": [(784,), ("Linear", 256), ("LeakyReLU", 0.1), ("Linear", 256), ("LeakyReLU", 0.1), ("Linear", 10)],
-    "lenet": [(28, 28, 1), ("Conv", 6, 5, {"padding": 2}), ("LeakyReLU", 0.1), ("MaxPool", 2), ("Conv", 16, 5),
-              ("LeakyReLU", 0.1), ("MaxPool", 2), ("Flatten",), ("Linear", 120), ("LeakyReLU", 0.1),
-              ("Linear", 84), ("LeakyReLU", 0.1), ("Linear", 10)],
-}
+
+def _order(spec):
+    """An order from its expression, e.g. ``"Parallel(32, 0.5)"`` (names from :mod:`schedules`)."""
+    return eval(spec, vars(schedules))
 
 
 def load(n, arch, seed):
@@ -44,18 +44,21 @@ def load(n, arch, seed):
     mean, std = float(Xtr.mean()), float(Xtr.std(ddof=1))
     Xd, _ = datasets.load_digits(upsample_to=28)
     Xood = (Xd - Xd.mean()) / Xd.std(ddof=1)
-    shape = (-1, 784) if arch == "mlp" else (-1, 28, 28, 1)
-    prep = lambda x: ((x - mean) / std).reshape(shape)  # noqa: E731
-    return prep(Xtr), ytr, prep(d.X_test[:5000]), d.y_test[:5000], Xood.reshape(shape)
+    prep = lambda x: ((x - mean) / std).reshape(-1, 28, 28, 1)  # noqa: E731
+    return prep(Xtr), ytr, prep(d.X_test[:5000]), d.y_test[:5000], Xood.reshape(-1, 28, 28, 1)
+
+
+def _graph(arch, batch, seed):
+    return create_factor_graph([(28, 28, 1)] + ARCH[arch] + [("Regression", 0.01)], batch_size=batch, seed=seed)
 
 
 def run_order(spec, arch, data, args):
     Xtr, ytr, Xte, yte, Xood = data
-    fg = create_factor_graph(ARCH[arch] + [("Regression", 0.01)], batch_size=args.batch, seed=args.seed)
+    fg = _graph(arch, args.batch, args.seed)
     extra = {k: True for k, on in (("warm_start", args.warm), ("mixing", args.mix)) if on}
     t0 = time.perf_counter()
     try:
-        tr = Trainer(fg, Xtr, np.eye(10)[ytr], order=eval(spec), progress=False, **extra)
+        tr = Trainer(fg, Xtr, np.eye(10)[ytr], order=_order(spec), progress=False, **extra)
         tr.train(schedule=Staircase(args.staircase))
     except (ArithmeticError, ValueError) as e:  # a diverging schedule
         return {"order": spec, "failed": f"{type(e).__name__}: {e}"[:120], "time_s": time.perf_counter() - t0}
@@ -71,12 +74,12 @@ def throughput(arch, data, orders, batch, reps=5):
     Xtr, ytr = data[0][:batch], data[1][:batch]
     out = {}
     for spec in orders:
-        fg = create_factor_graph(ARCH[arch] + [("Regression", 0.01)], batch_size=batch, seed=0)
-        fg.train_batch(Xtr, np.eye(10)[ytr], 1, order=eval(spec))
+        fg = _graph(arch, batch, 0)
+        fg.train_batch(Xtr, np.eye(10)[ytr], 1, order=_order(spec))
         times = []
         for _ in range(reps):
             t0 = time.perf_counter()
-            fg.train_batch(Xtr, np.eye(10)[ytr], 1, order=eval(spec))
+            fg.train_batch(Xtr, np.eye(10)[ytr], 1, order=_order(spec))
             times.append(time.perf_counter() - t0)
         out[spec] = float(np.median(times)) / batch
     return out
@@ -90,14 +93,8 @@ def torch_epochs(arch, data, batch, epochs, seed):
     torch.manual_seed(seed)
     torch.set_num_threads(os.cpu_count() or 1)
     Xtr, ytr, Xte, yte, _ = data
-    tt = lambda x: torch.tensor(x.reshape(len(x), 1, 28, 28) if arch == "lenet" else x, dtype=torch.float32)  # noqa
-    if arch == "mlp":
-        model = nn.Sequential(nn.Linear(784, 256), nn.LeakyReLU(0.1), nn.Linear(256, 256), nn.LeakyReLU(0.1),
-                              nn.Linear(256, 10))
-    else:
-        model = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.LeakyReLU(0.1), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5),
-                              nn.LeakyReLU(0.1), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(400, 120),
-                              nn.LeakyReLU(0.1), nn.Linear(120, 84), nn.LeakyReLU(0.1), nn.Linear(84, 10))
+    tt = lambda x: torch.tensor(np.transpose(x, (0, 3, 1, 2)), dtype=torch.float32)  # noqa: E731
+    model = torch_model(arch)
     X, y = tt(Xtr), torch.tensor(ytr)
     opt = torch.optim.SGD(model.parameters(), lr=1e-2)
     loss_fn = nn.CrossEntropyLoss()

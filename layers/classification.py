@@ -68,8 +68,7 @@ class ClassificationHead(Factor):
         return self._backward_kernel(mod, self._m.reshape(1, C), self._m.xp.asarray(y).reshape(1)).reshape(C)
 
     def forward_chunk(self, m_in, idx, site):
-        self._m = m_in
-        return m_in
+        return self.forward(m_in, idx)
 
     def backward_signal_chunk(self, Y, idx):
         """The first backward messages of a chunk: ``Y`` (c,) labels, forward messages (c, C)."""

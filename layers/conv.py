@@ -113,8 +113,12 @@ class Conv(Factor):
         self._guards.flush()
 
     def _fold(self, to_a):
+        """Patch messages (..., P, D) -> input messages (..., H, W, C); the GPU fold runs per example."""
         if type(to_a.tau) is np.ndarray:
             return fold_messages(to_a, self.src, self.input_shape)
+        if to_a.tau.ndim == 3:
+            parts = [self._fold(to_a[j]) for j in range(to_a.shape[0])]
+            return Gaussian(to_a.xp.stack([g.tau for g in parts]), to_a.xp.stack([g.rho for g in parts]))
         from factorgraph.kernels import patches_cuda
 
         xp = to_a.xp
@@ -129,20 +133,10 @@ class Conv(Factor):
 
     # --- training -------------------------------------------------------------------------------
     def forward(self, m_in, i):
-        W, c = self.params["W"], self.params["c"]
-        self._cav_c = c.cavity(i)
-        if self.constant_input:
-            self._a = gather_constants(m_in, self._src(m_in))
-            self._cav_w = W.cavity(i)
-            self._f = s1_forward(self._a, self._cav_w, self._cav_c)
-        else:
-            x_hat = clamp_min_rho(m_in * self.m_to_x[i], config.MIN_PRECISION)
-            self._a = gather_messages(x_hat, self._src(x_hat.tau))
-            self._f = s2_forward(self._a, W.q, self._cav_c)
-        return self._out(self._f)
+        return self.forward_chunk(m_in, i, i)  # a chunk of one example, site = slot
 
     def backward(self, m_out, i):
-        W, c = self.params["W"], self.params["c"]
+        W = self.params["W"]
         r = m_out.reshape(-1, self.filters)
         to_c = s1_backward_to_bias(self._cav_c, self._f, r)
         mod = kernels.module(r.tau, "patches")
@@ -152,13 +146,17 @@ class Conv(Factor):
             to_w = s1_backward_to_b(self._a, self._cav_w, self._f, r)
         else:
             to_a, to_w = s2_backward(self._a, W.q, self._f, r)
-        if self.constant_input:
-            to_x = None
-        else:
+        return self._store(to_w, to_c, None if self.constant_input else to_a, i, i, None)
+
+    def _store(self, to_w, to_c, to_a, idx, site, damping):
+        """Fold the patch messages ``to_a`` into the input messages of slot(s) ``idx`` (min_rho) and put
+        the kernel and bias messages into weight slot ``site``; returns the input message."""
+        to_x = None
+        if to_a is not None:
             to_x = clamp_min_rho(self._fold(to_a), config.MIN_PRECISION)
-            self.m_to_x[i] = to_x
-        W.replace(i, to_w)
-        c.replace(i, to_c)
+            self.m_to_x[idx] = to_x
+        self.params["W"].replace(site, to_w, damping)
+        self.params["c"].replace(site, to_c, damping)
         return to_x
 
     def _backward_kernel(self, mod, r):
@@ -180,7 +178,7 @@ class Conv(Factor):
         self._guards.after_call(r.tau)
         return to_w, to_a
 
-    # --- batched (chunk) training ---------------------------------------------------------------
+    # --- batched (chunk) training; with idx = site = i also the per-example forward ---------------
     def forward_chunk(self, m_in, idx, site):
         W, c = self.params["W"], self.params["c"]
         self._cav_c = c.cavity(site)
@@ -192,34 +190,22 @@ class Conv(Factor):
             x_hat = clamp_min_rho(m_in * self.m_to_x[idx], config.MIN_PRECISION)
             self._a = gather_messages(x_hat, self._src(x_hat.tau))
             self._f = s2_forward(self._a, W.q, self._cav_c)
-        return self._out(self._f, m_in.shape[:1])
+        return self._out(self._f, m_in.shape[:-3])
 
     def backward_chunk(self, m_out, idx, site, damping, exact):
         """Chunk backward: all positions of all examples are uses of the kernel (rows c * P)."""
-        W, c = self.params["W"], self.params["c"]
+        W = self.params["W"]
         n = m_out.shape[0]
         P, D = self.src.shape
         r = m_out.reshape(n * P, self.filters)
         f = self._f.reshape(n * P, self.filters)
         to_c = s1_backward_to_bias(self._cav_c, f, r)
-        to_x = None
+        a = self._a.reshape(n * P, D)
         if self.constant_input:
-            a = self._a.reshape(n * P, D)
             to_w = (s1_backward_to_b if exact else s1_backward_to_b_gemm)(a, self._cav_w, f, r)
-        else:
-            a = self._a.reshape(n * P, D)
-            to_a, to_w = (s2_backward if exact else s2_backward_gemm)(a, W.q, f, r)
-            to_a = to_a.reshape(n, P, D)
-            if type(to_a.tau) is np.ndarray:
-                folded = fold_messages(to_a, self.src, self.input_shape)
-            else:
-                parts = [self._fold(to_a[j]) for j in range(n)]
-                folded = Gaussian(to_a.xp.stack([g.tau for g in parts]), to_a.xp.stack([g.rho for g in parts]))
-            to_x = clamp_min_rho(folded, config.MIN_PRECISION)
-            self.m_to_x[idx] = to_x
-        W.replace(site, to_w, damping)
-        c.replace(site, to_c, damping)
-        return to_x
+            return self._store(to_w, to_c, None, idx, site, damping)
+        to_a, to_w = (s2_backward if exact else s2_backward_gemm)(a, W.q, f, r)
+        return self._store(to_w, to_c, to_a.reshape(n, P, D), idx, site, damping)
 
     def reset_batch_caches(self):
         if not self.constant_input:

@@ -7,6 +7,7 @@ yet (the first iteration after a batch reset).  Training backward: marginal appr
 """
 
 from factorgraph import config, kernels
+from factorgraph.backend import get_array_module
 from factorgraph.equations import leaky_backward_marginal, leaky_forward_marginal, leaky_forward_moment_match
 from factorgraph.factor import Factor
 from factorgraph.gaussian import Gaussian, clamp_min_rho
@@ -55,21 +56,9 @@ class LeakyReLU(Factor):
         self.m_in[i] = m_in
         mod = kernels.module(m_in.tau, "leaky")
         if mod is not None:
-            xp = m_in.xp
-            # C-contiguous outputs, so the flat views below alias them (empty_like could keep a transposed
-            # layout, and reshape would then copy)
-            out = Gaussian(xp.empty(m_in.shape, m_in.dtype), xp.empty(m_in.shape, m_in.dtype))
-            counts = self._guards.array(out.tau)
-            a_t, a_r = (xp.ascontiguousarray(v).reshape(-1) for v in (m_in.tau, m_in.rho))
-            o_t, o_r = out.tau.reshape(-1), out.rho.reshape(-1)
             if not seen:
-                mod.leaky_fwd_moment_match(a_t, a_r, self.slope, o_t, o_r, counts)
-            else:
-                mod.leaky_fwd_marginal(a_t, a_r, xp.ascontiguousarray(self.m_back.tau[i]).reshape(-1),
-                                       xp.ascontiguousarray(self.m_back.rho[i]).reshape(-1), self.slope, o_t, o_r,
-                                       counts)
-            self._guards.after_call(out.tau)
-            return out
+                return self._launch(mod.leaky_fwd_moment_match, m_in.tau, m_in.rho)
+            return self._launch(mod.leaky_fwd_marginal, m_in.tau, m_in.rho, self.m_back.tau[i], self.m_back.rho[i])
         if not seen:
             return leaky_forward_moment_match(m_in, self.slope)
         return leaky_forward_marginal(m_in, self.m_back[i], self.slope)
@@ -87,16 +76,23 @@ class LeakyReLU(Factor):
         self.m_back[i] = m_out
         mod = kernels.module(m_out.tau, "leaky")
         if mod is not None:
-            xp = m_out.xp
-            out = Gaussian(xp.empty(m_out.shape, m_out.dtype), xp.empty(m_out.shape, m_out.dtype))
-            counts = self._guards.array(out.tau)
-            flat = (xp.ascontiguousarray(v).reshape(-1) for v in (self.m_in.tau[i], self.m_in.rho[i], m_out.tau,
-                                                                   m_out.rho))
-            mod.leaky_bwd_marginal(*flat, self.slope, out.tau.reshape(-1), out.rho.reshape(-1), counts)
-            self._guards.after_call(out.tau)
-            return out
+            return self._launch(mod.leaky_bwd_marginal, self.m_in.tau[i], self.m_in.rho[i], m_out.tau, m_out.rho)
         msg = leaky_backward_marginal(self.m_in[i], m_out, self.slope)
         return clamp_min_rho(msg, config.MIN_PRECISION)
+
+    def _launch(self, fn, *arrays):
+        """Run elementwise kernel ``fn(*flat inputs, slope, out_tau, out_rho, counts)`` over arrays of one
+        shape; returns the output message in that shape."""
+        xp = get_array_module(arrays[0])
+        shape, dtype = arrays[0].shape, arrays[0].dtype
+        # C-contiguous outputs, so the flat views below alias them (empty_like could keep a transposed
+        # layout, and reshape would then copy)
+        out = Gaussian(xp.empty(shape, dtype), xp.empty(shape, dtype))
+        counts = self._guards.array(out.tau)
+        flat = [xp.ascontiguousarray(v).reshape(-1) for v in arrays]
+        fn(*flat, self.slope, out.tau.reshape(-1), out.rho.reshape(-1), counts)
+        self._guards.after_call(out.tau)
+        return out
 
     def predict(self, m_in):
         return kernels.leaky_moment_match(m_in, self.slope)

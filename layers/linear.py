@@ -99,37 +99,13 @@ class Linear(Factor):
         mod = self._kernels()
         if mod is not None:
             return self._forward_kernel(mod, m_in, i)
-        W, c = self.params["W"], self.params["c"]
-        self._cav_c = c.cavity(i)
-        if self.constant_input:
-            self._x = m_in
-            self._cav_w = W.cavity(i)
-            self._out = s1_forward(m_in, self._cav_w, self._cav_c)
-        else:
-            self._x = clamp_min_rho(m_in * self.m_to_x[i], config.MIN_PRECISION)
-            self._out = s2_forward(self._x, W.q, self._cav_c)
-        return self._out
+        return self.forward_chunk(m_in, i, i)  # the NumPy reference: a chunk of one, site = slot
 
     def backward(self, m_out, i):
         mod = self._kernels()
         if mod is not None:
             return self._backward_kernel(mod, m_out, i)
-        W, c = self.params["W"], self.params["c"]
-        to_c = s1_backward_to_bias(self._cav_c, self._out, m_out)
-        if self.constant_input:
-            to_w = s1_backward_to_b(self._x, self._cav_w, self._out, m_out)
-            to_x = None
-        else:
-            to_x, to_w = s2_backward(self._x, W.q, self._out, m_out)
-            if bool((self._out.rho <= config.TINY_PRECISION).all() & (m_out.rho <= config.TINY_PRECISION).all()):
-                # SPEC 4.3 edge rule: nothing is known downstream, send an almost flat message
-                guards.record("linear_all_tiny_precision", 1)
-                to_x = Gaussian(np.zeros_like(to_x.tau), np.full_like(to_x.rho, config.MIN_PRECISION))
-            to_x = clamp_min_rho(to_x, config.MIN_PRECISION)
-            self.m_to_x[i] = to_x
-        W.replace(i, to_w)
-        c.replace(i, to_c)
-        return to_x
+        return self.backward_chunk(m_out, i, i, None, True)
 
     def _forward_kernel(self, mod, m_in, i):
         W, c = self.params["W"], self.params["c"]
@@ -163,7 +139,7 @@ class Linear(Factor):
         self._guards.after_call(f_mu)
         return to_x
 
-    # --- batched (chunk) training ---------------------------------------------------------------
+    # --- batched (chunk) training; with idx = site = i also the per-example reference -------------
     def forward_chunk(self, m_in, idx, site):
         W, c = self.params["W"], self.params["c"]
         self._cav_c = c.cavity(site)
@@ -173,29 +149,25 @@ class Linear(Factor):
             self._out = s1_forward(m_in, self._cav_w, self._cav_c)
         else:
             self._x = clamp_min_rho(m_in * self.m_to_x[idx], config.MIN_PRECISION)
-            self._qw = W.q
-            self._out = s2_forward(self._x, self._qw, self._cav_c)
+            self._out = s2_forward(self._x, W.q, self._cav_c)
         return self._out
 
     def backward_chunk(self, m_out, idx, site, damping, exact):
+        """``damping=None``: the weight slots' own (deferred) damping; ``exact``: per-use messages."""
         W, c = self.params["W"], self.params["c"]
         to_c = s1_backward_to_bias(self._cav_c, self._out, m_out)
         to_x = None
         if self.constant_input:
-            gemm = s1_backward_to_b_gemm if not exact else s1_backward_to_b
-            to_w = gemm(self._x, self._cav_w, self._out, m_out)
+            to_w = (s1_backward_to_b if exact else s1_backward_to_b_gemm)(self._x, self._cav_w, self._out, m_out)
         else:
-            if exact:
-                to_x, to_w = s2_backward(self._x, self._qw, self._out, m_out)
-            else:
-                to_x, to_w = s2_backward_gemm(self._x, self._qw, self._out, m_out)
+            to_x, to_w = (s2_backward if exact else s2_backward_gemm)(self._x, W.q, self._out, m_out)
             xp = to_x.xp
-            flat = xp.all(self._out.rho <= config.TINY_PRECISION, axis=1) & \
-                xp.all(m_out.rho <= config.TINY_PRECISION, axis=1)
-            if bool(flat.any()):  # SPEC 4.3 edge rule, per example
+            flat = xp.all(self._out.rho <= config.TINY_PRECISION, axis=-1) & \
+                xp.all(m_out.rho <= config.TINY_PRECISION, axis=-1)
+            if bool(flat.any()):  # SPEC 4.3 edge rule, per example: nothing known downstream, send ~flat
                 guards.record("linear_all_tiny_precision", int(flat.sum()))
-                to_x = Gaussian(xp.where(flat[:, None], 0, to_x.tau),
-                                xp.where(flat[:, None], config.MIN_PRECISION, to_x.rho))
+                to_x = Gaussian(xp.where(flat[..., None], 0, to_x.tau),
+                                xp.where(flat[..., None], config.MIN_PRECISION, to_x.rho))
             to_x = clamp_min_rho(to_x, config.MIN_PRECISION)
             self.m_to_x[idx] = to_x
         W.replace(site, to_w, damping)
