@@ -284,3 +284,32 @@ def test_a_diverging_schedule_raises_instead_of_leaving_nan_marginals():
     with np.errstate(all="ignore"), pytest.raises(ImproperMessageError, match="diverged under Chains"):
         fg.train_batch(X, y[:, None], 1, order=Chains(4))
     assert guards.get("diverged_sweep") == before + 1
+
+
+@pytest.mark.parametrize("bad", [dict(chains=0), dict(chains=1.5), dict(chains=True), dict(chains=2, damping=0),
+                                 dict(chains=2, damping=2.0)])
+def test_chains_reject_bad_arguments(bad):
+    with pytest.raises(ValueError):
+        Chains(**bad)
+
+
+@pytest.mark.parametrize("key", ["mixing", "warm_start"])
+def test_trainer_options_must_be_booleans(key):
+    X, Y = _reg_data()
+    with pytest.raises(TypeError, match=key):
+        Trainer(create_factor_graph(REG, 8, seed=1), X, Y, **{key: "yes"})
+
+
+def test_fold_of_a_stack_is_the_stack_of_folds():
+    from factorgraph.equations import fold_messages, patch_index
+
+    rng = np.random.default_rng(9)
+    shape = (5, 6, 2)
+    src, _ = patch_index(shape, 3, 1, 1, "zeros")
+    msg = Gaussian(rng.normal(size=(4,) + src.shape), rng.uniform(0.1, 1, size=(4,) + src.shape))
+    stacked = fold_messages(msg, src, shape)
+    assert stacked.shape == (4,) + shape
+    for j in range(4):
+        one = fold_messages(msg[j], src, shape)
+        np.testing.assert_array_equal(stacked.tau[j], one.tau)
+        np.testing.assert_array_equal(stacked.rho[j], one.rho)
