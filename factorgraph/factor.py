@@ -17,7 +17,8 @@ backward messages to its input), and exposes three operations:
 For the batched schedule (:class:`schedules.Parallel`) a factor also implements
 ``forward_chunk(m_in, idx, site)`` / ``backward_chunk(m_out, idx, site, damping, exact)``: the same
 messages for the examples in slots ``idx`` at once (leading axis ``len(idx)``); a weighted factor stores
-the chunk's joint weight message in slot ``site`` (and sets ``supports_chunks = True``).
+the chunk's joint weight message in slot ``site``; a signal implements ``backward_signal_chunk(Y, idx)``.
+Such a factor sets ``supports_chunks = True``.
 
 A training signal (likelihood) is the last factor: it sets ``is_signal = True`` and implements
 ``backward_signal(y, i)`` (the first backward message), ``predict`` (the predictive of the head) and
@@ -86,6 +87,11 @@ class Factor:
 
     def backward_chunk(self, m_out, idx, site, damping, exact):
         raise NotImplementedError(f"{type(self).__name__} does not support batched schedules (backward_chunk)")
+
+    def backward_signal_chunk(self, Y, idx):
+        """A training signal's first backward messages for the stacked targets ``Y`` of slots ``idx``."""
+        raise NotImplementedError(f"{type(self).__name__} does not support batched schedules "
+                                  "(backward_signal_chunk)")
 
     def reset_batch_caches(self):
         """Forget the per-example caches kept across iterations (backward messages to inputs, ...)."""
