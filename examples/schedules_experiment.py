@@ -48,13 +48,14 @@ def load(n, arch, seed):
     return prep(Xtr), ytr, prep(d.X_test[:5000]), d.y_test[:5000], Xood.reshape(-1, 28, 28, 1)
 
 
-def _graph(arch, batch, seed):
-    return create_factor_graph([(28, 28, 1)] + ARCH[arch] + [("Regression", 0.01)], batch_size=batch, seed=seed)
+def _graph(arch, batch, seed, dtype="float64"):
+    return create_factor_graph([(28, 28, 1)] + ARCH[arch] + [("Regression", 0.01)], batch_size=batch, seed=seed,
+                               dtype=dtype)
 
 
 def run_order(spec, arch, data, args):
     Xtr, ytr, Xte, yte, Xood = data
-    fg = _graph(arch, args.batch, args.seed)
+    fg = _graph(arch, args.batch, args.seed, args.dtype)
     extra = {k: True for k, on in (("warm_start", args.warm), ("mixing", args.mix)) if on}
     t0 = time.perf_counter()
     try:
@@ -69,12 +70,12 @@ def run_order(spec, arch, data, args):
             "time_s": t, "us_per_example_pass": 1e6 * t / (sweeps * len(Xtr))}
 
 
-def throughput(arch, data, orders, batch, reps=5):
+def throughput(arch, data, orders, batch, dtype="float64", reps=5):
     """Median time of one sweep of ``train_batch`` over one batch, per order (after a warm-up sweep)."""
     Xtr, ytr = data[0][:batch], data[1][:batch]
     out = {}
     for spec in orders:
-        fg = _graph(arch, batch, 0)
+        fg = _graph(arch, batch, 0, dtype)
         fg.train_batch(Xtr, np.eye(10)[ytr], 1, order=_order(spec))
         times = []
         for _ in range(reps):
@@ -148,14 +149,16 @@ def main(argv=None):
     p.add_argument("--torch", action="store_true", help="time PyTorch SGD epochs in the same run")
     p.add_argument("--throughput", action="store_true",
                    help="only time one sweep over one batch per order (median of 5) and exit")
+    p.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     p.add_argument("--seed", type=int, default=98)
     p.add_argument("--out", default="examples/out")
     args = p.parse_args(argv)
     data = load(args.n, args.arch, args.seed)
     if args.throughput:
-        res = throughput(args.arch, data, args.orders, args.batch)
+        res = throughput(args.arch, data, args.orders, args.batch, args.dtype)
         base = res.get("Shuffled()")
-        print(f"| order ({args.arch}, one sweep over {args.batch} examples, median of 5) | us / example-pass | "
+        print(f"| order ({args.arch}, {args.dtype}, one sweep over {args.batch} examples, median of 5) | "
+              f"us / example-pass | "
               f"speed-up vs Shuffled() |\n|---|---|---|")
         for spec, t in res.items():
             print(f"| {spec} | {1e6 * t:.0f} | {base / t if base else float('nan'):.1f}x |")

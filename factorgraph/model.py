@@ -200,12 +200,15 @@ class FactorGraph:
         X, Y = xp.asarray(X), xp.asarray(Y)
         bar = tqdm(total=num_training_its * n, disable=not progress, desc="train_batch", leave=False)
         for _ in range(num_training_its):
-            if isinstance(order, Parallel):
-                self._sweep_parallel(X, Y, perm, order)
-            elif isinstance(order, Chains):
-                self._sweep_chains(X, Y, perm, order.chains, order.damping)
-            else:
-                self._sweep(X, Y, perm, getattr(order, "chunk_size", 1), getattr(order, "damping", 1.0))
+            try:
+                if isinstance(order, Parallel):
+                    self._sweep_parallel(X, Y, perm, order)
+                elif isinstance(order, Chains):
+                    self._sweep_chains(X, Y, perm, order.chains, order.damping)
+                else:
+                    self._sweep(X, Y, perm, getattr(order, "chunk_size", 1), getattr(order, "damping", 1.0))
+            except (ZeroDivisionError, FloatingPointError) as e:  # compiled kernels raise these on inf/NaN
+                self._diverged(order, f"{type(e).__name__} ({e}) inside a sweep", e)
             bar.update(n)
             self.recompute_marginals()
             self._check_marginals(order)
@@ -219,10 +222,14 @@ class FactorGraph:
                 xp = s.q.xp
                 if not (bool(xp.isfinite(s.q.tau).all()) and bool((s.q.rho > 0).all())
                         and bool(xp.isfinite(s.q.rho).all())):
-                    guards.record("diverged_sweep", 1)
-                    raise ImproperMessageError(
-                        f"training diverged under {order}: the marginal of layer {l} ({layer.kind}) {name} is "
-                        "non-finite or improper after a sweep; use smaller chunks or stronger damping")
+                    self._diverged(order, f"the marginal of layer {l} ({layer.kind}) {name} is non-finite or "
+                                          "improper after a sweep")
+
+    @staticmethod
+    def _diverged(order, what, cause=None):
+        guards.record("diverged_sweep", 1)
+        raise ImproperMessageError(f"training diverged under {order}: {what}; use smaller chunks or stronger "
+                                   "damping") from cause
 
     def _slots(self):
         return [s for _, layer in self.weighted_layers() for s in layer.params.values()]

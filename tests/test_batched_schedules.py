@@ -313,3 +313,20 @@ def test_fold_of_a_stack_is_the_stack_of_folds():
         one = fold_messages(msg[j], src, shape)
         np.testing.assert_array_equal(stacked.tau[j], one.tau)
         np.testing.assert_array_equal(stacked.rho[j], one.rho)
+
+
+def test_an_arithmetic_error_inside_a_sweep_is_reported_as_divergence(monkeypatch):
+    """Compiled kernels raise ZeroDivisionError on non-finite inputs (a blown-up chunk): train_batch
+    turns that into the same ImproperMessageError as a non-finite marginal, with the cause chained."""
+    from factorgraph.guards import ImproperMessageError
+
+    X, Y = _reg_data()
+    fg = create_factor_graph(REG, 40, seed=1)
+
+    def boom(*args):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(fg.layers[1], "forward_chunk", boom)
+    with pytest.raises(ImproperMessageError, match="diverged under Parallel.*ZeroDivisionError") as info:
+        fg.train_batch(X, Y, 1, order=Parallel(8, 0.5))
+    assert isinstance(info.value.__cause__, ZeroDivisionError)
