@@ -177,8 +177,7 @@ class Trainer:
         for key, g in self.fg.activation_caches(n).items():
             mean = Gaussian(g.tau.mean(axis=0), g.rho.mean(axis=0))
             old = self.warm.get(key)
-            self.warm[key] = mean if old is None else Gaussian(WARM_RATE * old.tau + (1 - WARM_RATE) * mean.tau,
-                                                               WARM_RATE * old.rho + (1 - WARM_RATE) * mean.rho)
+            self.warm[key] = mean if old is None else old.damp(mean, 1 - WARM_RATE)
 
     def recompute_total(self):
         """``Q := prior * prod_b W_msg[b]`` exactly."""
