@@ -218,3 +218,48 @@ def test_leaky_prediction_kernel_equals_reference():
     got = kernels.leaky_moment_match(m, 0.1)
     np.testing.assert_allclose(got.tau, ref.tau, rtol=1e-10, atol=1e-14)
     np.testing.assert_allclose(got.rho, ref.rho, rtol=1e-10)
+
+
+@pytest.mark.parametrize("damp", [1.0, 0.6])
+def test_inplace_s1_rows_equal_the_general_loop_on_edge_lanes(damp, dtype, record_cases):
+    """The sequential schedule's one-division, vectorised S1 rows (``a is q``) send the same messages and
+    count the same guards as the general loop (``a`` a separate pending change) and the reference
+    ``s1_backward_to_b``, including zero inputs, cavities with rho = 0, round-off and improper cavities,
+    clamped rests, an infinite forward variance and a uniform backward message."""
+    rng = np.random.default_rng(11)
+    K, J = 40, 24
+    x = rng.normal(0, 2, K).astype(dtype)
+    x[::9] = 0
+    m = _rand_gauss(rng, (K, J), dtype, 0.05, 2)
+    q = Gaussian(m.tau + rng.normal(size=(K, J)).astype(dtype), m.rho + 10 ** rng.uniform(-4, 1, (K, J)).astype(dtype))
+    q.rho[::5, ::3] = m.rho[::5, ::3]                       # uniform cavity (rho exactly 0)
+    q.rho[1::7, ::4] = m.rho[1::7, ::4] * (1 - 1e-14)       # round-off below zero
+    q.rho[3, 5] = m.rho[3, 5] - 1.0                         # improper: counted, not raised here
+    f_mu = rng.normal(size=J).astype(dtype)
+    f_var = (10 ** rng.uniform(-3, 1, J)).astype(dtype)     # small variances: many clamped rests
+    f_var[2] = np.inf
+    r = _rand_gauss(rng, J, dtype, 0.1, 3)
+    r.rho[4], r.tau[4] = 0, 0                               # a uniform backward message
+    fast, slow = (q.copy(), m.copy(), np.zeros(7, np.int64)), (q.copy(), m.copy(), np.zeros(7, np.int64))
+    linear_cpu._s1_rows(x, fast[0].tau, fast[0].rho, fast[1].tau, fast[1].rho, fast[0].tau, fast[0].rho, damp,
+                        f_mu, f_var, r.tau, r.rho, fast[2])
+    pend = q.copy()
+    linear_cpu._s1_rows(x, slow[0].tau, slow[0].rho, slow[1].tau, slow[1].rho, pend.tau, pend.rho, damp,
+                        f_mu, f_var, r.tau, r.rho, slow[2])
+    tol = dict(rtol=1e-9, atol=1e-12) if dtype == np.float64 else dict(rtol=1e-4, atol=1e-6)
+    for got, want in [(fast[1].tau, slow[1].tau), (fast[1].rho, slow[1].rho), (fast[0].tau, pend.tau),
+                      (fast[0].rho, pend.rho)]:
+        np.testing.assert_allclose(got, want, **tol)
+    np.testing.assert_array_equal(slow[0].tau, q.tau)          # the general loop leaves q alone
+    np.testing.assert_array_equal(fast[2], slow[2])
+    assert fast[2][linear_cpu.G_IMPROPER] == 1
+    assert fast[2][linear_cpu.G_ROUNDOFF] > 0 or dtype == np.float32  # 1 - 1e-14 is 1 in float32
+    assert fast[2][linear_cpu.G_S1_REST] > 0
+    # and the reference equation on the lanes with a proper cavity
+    ok = (q.rho - m.rho) > 0
+    cav = Gaussian(np.where(ok, q.tau - m.tau, 0), np.where(ok, q.rho - m.rho, 1))
+    ref = eq.s1_backward_to_b(x, cav, Gaussian.from_mean_var(f_mu, f_var), r)
+    want_t = m.tau + damp * (ref.tau - m.tau)
+    sel = ok & np.isfinite(want_t)
+    np.testing.assert_allclose(fast[1].tau[sel], want_t[sel], **tol)
+    record_cases("kernel linear_const inplace rows", K * J)

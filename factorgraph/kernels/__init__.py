@@ -28,14 +28,22 @@ def set_enabled(flag):
     return prev
 
 
+_MODULES = {}
+
+
 def module(array, name):
     """The kernel module ``<name>_cpu`` for a NumPy array (when :func:`enabled`), ``<name>_cuda`` for a
-    device array, or ``None`` (use the NumPy reference)."""
-    import importlib
+    device array, or ``None`` (use the NumPy reference).  Imported once (CUDA modules lazily)."""
+    cpu = type(array) is np.ndarray
+    if cpu and not _ENABLED:
+        return None
+    key = f"factorgraph.kernels.{name}_{'cpu' if cpu else 'cuda'}"
+    mod = _MODULES.get(key)
+    if mod is None:
+        import importlib
 
-    if type(array) is np.ndarray:
-        return importlib.import_module(f"factorgraph.kernels.{name}_cpu") if _ENABLED else None
-    return importlib.import_module(f"factorgraph.kernels.{name}_cuda")
+        mod = _MODULES[key] = importlib.import_module(key)
+    return mod
 
 
 class GuardCounts:
@@ -63,8 +71,8 @@ class GuardCounts:
 
     def flush(self):
         for arr in self._arrays.values():
-            host = to_device(arr, "cpu")
-            if host.any():
+            host = arr if type(arr) is np.ndarray else to_device(arr, "cpu")
+            if np.count_nonzero(host):
                 arr[...] = 0
                 record_counts(host, self.names)
 

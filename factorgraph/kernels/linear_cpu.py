@@ -86,10 +86,73 @@ def linear_const_bwd(x, wq_t, wq_r, wm_t, wm_r, wa_t, wa_r, cq_t, cq_r, cm_t, cm
     _s1_rows(x, wq_t, wq_r, wm_t, wm_r, wa_t, wa_r, damp, f_mu, f_var, r_t, r_r, counts)
 
 
+@njit(cache=True, inline="always", error_model="numpy")
+def _s1_update(a, a2, q_t, q_r, old_t, old_r, r_t, r_r, f_mu, f_var, damp):
+    """One weight's damped S1 message from its cavity ``q / old``, with a single division:
+    with ``c = rho_cav``, ``s = c f_var - a^2`` (``= c * rest``) and ``d = c + r_rho s`` (``d = c`` when
+    ``rest`` is clamped to 0), ``tau = a (c (r_tau - r_rho f_mu) + r_rho a tau_cav) / d`` and
+    ``rho = a^2 r_rho c / d`` -- :func:`~factorgraph.kernels.scalar.s1_term` with ``1 / c`` folded in.
+    A cavity with ``c <= 0`` has mean 0 and infinite variance (clamped rest, ``d = 1``).  Branch-free
+    (selects), so the row loop vectorises.  Returns (tau, rho, small cavity?, improper?, round-off?,
+    clamped?)."""
+    ct = q_t - old_t
+    cr = q_r - old_r
+    small = cr < MIN_CAV
+    bad = cr < -RTOL * abs(q_r)
+    rnd = cr < 0.0 and not bad
+    pos = cr > 0.0
+    c = cr if pos else 1.0
+    ct = ct if pos else 0.0
+    s = c * f_var - a2
+    clamp = (not pos) or s < 0.0
+    d = c if clamp else c + r_r * s
+    inv = 1.0 / d
+    nt = a * (c * (r_t - r_r * f_mu) + r_r * a * ct) * inv
+    nr = a2 * r_r * c * inv
+    return old_t + damp * (nt - old_t), old_r + damp * (nr - old_r), small, bad, rnd, clamp
+
+
+@njit(cache=True, error_model="numpy")
+def _s1_rows_inplace(x, q_t, q_r, m_t, m_r, damp, f_mu, f_var, r_t, r_r, counts):
+    """:func:`_s1_rows` when the marginal itself is updated (``a is q``; the sequential schedule):
+    one division per weight and a vectorisable row loop."""
+    K, J = q_t.shape
+    n_round = 0
+    n_bad = 0
+    n_rest = 0
+    n_small = 0
+    for k in range(K):
+        a = x[k]
+        a2 = a * a
+        row_rest = 0
+        for j in range(J):
+            old_t = m_t[k, j]
+            old_r = m_r[k, j]
+            nt, nr, small, bad, rnd, clamp = _s1_update(a, a2, q_t[k, j], q_r[k, j], old_t, old_r, r_t[j], r_r[j],
+                                                        f_mu[j], f_var[j], damp)
+            n_small += small
+            n_bad += bad
+            n_round += rnd
+            row_rest += clamp
+            q_t[k, j] += nt - old_t
+            q_r[k, j] += nr - old_r
+            m_t[k, j] = nt
+            m_r[k, j] = nr
+        if a != 0.0:  # s1_term sends G(0, 0) to the terms of a zero input and clamps nothing
+            n_rest += row_rest
+    counts[G_ROUNDOFF] += n_round
+    counts[G_IMPROPER] += n_bad
+    counts[G_S1_REST] += n_rest
+    counts[G_SMALL_CAV] += n_small
+
+
 @njit(cache=True)
 def _s1_rows(x, q_t, q_r, m_t, m_r, a_t, a_r, damp, f_mu, f_var, r_t, r_r, counts):
     """S1 messages to every b[k, j] of s_j = sum_k x_k b_kj from its cavity; in-place slot and marginal
     (or pending) change."""
+    if a_t.ctypes.data == q_t.ctypes.data and a_r.ctypes.data == q_r.ctypes.data:
+        _s1_rows_inplace(x, q_t, q_r, m_t, m_r, damp, f_mu, f_var, r_t, r_r, counts)
+        return
     K, J = q_t.shape
     n_round = 0
     n_bad = 0
