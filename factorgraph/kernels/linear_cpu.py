@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit
 
 from factorgraph import config
-from factorgraph.kernels.scalar import damp_toward, s1_term, s2_terms
+from factorgraph.kernels.scalar import damp_toward, s2_terms
 
 G_ROUNDOFF, G_S1_REST, G_SMALL_CAV, G_S2_REST, G_MIN_RHO, G_ALL_TINY, G_IMPROPER = range(7)
 GUARD_NAMES = ("strict_division_roundoff", "s1_rest_variance_clamp", "s1_small_cavity",
@@ -113,14 +113,11 @@ def _s1_update(a, a2, q_t, q_r, old_t, old_r, r_t, r_r, f_mu, f_var, damp):
 
 
 @njit(cache=True, error_model="numpy")
-def _s1_rows_inplace(x, q_t, q_r, m_t, m_r, damp, f_mu, f_var, r_t, r_r, counts):
-    """:func:`_s1_rows` when the marginal itself is updated (``a is q``; the sequential schedule):
-    one division per weight and a vectorisable row loop."""
+def _s1_rows_inplace(x, q_t, q_r, m_t, m_r, damp, f_mu, f_var, r_t, r_r):
+    """S1 rows when the marginal itself is updated (the sequential schedule): no second array may alias
+    ``q``, so LLVM vectorises the row loop.  Returns the guard counts (round-off, improper, rest, small)."""
     K, J = q_t.shape
-    n_round = 0
-    n_bad = 0
-    n_rest = 0
-    n_small = 0
+    n_round = n_bad = n_rest = n_small = 0
     for k in range(K):
         a = x[k]
         a2 = a * a
@@ -140,48 +137,42 @@ def _s1_rows_inplace(x, q_t, q_r, m_t, m_r, damp, f_mu, f_var, r_t, r_r, counts)
             m_r[k, j] = nr
         if a != 0.0:  # s1_term sends G(0, 0) to the terms of a zero input and clamps nothing
             n_rest += row_rest
-    counts[G_ROUNDOFF] += n_round
-    counts[G_IMPROPER] += n_bad
-    counts[G_S1_REST] += n_rest
-    counts[G_SMALL_CAV] += n_small
+    return n_round, n_bad, n_rest, n_small
 
 
-@njit(cache=True)
-def _s1_rows(x, q_t, q_r, m_t, m_r, a_t, a_r, damp, f_mu, f_var, r_t, r_r, counts):
-    """S1 messages to every b[k, j] of s_j = sum_k x_k b_kj from its cavity; in-place slot and marginal
-    (or pending) change."""
-    if a_t.ctypes.data == q_t.ctypes.data and a_r.ctypes.data == q_r.ctypes.data:
-        _s1_rows_inplace(x, q_t, q_r, m_t, m_r, damp, f_mu, f_var, r_t, r_r, counts)
-        return
+@njit(cache=True, error_model="numpy")
+def _s1_rows_pending(x, q_t, q_r, m_t, m_r, a_t, a_r, damp, f_mu, f_var, r_t, r_r):
+    """S1 rows adding ``new - old`` to a separate pending change ``a`` (parallel chunks)."""
     K, J = q_t.shape
-    n_round = 0
-    n_bad = 0
-    n_rest = 0
-    n_small = 0
+    n_round = n_bad = n_rest = n_small = 0
     for k in range(K):
         a = x[k]
+        a2 = a * a
         for j in range(J):
             old_t = m_t[k, j]
             old_r = m_r[k, j]
-            ct = q_t[k, j] - old_t
-            cr = q_r[k, j] - old_r
-            if cr < MIN_CAV:
-                n_small += 1
-                if cr < 0:
-                    if cr < -RTOL * abs(q_r[k, j]):
-                        n_bad += 1
-                    else:
-                        n_round += 1
-                    cr = 0.0
-            mu_b, var_b = _moments(ct, cr)
-            nt, nr, clamped = s1_term(a, mu_b, var_b, f_mu[j], f_var[j], r_t[j], r_r[j])
-            n_rest += clamped
-            nt = damp_toward(old_t, nt, damp)
-            nr = damp_toward(old_r, nr, damp)
+            nt, nr, small, bad, rnd, clamp = _s1_update(a, a2, q_t[k, j], q_r[k, j], old_t, old_r, r_t[j], r_r[j],
+                                                        f_mu[j], f_var[j], damp)
+            n_small += small
+            n_bad += bad
+            n_round += rnd
+            n_rest += clamp and a != 0.0
             a_t[k, j] += nt - old_t
             a_r[k, j] += nr - old_r
             m_t[k, j] = nt
             m_r[k, j] = nr
+    return n_round, n_bad, n_rest, n_small
+
+
+@njit(cache=True)
+def _s1_rows(x, q_t, q_r, m_t, m_r, a_t, a_r, damp, f_mu, f_var, r_t, r_r, counts):
+    """S1 messages to every b[k, j] of s_j = sum_k x_k b_kj from its cavity (:func:`_s1_update`); writes
+    the slot and adds ``new - old`` to ``a``: the marginal itself (``a is q``) or its pending change."""
+    if a_t.ctypes.data == q_t.ctypes.data and a_r.ctypes.data == q_r.ctypes.data:
+        n_round, n_bad, n_rest, n_small = _s1_rows_inplace(x, q_t, q_r, m_t, m_r, damp, f_mu, f_var, r_t, r_r)
+    else:
+        n_round, n_bad, n_rest, n_small = _s1_rows_pending(x, q_t, q_r, m_t, m_r, a_t, a_r, damp, f_mu, f_var,
+                                                           r_t, r_r)
     counts[G_ROUNDOFF] += n_round
     counts[G_IMPROPER] += n_bad
     counts[G_S1_REST] += n_rest
