@@ -18,6 +18,7 @@ from factorgraph import config, kernels
 from factorgraph.backend import get_array_module
 from factorgraph.equations import (
     fold_messages,
+    fold_plan,
     gather_constants,
     gather_messages,
     patch_index,
@@ -102,31 +103,58 @@ class Conv(Factor):
         if type(like) is np.ndarray:
             return self.src
         if "src" not in self._dev:
-            from factorgraph.kernels import patches_cuda
-
-            xp = get_array_module(like)
-            offsets, entries = patches_cuda.fold_plan(self.src, int(np.prod(self.input_shape)))
-            self._dev = {"src": xp.asarray(self.src), "offsets": xp.asarray(offsets), "entries": xp.asarray(entries)}
+            self._dev["src"] = get_array_module(like).asarray(self.src)
         return self._dev["src"]
+
+    def _plan(self, like):
+        """The fold plan (CSR offsets and entries) on the device of ``like``, built once."""
+        key = "plan_" + get_array_module(like).__name__
+        if key not in self._dev:
+            xp = get_array_module(like)
+            self._dev[key] = tuple(xp.asarray(a) for a in fold_plan(self.src, int(np.prod(self.input_shape))))
+        return self._dev[key]
+
+    def _gather(self, m_in, constant):
+        """im2col of images (..., H, W, C) into patches (..., P, D): a constant array, or a Gaussian whose
+        zero-padding entries are point masses at 0.  The compiled kernel of the arrays' device, else the
+        NumPy reference."""
+        like = m_in if constant else m_in.tau
+        mod = kernels.module(like, "patches")
+        if mod is None:
+            return (gather_constants if constant else gather_messages)(m_in, self._src(like))
+        xp = get_array_module(like)
+        lead = like.shape[:-3]
+        src = self._src(like)
+        n = int(np.prod(self.input_shape))
+
+        def one(values, pad):
+            out = xp.empty(lead + src.shape, values.dtype)
+            mod.gather(xp.ascontiguousarray(values).reshape(-1, n), src, out.dtype.type(pad),
+                       out.reshape((-1,) + src.shape))
+            return out
+
+        if constant:
+            return one(m_in, 0.0)
+        return Gaussian(one(m_in.tau, 0.0), one(m_in.rho, np.inf))
 
     def flush_guards(self):
         self._guards.flush()
 
     def _fold(self, to_a):
-        """Patch messages (..., P, D) -> input messages (..., H, W, C); the GPU fold runs per example."""
-        if type(to_a.tau) is np.ndarray:
+        """Patch messages (..., P, D) -> input messages (..., H, W, C): the product over every pixel's
+        copies, deterministic (the compiled fold of the arrays' device, else the NumPy reference)."""
+        mod = kernels.module(to_a.tau, "patches")
+        if mod is None:
             return fold_messages(to_a, self.src, self.input_shape)
-        if to_a.tau.ndim == 3:
-            parts = [self._fold(to_a[j]) for j in range(to_a.shape[0])]
-            return Gaussian(to_a.xp.stack([g.tau for g in parts]), to_a.xp.stack([g.rho for g in parts]))
-        from factorgraph.kernels import patches_cuda
-
         xp = to_a.xp
+        lead = to_a.shape[:-2]
         n = int(np.prod(self.input_shape))
-        out = Gaussian(xp.empty(n, to_a.dtype), xp.empty(n, to_a.dtype))
-        patches_cuda.fold(to_a.tau.reshape(-1), to_a.rho.reshape(-1), self._dev["offsets"], self._dev["entries"],
-                          out.tau, out.rho)
-        return out.reshape(self.input_shape)
+        offsets, entries = self._plan(to_a.tau)
+        out = Gaussian(xp.empty(lead + (n,), to_a.dtype), xp.empty(lead + (n,), to_a.dtype))
+        D2 = int(np.prod(to_a.shape[-2:]))
+        mod.fold(xp.ascontiguousarray(to_a.tau).reshape(-1, D2), xp.ascontiguousarray(to_a.rho).reshape(-1, D2),
+                 offsets, entries, out.tau.reshape(-1, n), out.rho.reshape(-1, n))
+        return out.reshape(*lead, *self.input_shape)
 
     def _out(self, g, lead=()):
         return g.reshape(*lead, *self.output_shape_)
@@ -183,12 +211,12 @@ class Conv(Factor):
         W, c = self.params["W"], self.params["c"]
         self._cav_c = c.cavity(site)
         if self.constant_input:
-            self._a = gather_constants(m_in, self._src(m_in))
+            self._a = self._gather(m_in, True)
             self._cav_w = W.cavity(site)
             self._f = s1_forward(self._a, self._cav_w, self._cav_c)
         else:
             x_hat = clamp_min_rho(m_in * self.m_to_x[idx], config.MIN_PRECISION)
-            self._a = gather_messages(x_hat, self._src(x_hat.tau))
+            self._a = self._gather(x_hat, False)
             self._f = s2_forward(self._a, W.q, self._cav_c)
         return self._out(self._f, m_in.shape[:-3])
 
@@ -217,9 +245,9 @@ class Conv(Factor):
         W, c = self.params["W"], self.params["c"]
         n = m_in.shape[0]
         if self.constant_input:
-            f = s1_forward(gather_constants(m_in, self._src(m_in)), W.q, c.q)
+            f = s1_forward(self._gather(m_in, True), W.q, c.q)
         else:
-            f = s2_forward(gather_messages(m_in, self._src(m_in.tau)), W.q, c.q)
+            f = s2_forward(self._gather(m_in, False), W.q, c.q)
         return self._out(f, (n,))
 
     def describe(self):

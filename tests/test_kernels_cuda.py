@@ -151,19 +151,32 @@ def test_patch_kernels_cuda_equal_cpu_and_reference(cuda_mods, record_cases):
     record_cases("cuda patches", 1)
 
 
-def test_fold_cuda_equals_reference_fold(cuda_mods):
+@pytest.mark.parametrize("geometry", [((4, 5, 2), 3, 1, 1, "zeros"), ((6, 4, 1), 2, 2, 0, "zeros"),
+                                      ((4, 4, 2), 3, 1, 2, "mirror")])
+def test_gather_and_fold_kernels_equal_the_reference(cuda_mods, geometry, dtype):
+    """im2col gather (zero padding -> point mass at 0) and the deterministic fold, CPU and CUDA kernels,
+    with a leading example axis, equal ``gather_messages`` / ``gather_constants`` / ``fold_messages``."""
     patches_cuda = cuda_mods[2]
+    shape, k, stride, pad, mode = geometry
     rng = np.random.default_rng(5)
-    shape = (4, 5, 2)
-    src, _ = eq.patch_index(shape, 3, 1, 1, "zeros")
-    msg = Gaussian(rng.normal(size=src.shape), rng.uniform(0, 1, src.shape))
-    ref = eq.fold_messages(msg, src, shape)
-    offsets, entries = patches_cuda.fold_plan(src, int(np.prod(shape)))
-    n = int(np.prod(shape))
-    out_t, out_r = np.zeros(n), np.zeros(n)
-    patches_cuda.fold(msg.tau.reshape(-1), msg.rho.reshape(-1), offsets, entries, out_t, out_r)
-    np.testing.assert_allclose(out_t.reshape(shape), ref.tau, rtol=1e-12, atol=1e-14)
-    np.testing.assert_allclose(out_r.reshape(shape), ref.rho, rtol=1e-12, atol=1e-14)
+    src, _ = eq.patch_index(shape, k, stride, pad, mode)
+    L, n = 3, int(np.prod(shape))
+    img = Gaussian(rng.normal(size=(L,) + shape), rng.uniform(0.1, 2, (L,) + shape)).astype(dtype)
+    ref_g = eq.gather_messages(img, src)
+    ref_c = eq.gather_constants(img.tau, src)
+    msg = Gaussian(rng.normal(size=(L,) + src.shape), rng.uniform(0, 1, (L,) + src.shape)).astype(dtype)
+    ref_f = eq.fold_messages(msg, src, shape)
+    offsets, entries = eq.fold_plan(src, n)
+    for mod in (patches_cpu, patches_cuda):
+        for values, pad_value, want in [(img.tau, 0.0, ref_g.tau), (img.rho, np.inf, ref_g.rho),
+                                        (img.tau, 0.0, ref_c)]:
+            out = np.full((L,) + src.shape, np.nan, dtype)
+            mod.gather(values.reshape(L, n), src, dtype(pad_value), out)
+            np.testing.assert_array_equal(out, want)
+        out_t, out_r = np.zeros((L, n), dtype), np.zeros((L, n), dtype)
+        mod.fold(msg.tau.reshape(L, -1), msg.rho.reshape(L, -1), offsets, entries, out_t, out_r)
+        np.testing.assert_allclose(out_t.reshape((L,) + shape), ref_f.tau, **TOL[dtype])
+        np.testing.assert_allclose(out_r.reshape((L,) + shape), ref_f.rho, **TOL[dtype])
 
 
 def test_signal_kernels_cuda_equal_cpu(cuda_mods, record_cases):

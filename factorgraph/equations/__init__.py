@@ -35,6 +35,7 @@ from factorgraph.equations.softmax import probit_scaled_means, probit_softmax, s
 from factorgraph.equations.im2col import (
     conv_output_size,
     fold_messages,
+    fold_plan,
     gather_constants,
     gather_messages,
     patch_index,
@@ -54,6 +55,6 @@ __all__ = [
     "leaky_backward_marginal", "leaky_forward_marginal", "leaky_forward_moment_match",
     "probit_scaled_means", "probit_softmax", "relu_moments", "s1_backward_to_b", "s1_backward_to_b_gemm", "s2_backward_gemm",
     "s1_backward_to_bias", "s1_forward", "s1_term_message", "s2_backward", "s2_forward",
-    "truncated_moments", "conv_output_size", "fold_messages", "gather_constants", "gather_messages",
+    "truncated_moments", "conv_output_size", "fold_messages", "fold_plan", "gather_constants", "gather_messages",
     "patch_index", "s1_reduce_backward", "s1_reduce_forward", "softmax_backward",
 ]

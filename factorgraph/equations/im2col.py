@@ -81,6 +81,18 @@ def gather_messages(m, src):
     return Gaussian(tau[..., src], rho[..., src])
 
 
+def fold_plan(src, n_in):
+    """CSR lists of the flat patch entries copying each input pixel (zero-padding entries dropped):
+    ``(offsets (n_in + 1,), entries)``, in increasing entry order, so a fold that walks them sums every
+    pixel's copies in a fixed order (deterministic, unlike an atomic scatter-add)."""
+    flat = np.asarray(src).reshape(-1)
+    keep = np.nonzero(flat >= 0)[0]
+    order = keep[np.argsort(flat[keep], kind="stable")]
+    counts = np.bincount(flat[keep], minlength=n_in)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return offsets, order.astype(np.int64)
+
+
 def fold_messages(msg, src, in_shape):
     """Merge messages to patch entries (..., P, D) into one message per input pixel (..., *in_shape): the
     product over all copies (sum of natural parameters), deterministic; zero-padding entries are dropped."""

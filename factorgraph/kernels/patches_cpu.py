@@ -4,7 +4,9 @@
 :func:`factorgraph.equations.s1_backward_to_b` (constant A, reduced over positions) and
 :func:`factorgraph.equations.s2_backward` (variable A; messages to A summed over filters, messages to B
 summed over positions) from precomputed moments, without materialising (P, D, F) temporaries.
-``counts[0]`` counts rest-variance clamps.
+``counts[0]`` counts rest-variance clamps.  ``gather`` (im2col) and ``fold`` (the deterministic
+product over a pixel's copies, walking the CSR plan of :func:`factorgraph.equations.im2col.fold_plan`)
+move messages between images and patch matrices, with a leading example axis.
 """
 
 from numba import njit
@@ -62,3 +64,34 @@ def s2_patches_bwd(a_mu, a_var, b_mu, b_var, f_mu, f_var, r_t, r_r, to_a_t, to_a
             to_a_t[p, d] = acc_t
             to_a_r[p, d] = acc_r
     counts[0] += n_rest
+
+
+@njit(cache=True)
+def gather(values, src, pad, out):
+    """im2col: ``out[e, p, d] = values[e, src[p, d]]``, ``pad`` where ``src[p, d] < 0``; values (L, n)."""
+    P, D = src.shape
+    for e in range(out.shape[0]):
+        for p in range(P):
+            for d in range(D):
+                s = src[p, d]
+                out[e, p, d] = values[e, s] if s >= 0 else pad
+
+
+@njit(cache=True, inline="always")
+def fold_one(msg_t, msg_r, offsets, entries, e, i):
+    """(tau, rho) of input pixel ``i`` of example ``e``: its copies' messages summed in entry order."""
+    acc_t = 0.0
+    acc_r = 0.0
+    for k in range(offsets[i], offsets[i + 1]):
+        acc_t += msg_t[e, entries[k]]
+        acc_r += msg_r[e, entries[k]]
+    return acc_t, acc_r
+
+
+@njit(cache=True)
+def fold(msg_t, msg_r, offsets, entries, out_t, out_r):
+    """Sum the patch-entry messages (L, P * D) into the input messages (L, n), each pixel's copies in
+    increasing entry order (deterministic)."""
+    for e in range(out_t.shape[0]):
+        for i in range(out_t.shape[1]):
+            out_t[e, i], out_r[e, i] = fold_one(msg_t, msg_r, offsets, entries, e, i)

@@ -2,18 +2,18 @@
 
 ``s1_patches_bwd`` / ``s2_patches_bwd`` compute the same sums as :mod:`factorgraph.kernels.patches_cpu`
 (one thread per kernel entry (d, f) looping over positions, one thread per patch entry (p, d) looping
-over filters).  ``fold`` merges the messages of all copies of each input pixel in a fixed order (a CSR
-list per pixel, built once), so it is deterministic, unlike an atomic scatter-add.
+over filters).  ``gather`` is the im2col copy and ``fold`` merges the messages of all copies of each input
+pixel in a fixed order (a CSR list per pixel, :func:`factorgraph.equations.im2col.fold_plan`, built
+once), so it is deterministic, unlike an atomic scatter-add; both take a leading example axis.
 """
 
-import numpy as np
 from factorgraph.kernels._device import device_functions, grid  # first: carries a NumPy shim for numba.cuda
 from numba import cuda  # noqa: E402, I001
 
-from factorgraph.kernels import scalar
+from factorgraph.kernels import patches_cpu, scalar
 
-_D = device_functions([scalar], ["s1_term", "s2_terms"])
-_s1_term, _s2_terms = _D["s1_term"], _D["s2_terms"]
+_D = device_functions([scalar, patches_cpu], ["s1_term", "s2_terms", "fold_one"])
+_s1_term, _s2_terms, _fold_one = _D["s1_term"], _D["s2_terms"], _D["fold_one"]
 
 
 
@@ -84,27 +84,20 @@ def _s2_to_a(a_mu, a_var, b_mu, b_var, f_mu, f_var, r_t, r_r, to_a_t, to_a_r):
 
 @cuda.jit
 def _fold(msg_t, msg_r, offsets, entries, out_t, out_r):
-    i = cuda.grid(1)
-    if i >= out_t.shape[0]:
+    e, i = cuda.grid(2)
+    if e >= out_t.shape[0] or i >= out_t.shape[1]:
         return
-    acc_t = 0.0
-    acc_r = 0.0
-    for e in range(offsets[i], offsets[i + 1]):
-        acc_t += msg_t[entries[e]]
-        acc_r += msg_r[entries[e]]
-    out_t[i] = acc_t
-    out_r[i] = acc_r
+    out_t[e, i], out_r[e, i] = _fold_one(msg_t, msg_r, offsets, entries, e, i)
 
 
-def fold_plan(src, n_in):
-    """CSR lists of the flat patch entries copying each input pixel (zero-padding entries dropped):
-    ``(offsets (n_in + 1,), entries)``, in increasing entry order."""
-    flat = src.reshape(-1)
-    keep = np.nonzero(flat >= 0)[0]
-    order = keep[np.argsort(flat[keep], kind="stable")]
-    counts = np.bincount(flat[keep], minlength=n_in)
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    return offsets, order.astype(np.int64)
+@cuda.jit
+def _gather(values, src, pad, out):
+    e, i = cuda.grid(2)
+    P, D = src.shape
+    if e >= out.shape[0] or i >= P * D:
+        return
+    s = src[i // D, i % D]
+    out[e, i // D, i % D] = values[e, s] if s >= 0 else pad
 
 
 def s1_patches_bwd(A, b_mu, b_var, f_mu, f_var, r_t, r_r, out_t, out_r, counts):
@@ -120,9 +113,16 @@ def s2_patches_bwd(a_mu, a_var, b_mu, b_var, f_mu, f_var, r_t, r_r, to_a_t, to_a
 
 
 def fold(msg_t, msg_r, offsets, entries, out_t, out_r):
-    """Sum the flat patch-entry messages into the flat input messages (deterministic)."""
-    _fold[grid(out_t.shape[0])](msg_t, msg_r, offsets, entries, out_t, out_r)
+    """Sum the patch-entry messages (L, P * D) into the input messages (L, n) (deterministic)."""
+    blocks, threads = _grid2(*out_t.shape, ta=1, tb=128)
+    _fold[blocks, threads](msg_t, msg_r, offsets, entries, out_t, out_r)
+
+
+def gather(values, src, pad, out):
+    """im2col: ``out[e, p, d] = values[e, src[p, d]]`` (``pad`` where ``src < 0``); values (L, n)."""
+    blocks, threads = _grid2(out.shape[0], src.size, ta=1, tb=128)
+    _gather[blocks, threads](values, src, pad, out)
 
 
 KERNELS = {"patches_s1_to_b": _s1_to_b, "patches_s2_to_b": _s2_to_b, "patches_s2_to_a": _s2_to_a,
-           "fold": _fold}
+           "fold": _fold, "gather": _gather}
