@@ -263,3 +263,19 @@ def test_inplace_s1_rows_equal_the_general_loop_on_edge_lanes(damp, dtype, recor
     sel = ok & np.isfinite(want_t)
     np.testing.assert_allclose(fast[1].tau[sel], want_t[sel], **tol)
     record_cases("kernel linear_const inplace rows", K * J)
+
+
+def test_leaky_moment_match_kernel_on_named_tails():
+    """The one-erfc moment matching equals the reference at t = mu / sigma in the body, at the series
+    switch (|t| = 20), deep in both tails and for tiny and huge variances, for several slopes."""
+    t = np.array([0.0, 1e-12, -0.3, 2.5, -7.0, 19.99, -19.99, 20.01, -20.01, 37.0, -37.0, 300.0, -300.0, 1e4, -1e4])
+    for var in (1e-12, 1.0, 1e8):
+        a = Gaussian.from_mean_var(t * np.sqrt(var), np.full(t.shape, var))
+        for slope in (0.01, 0.1, 0.5):
+            guards.reset()
+            ref = eq.leaky_forward_moment_match(a, slope)
+            out_t, out_r, counts = np.zeros(t.size), np.zeros(t.size), np.zeros(5, np.int64)
+            leaky_cpu.leaky_fwd_moment_match(a.tau, a.rho, slope, out_t, out_r, counts)
+            np.testing.assert_allclose(out_r, ref.rho, rtol=1e-10, err_msg=f"var {var} slope {slope}")
+            np.testing.assert_allclose(out_t / out_r, ref.mean, rtol=1e-10, atol=1e-12 * np.sqrt(var))
+            assert counts[leaky_cpu.L_U_FLOOR] == guards.counts().get("truncation_u_floor", 0)

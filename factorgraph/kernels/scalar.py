@@ -50,6 +50,17 @@ def shift_and_factor(t):
 
 
 @njit(cache=True, inline="always")
+def shift_and_factor_from(t, phi, mass):
+    """:func:`shift_and_factor` given ``phi(t)`` and ``Phi(t)`` computed by the caller (one erfc and one
+    exp serve both sides of a rectifier); the asymptotic series below ``-TAIL_T`` as there."""
+    if t < -TAIL_T:
+        return shift_and_factor(t)
+    v = phi / mass
+    shift = t + v
+    return shift, 1.0 - v * shift
+
+
+@njit(cache=True, inline="always")
 def truncated(mu, sigma):
     """(mean, var, log P(a >= 0), floored) of N(mu, sigma^2) restricted to a >= 0."""
     t = mu / sigma

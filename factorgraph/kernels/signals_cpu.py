@@ -11,7 +11,7 @@ equality with the reference.
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from factorgraph import config
 from factorgraph.equations.softmax import (
@@ -272,19 +272,35 @@ def softmax_bwd(tau, rho, y, xg, wg, out_t, out_r, counts):
 
 # ----- argmax probabilities (argmax prediction, max-pool weights) -------------------------------------------
 @njit(cache=True, inline="always")
+def log_ndtr_pair(z):
+    """``(log Phi(z), log Phi(-z))`` from one erfc of ``|z|`` (the small tail ``e``: ``log e`` and
+    ``log1p(-e)``); :func:`~factorgraph.kernels.scalar.log_ndtr` where the tail underflows."""
+    a = abs(z)
+    if a > 35.0:
+        return log_ndtr(z), log_ndtr(-z)
+    tail = 0.5 * math.erfc(a * SQRT1_2)
+    small, big = math.log(tail), math.log1p(-tail)
+    return (big, small) if z >= 0 else (small, big)
+
+
+@njit(cache=True, inline="always")
 def argmax_probs_row(tau, rho, beta2, out):
-    """``p_i ∝ prod_{j != i} Phi((mu_i - mu_j) / sqrt(var_i + var_j + beta2))`` over one row, in log space."""
+    """``p_i ∝ prod_{j != i} Phi((mu_i - mu_j) / sqrt(var_i + var_j + beta2))`` over one row, in log space;
+    each pair (i, j) is evaluated once (``Phi(z)`` for i, ``Phi(-z)`` for j)."""
     C = tau.shape[0]
-    mx = -math.inf
+    for i in range(C):
+        out[i] = 0.0
     for i in range(C):
         mu_i = tau[i] / rho[i]
         var_i = 1.0 / rho[i]
-        acc = 0.0
-        for j in range(C):
-            if j != i:
-                acc += log_ndtr((mu_i - tau[j] / rho[j]) / math.sqrt(var_i + 1.0 / rho[j] + beta2))
-        out[i] = acc
-        mx = max(mx, acc)
+        for j in range(i + 1, C):
+            z = (mu_i - tau[j] / rho[j]) / math.sqrt(var_i + 1.0 / rho[j] + beta2)
+            lp, lq = log_ndtr_pair(z)
+            out[i] += lp
+            out[j] += lq
+    mx = -math.inf
+    for i in range(C):
+        mx = max(mx, out[i])
     total = 0.0
     for i in range(C):
         out[i] = math.exp(out[i] - mx)
@@ -293,8 +309,9 @@ def argmax_probs_row(tau, rho, beta2, out):
         out[i] /= total
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def argmax_probs(tau, rho, beta2, out):
-    """Argmax probabilities over the last axis of (N, C) messages into ``out`` (N, C)."""
-    for n in range(tau.shape[0]):
+    """Argmax probabilities over the last axis of (N, C) messages into ``out`` (N, C); rows in parallel
+    (prediction and max-pool windows: many rows)."""
+    for n in prange(tau.shape[0]):
         argmax_probs_row(tau[n], rho[n], beta2, out[n])
