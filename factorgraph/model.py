@@ -13,7 +13,7 @@ import json
 import numpy as np
 from tqdm.auto import tqdm
 
-from factorgraph import config, guards
+from factorgraph import config, guards, kernels
 from factorgraph.guards import ImproperMessageError
 from factorgraph.backend import check_dtype, resolve_device, to_device
 from factorgraph.equations import argmax_probs, probit_softmax
@@ -318,11 +318,12 @@ class FactorGraph:
         self.recompute_marginals()
         xp = self._xp()
         outs = []
-        for start in range(0, X.shape[0], self.batch_size):
-            m = xp.asarray(X[start:start + self.batch_size])
-            for step in self.schedules["predict"]:
-                m = self.layers[step.layer].predict(m)
-            outs.append(m)
+        with kernels.threaded():
+            for start in range(0, X.shape[0], self.batch_size):
+                m = xp.asarray(X[start:start + self.batch_size])
+                for step in self.schedules["predict"]:
+                    m = self.layers[step.layer].predict(m)
+                outs.append(m)
         self._flush_guards()
         tau = to_device(xp.concatenate([o.tau for o in outs]), "cpu")
         rho = to_device(xp.concatenate([o.rho for o in outs]), "cpu")

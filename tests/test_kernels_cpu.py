@@ -1,5 +1,7 @@
 """The compiled CPU kernels compute the NumPy reference (the equation library) element by element."""
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -88,9 +90,14 @@ def _leaky_inputs(rng, n, dtype):
     return a.astype(dtype), z.astype(dtype)
 
 
-def test_leaky_kernels_equal_reference_and_count_the_same_guards(record_cases):
+@pytest.mark.parametrize("n, threaded", [(400, False), (2400, False), (2400, True)])
+def test_leaky_kernels_equal_reference_and_count_the_same_guards(n, threaded, record_cases):
+    """One thread, and all threads (inside ``kernels.threaded()``, from ``leaky_cpu.THREADS_MIN`` units).
+    Of the 2400 random cases two backward messages (input N(2.6, 0.011) against a backward N(-2.1, 0.004):
+    the tilted density sits 33 sigma out, where the log-cdf switches to its series) differ from the
+    reference by 2e-9 relative, hence rtol 5e-9 there; the threaded kernel equals the serial one exactly."""
     rng = np.random.default_rng(7)
-    n = 400
+    rtol = 1e-9 if n <= 400 else 5e-9
     a, z = _leaky_inputs(rng, n, np.float64)
     for name, ref_fn, kern, args in [
         ("moment_match", lambda: eq.leaky_forward_moment_match(a, 0.1), leaky_cpu.leaky_fwd_moment_match,
@@ -104,9 +111,15 @@ def test_leaky_kernels_equal_reference_and_count_the_same_guards(record_cases):
         ref = ref_fn()
         ref_counts = guards.counts()
         out_t, out_r, counts = np.zeros(n), np.zeros(n), np.zeros(5, np.int64)
-        kern(*args, out_t, out_r, counts)
-        np.testing.assert_allclose(out_t, ref.tau, rtol=1e-9, atol=1e-12, err_msg=name)
-        np.testing.assert_allclose(out_r, ref.rho, rtol=1e-9, atol=1e-12, err_msg=name)
+        with kernels.threaded() if threaded else contextlib.nullcontext():
+            kern(*args, out_t, out_r, counts)
+        np.testing.assert_allclose(out_t, ref.tau, rtol=rtol, atol=1e-12, err_msg=name)
+        np.testing.assert_allclose(out_r, ref.rho, rtol=rtol, atol=1e-12, err_msg=name)
+        if threaded:
+            serial_t, serial_r = np.zeros(n), np.zeros(n)
+            kern(*args, serial_t, serial_r, np.zeros(5, np.int64))
+            np.testing.assert_array_equal(out_t, serial_t)
+            np.testing.assert_array_equal(out_r, serial_r)
         for k, gname in enumerate(leaky_cpu.GUARD_NAMES):
             assert counts[k] == ref_counts.get(gname, 0), (name, gname)
         record_cases(f"kernel leaky {name}", n)
@@ -201,14 +214,16 @@ def test_softmax_kernel_equals_reference_relative_to_the_marginal(record_cases):
     record_cases("kernel softmax_backward", 200 * 10)
 
 
-def test_argmax_probs_kernel_equals_reference(record_cases):
+@pytest.mark.parametrize("n, threaded", [(300, False), (700, False), (700, True)])
+def test_argmax_probs_kernel_equals_reference(n, threaded, record_cases):
     rng = np.random.default_rng(13)
-    m, _ = _logit_messages(rng, 300, 10)
+    m, _ = _logit_messages(rng, n, 10)
     ref = eq.argmax_probs(m, 0.3)
-    got = kernels.argmax_probs(m, 0.3)
+    with kernels.threaded() if threaded else contextlib.nullcontext():
+        got = kernels.argmax_probs(m, 0.3)
     np.testing.assert_allclose(got, ref, rtol=1e-11, atol=1e-15)
     np.testing.assert_allclose(got.sum(axis=1), 1.0, rtol=1e-12)
-    record_cases("kernel argmax_probs", 300)
+    record_cases("kernel argmax_probs", n)
 
 
 def test_leaky_prediction_kernel_equals_reference():

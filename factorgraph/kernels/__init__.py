@@ -6,6 +6,7 @@ asserts it computes the same numbers.  Layers use the CPU kernels for NumPy arra
 turns them off, which runs the NumPy reference instead).
 """
 
+import contextlib
 import os
 
 import numpy as np
@@ -29,6 +30,26 @@ def set_enabled(flag):
 
 
 _MODULES = {}
+_THREADED = False
+
+
+@contextlib.contextmanager
+def threaded():
+    """Inside the block, elementwise CPU kernels over many units (LeakyReLU moment matching and
+    messages, argmax probabilities) run on all Numba threads.  Prediction uses it; training does not:
+    there the chunk schedules' matrix products keep the BLAS threads busy, and two thread pools on the
+    same cores were measured to double the time of a sweep."""
+    global _THREADED
+    prev, _THREADED = _THREADED, True
+    try:
+        yield
+    finally:
+        _THREADED = prev
+
+
+def use_threads(n, minimum):
+    """True inside :func:`threaded` for at least ``minimum`` units (starting threads costs ~4 us)."""
+    return _THREADED and n >= minimum
 
 
 def module(array, name):

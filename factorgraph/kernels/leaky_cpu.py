@@ -13,6 +13,7 @@ import math
 from numba import njit, prange
 
 from factorgraph import config
+from factorgraph.kernels import use_threads
 from factorgraph.kernels.scalar import LOG_SQRT_2PI, MIN_U, SQRT1_2, block52_log, mixture, shift_and_factor_from
 
 L_FWD_FALLBACK, L_BWD_CLAMP, L_BWD_FALLBACK, L_U_FLOOR, L_MIN_RHO = range(5)
@@ -101,18 +102,40 @@ def bwd_marginal_one(ta, ra, tz, rz, slope):
     return t, r, clamped, fallback, f1 + f2, low
 
 
+#: inside :func:`factorgraph.kernels.threaded` (prediction), kernels over at least this many units run
+#: on all threads; elsewhere on one
+THREADS_MIN = 2048
+
+
+@njit(cache=True)
+def _moment_match_serial(a_t, a_r, slope, out_t, out_r):
+    floors = 0
+    for n in range(a_t.shape[0]):
+        out_t[n], out_r[n], f = moment_match_one(a_t[n], a_r[n], slope)
+        floors += f
+    return floors
+
+
 @njit(cache=True, parallel=True)
-def leaky_fwd_moment_match(a_t, a_r, slope, out_t, out_r, counts):
-    """Moment matching over all units (prediction: every unit of every example, so threads pay)."""
+def _moment_match_threads(a_t, a_r, slope, out_t, out_r):
     floors = 0
     for n in prange(a_t.shape[0]):
         out_t[n], out_r[n], f = moment_match_one(a_t[n], a_r[n], slope)
         floors += f
-    counts[L_U_FLOOR] += floors
+    return floors
+
+
+def leaky_fwd_moment_match(a_t, a_r, slope, out_t, out_r, counts):
+    """Moment-matched outputs of all units (on all threads inside :func:`factorgraph.kernels.threaded`,
+    i.e. prediction, from ``THREADS_MIN`` units)."""
+    fn = _moment_match_threads if use_threads(a_t.shape[0], THREADS_MIN) else _moment_match_serial
+    counts[L_U_FLOOR] += fn(a_t, a_r, slope, out_t, out_r)
 
 
 @njit(cache=True)
 def leaky_fwd_marginal(a_t, a_r, z_t, z_r, slope, out_t, out_r, counts):
+    """Training forward of all units given their backward messages ``z`` (one thread: see
+    :func:`factorgraph.kernels.threaded`)."""
     for n in range(a_t.shape[0]):
         out_t[n], out_r[n], fb, f = fwd_marginal_one(a_t[n], a_r[n], z_t[n], z_r[n], slope)
         counts[L_FWD_FALLBACK] += fb

@@ -32,8 +32,9 @@ def log_ndtr(t):
 
 
 @njit(cache=True, inline="always")
-def shift_and_factor(t):
-    """(E X, Var X) of N(t, 1) restricted to X >= 0; asymptotic series below -TAIL_T."""
+def shift_and_factor_log(t, log_cdf):
+    """(E X, Var X) of N(t, 1) restricted to X >= 0, given ``log_cdf = log Phi(t)``; asymptotic series
+    below -TAIL_T."""
     if t < -TAIL_T:
         x = -1.0 / t
         z = x * x
@@ -44,9 +45,15 @@ def shift_and_factor(t):
         for c in (F12, F11, F10, F9, F8, F7, F6, F5, F4, F3, F2, F1, F0):
             pf = pf * z + c
         return x * ps, z * pf
-    v = math.exp(-0.5 * t * t - LOG_SQRT_2PI - log_ndtr(t))
+    v = math.exp(-0.5 * t * t - LOG_SQRT_2PI - log_cdf)
     shift = t + v
     return shift, 1.0 - v * shift
+
+
+@njit(cache=True, inline="always")
+def shift_and_factor(t):
+    """(E X, Var X) of N(t, 1) restricted to X >= 0; asymptotic series below -TAIL_T."""
+    return shift_and_factor_log(t, log_ndtr(t) if t >= -TAIL_T else 0.0)
 
 
 @njit(cache=True, inline="always")
@@ -54,7 +61,7 @@ def shift_and_factor_from(t, phi, mass):
     """:func:`shift_and_factor` given ``phi(t)`` and ``Phi(t)`` computed by the caller (one erfc and one
     exp serve both sides of a rectifier); the asymptotic series below ``-TAIL_T`` as there."""
     if t < -TAIL_T:
-        return shift_and_factor(t)
+        return shift_and_factor_log(t, 0.0)
     v = phi / mass
     shift = t + v
     return shift, 1.0 - v * shift
@@ -64,12 +71,13 @@ def shift_and_factor_from(t, phi, mass):
 def truncated(mu, sigma):
     """(mean, var, log P(a >= 0), floored) of N(mu, sigma^2) restricted to a >= 0."""
     t = mu / sigma
-    shift, u = shift_and_factor(t)
+    lc = log_ndtr(t)
+    shift, u = shift_and_factor_log(t, lc)
     floored = 0
     if u < MIN_U:
         u = MIN_U
         floored = 1
-    return sigma * shift, sigma * sigma * u, log_ndtr(t), floored
+    return sigma * shift, sigma * sigma * u, lc, floored
 
 
 @njit(cache=True, inline="always")

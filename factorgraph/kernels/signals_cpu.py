@@ -14,6 +14,7 @@ import numpy as np
 from numba import njit, prange
 
 from factorgraph import config
+from factorgraph.kernels import use_threads
 from factorgraph.equations.softmax import (
     _GL_POINTS,
     _KINK_HALF_WIDTH,
@@ -39,6 +40,7 @@ TOL = config.SOFTMAX_DIVISION_TOL
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 T1, T2, T3 = 7, 12, 22  # panel tiers of the reference rule
 GL_X, GL_W = (np.ascontiguousarray(a) for a in _gauss_legendre(_GL_POINTS))
+THREADS_MIN_ROWS = 512
 
 
 # ----- argmax ----------------------------------------------------------------------------------------------
@@ -309,9 +311,19 @@ def argmax_probs_row(tau, rho, beta2, out):
         out[i] /= total
 
 
+@njit(cache=True)
+def _probs_serial(tau, rho, beta2, out):
+    for n in range(tau.shape[0]):
+        argmax_probs_row(tau[n], rho[n], beta2, out[n])
+
+
 @njit(cache=True, parallel=True)
-def argmax_probs(tau, rho, beta2, out):
-    """Argmax probabilities over the last axis of (N, C) messages into ``out`` (N, C); rows in parallel
-    (prediction and max-pool windows: many rows)."""
+def _probs_threads(tau, rho, beta2, out):
     for n in prange(tau.shape[0]):
         argmax_probs_row(tau[n], rho[n], beta2, out[n])
+
+
+def argmax_probs(tau, rho, beta2, out):
+    """Argmax probabilities over the last axis of (N, C) messages into ``out`` (N, C); on all threads
+    inside :func:`factorgraph.kernels.threaded` from ``THREADS_MIN_ROWS`` rows."""
+    (_probs_threads if use_threads(tau.shape[0], THREADS_MIN_ROWS) else _probs_serial)(tau, rho, beta2, out)
