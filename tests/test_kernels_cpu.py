@@ -294,3 +294,38 @@ def test_leaky_moment_match_kernel_on_named_tails():
             np.testing.assert_allclose(out_r, ref.rho, rtol=1e-10, err_msg=f"var {var} slope {slope}")
             np.testing.assert_allclose(out_t / out_r, ref.mean, rtol=1e-10, atol=1e-12 * np.sqrt(var))
             assert counts[leaky_cpu.L_U_FLOOR] == guards.counts().get("truncation_u_floor", 0)
+
+
+@pytest.mark.parametrize("damp", [1.0, 0.6])
+def test_inplace_s2_rows_equal_the_pending_loop_and_the_reference(damp, dtype, record_cases):
+    """The sequential schedule's vectorised S2 rows (``a is q``, sums over j reordered) send the same
+    messages and count the same clamps as the pending-change loop, and both equal ``s2_backward``,
+    including weights with a uniform marginal (rho = 0) and clamped rests."""
+    rng = np.random.default_rng(12)
+    K, J = 30, 20
+    x_mu, x_var = rng.normal(0, 2, K).astype(dtype), (10 ** rng.uniform(-3, 1, K)).astype(dtype)
+    q = _rand_gauss(rng, (K, J), dtype, 0.05, 5)
+    q.tau[::7, ::3], q.rho[::7, ::3] = 0, 0
+    m = _rand_gauss(rng, (K, J), dtype, 0.01, 0.04)
+    f = Gaussian.from_mean_var(rng.normal(size=J), 10 ** rng.uniform(-2, 1, J)).astype(dtype)
+    r = _rand_gauss(rng, J, dtype, 0.1, 3)
+    outs = []
+    for inplace in (True, False):
+        qq, mm, pend = q.copy(), m.copy(), q.copy()
+        tx, rx = np.zeros(K, dtype), np.zeros(K, dtype)
+        a = qq if inplace else pend
+        n = (linear_cpu._s2_rows_inplace(x_mu, x_var, qq.tau, qq.rho, mm.tau, mm.rho, damp, f.mean, f.var, r.tau,
+                                         r.rho, tx, rx) if inplace else
+             linear_cpu._s2_rows_pending(x_mu, x_var, qq.tau, qq.rho, mm.tau, mm.rho, pend.tau, pend.rho, damp,
+                                         f.mean, f.var, r.tau, r.rho, tx, rx))
+        outs.append((a, mm, tx, rx, n))
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == np.float64 else dict(rtol=1e-4, atol=1e-6)
+    for u, v in zip(outs[0][:4], outs[1][:4]):
+        for x, y in ((u.tau, v.tau), (u.rho, v.rho)) if isinstance(u, Gaussian) else ((u, v),):
+            np.testing.assert_allclose(x, y, **tol)
+    assert outs[0][4] == outs[1][4]
+    to_x, to_w = eq.s2_backward(Gaussian.from_mean_var(x_mu, x_var), q, f, r)
+    np.testing.assert_allclose(outs[0][1].rho, m.rho + damp * (to_w.rho - m.rho), **tol)
+    np.testing.assert_allclose(outs[0][1].tau, m.tau + damp * (to_w.tau - m.tau), **tol)
+    np.testing.assert_allclose(outs[0][3], to_x.rho, **tol)
+    record_cases("kernel linear_var inplace rows", K * J)

@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit
 
 from factorgraph import config
-from factorgraph.kernels.scalar import damp_toward, s2_terms
+from factorgraph.kernels.scalar import s2_terms
 
 G_ROUNDOFF, G_S1_REST, G_SMALL_CAV, G_S2_REST, G_MIN_RHO, G_ALL_TINY, G_IMPROPER = range(7)
 GUARD_NAMES = ("strict_division_roundoff", "s1_rest_variance_clamp", "s1_small_cavity",
@@ -205,6 +205,71 @@ def linear_var_fwd(in_t, in_r, mx_t, mx_r, wq_t, wq_r, cq_t, cq_r, cm_t, cm_r, x
             out_var[j] += var_a * (var_b + mu_b * mu_b) + mu_a * mu_a * var_b
 
 
+@njit(cache=True, inline="always", error_model="numpy")
+def _s2_update(mu_a, var_a, q_t, q_r, old_t, old_r, f_mu, f_var, r_t, r_r, damp):
+    """One weight's S2 terms (:func:`~factorgraph.kernels.scalar.s2_terms` from its marginal ``q``,
+    branch-free): (tau_a, rho_a, damped tau_b, damped rho_b, clamped?)."""
+    pos = q_r > 0.0
+    inv = 1.0 / q_r
+    mu_b = q_t * inv if pos else 0.0
+    var_b = inv if pos else np.inf
+    ta, ra, nt, nr, clamped = s2_terms(mu_a, var_a, mu_b, var_b, f_mu, f_var, r_t, r_r)
+    return ta, ra, old_t + damp * (nt - old_t), old_r + damp * (nr - old_r), clamped
+
+
+@njit(cache=True, error_model="numpy", fastmath={"reassoc"})
+def _s2_rows_inplace(x_mu, x_var, q_t, q_r, m_t, m_r, damp, f_mu, f_var, r_t, r_r, to_x_t, to_x_r):
+    """S2 rows updating the marginal itself (the sequential schedule): no other array may alias ``q``,
+    so the row loop vectorises (``reassoc``: the sums over j may be reordered).  Returns the clamps."""
+    K, J = q_t.shape
+    n_clamp = 0
+    for k in range(K):
+        mu_a = x_mu[k]
+        var_a = x_var[k]
+        acc_t = 0.0
+        acc_r = 0.0
+        for j in range(J):
+            old_t = m_t[k, j]
+            old_r = m_r[k, j]
+            ta, ra, nt, nr, clamped = _s2_update(mu_a, var_a, q_t[k, j], q_r[k, j], old_t, old_r, f_mu[j], f_var[j],
+                                                 r_t[j], r_r[j], damp)
+            n_clamp += clamped
+            acc_t += ta
+            acc_r += ra
+            q_t[k, j] += nt - old_t
+            q_r[k, j] += nr - old_r
+            m_t[k, j] = nt
+            m_r[k, j] = nr
+        to_x_t[k] = acc_t
+        to_x_r[k] = acc_r
+    return n_clamp
+
+
+@njit(cache=True, error_model="numpy")
+def _s2_rows_pending(x_mu, x_var, q_t, q_r, m_t, m_r, a_t, a_r, damp, f_mu, f_var, r_t, r_r, to_x_t, to_x_r):
+    """S2 rows adding ``new - old`` to a separate pending change ``a`` (parallel chunks)."""
+    K, J = q_t.shape
+    n_clamp = 0
+    for k in range(K):
+        acc_t = 0.0
+        acc_r = 0.0
+        for j in range(J):
+            old_t = m_t[k, j]
+            old_r = m_r[k, j]
+            ta, ra, nt, nr, clamped = _s2_update(x_mu[k], x_var[k], q_t[k, j], q_r[k, j], old_t, old_r, f_mu[j],
+                                                 f_var[j], r_t[j], r_r[j], damp)
+            n_clamp += clamped
+            acc_t += ta
+            acc_r += ra
+            a_t[k, j] += nt - old_t
+            a_r[k, j] += nr - old_r
+            m_t[k, j] = nt
+            m_r[k, j] = nr
+        to_x_t[k] = acc_t
+        to_x_r[k] = acc_r
+    return n_clamp
+
+
 @njit(cache=True)
 def linear_var_bwd(x_mu, x_var, wq_t, wq_r, wm_t, wm_r, wa_t, wa_r, cq_t, cq_r, cm_t, cm_r, ca_t, ca_r, damp, f_mu,
                    f_var, r_t, r_r, to_x_t, to_x_r, counts):
@@ -217,25 +282,15 @@ def linear_var_bwd(x_mu, x_var, wq_t, wq_r, wm_t, wm_r, wa_t, wa_r, cq_t, cq_r, 
     for j in range(J):
         if f_var[j] < 1.0 / TINY or r_r[j] > TINY:
             all_tiny = False
+    if wa_t.ctypes.data == wq_t.ctypes.data and wa_r.ctypes.data == wq_r.ctypes.data:
+        counts[G_S2_REST] += _s2_rows_inplace(x_mu, x_var, wq_t, wq_r, wm_t, wm_r, damp, f_mu, f_var, r_t, r_r,
+                                              to_x_t, to_x_r)
+    else:
+        counts[G_S2_REST] += _s2_rows_pending(x_mu, x_var, wq_t, wq_r, wm_t, wm_r, wa_t, wa_r, damp, f_mu, f_var,
+                                              r_t, r_r, to_x_t, to_x_r)
     for k in range(K):
-        mu_a = x_mu[k]
-        var_a = x_var[k]
-        acc_t = 0.0
-        acc_r = 0.0
-        for j in range(J):
-            mu_b, var_b = _moments(wq_t[k, j], wq_r[k, j])
-            ta, ra, nt, nr, clamped = s2_terms(mu_a, var_a, mu_b, var_b, f_mu[j], f_var[j], r_t[j], r_r[j])
-            counts[G_S2_REST] += clamped
-            acc_t += ta
-            acc_r += ra
-            old_t = wm_t[k, j]
-            old_r = wm_r[k, j]
-            nt = damp_toward(old_t, nt, damp)
-            nr = damp_toward(old_r, nr, damp)
-            wa_t[k, j] += nt - old_t
-            wa_r[k, j] += nr - old_r
-            wm_t[k, j] = nt
-            wm_r[k, j] = nr
+        acc_t = to_x_t[k]
+        acc_r = to_x_r[k]
         if all_tiny:
             acc_t = 0.0
             acc_r = MIN_RHO
@@ -247,3 +302,4 @@ def linear_var_bwd(x_mu, x_var, wq_t, wq_r, wm_t, wm_r, wa_t, wa_r, cq_t, cq_r, 
         to_x_r[k] = acc_r
     if all_tiny:
         counts[G_ALL_TINY] += 1
+
