@@ -196,11 +196,21 @@ def linear_var_fwd(in_t, in_r, mx_t, mx_r, wq_t, wq_r, cq_t, cq_r, cm_t, cm_r, x
     for j in range(J):
         t, r = _cavity(cq_t[j], cq_r[j], cm_t[j], cm_r[j], counts)
         out_mu[j], out_var[j] = _moments(t, r)
+    _s2_forward_rows(x_mu, x_var, wq_t, wq_r, out_mu, out_var)
+
+
+@njit(cache=True, error_model="numpy")
+def _s2_forward_rows(x_mu, x_var, q_t, q_r, out_mu, out_var):
+    """``out += x @ moments(q)`` for means and S2 variances; branch-free, so the row loop vectorises."""
+    K, J = q_t.shape
     for k in range(K):
         mu_a = x_mu[k]
         var_a = x_var[k]
         for j in range(J):
-            mu_b, var_b = _moments(wq_t[k, j], wq_r[k, j])
+            pos = q_r[k, j] > 0.0
+            inv = 1.0 / q_r[k, j]
+            mu_b = q_t[k, j] * inv if pos else 0.0
+            var_b = inv if pos else np.inf
             out_mu[j] += mu_a * mu_b
             out_var[j] += var_a * (var_b + mu_b * mu_b) + mu_a * mu_a * var_b
 
