@@ -125,7 +125,7 @@ def plot(rows, path, title):
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for r in rows:
-        if "failed" in r:
+        if "failed" in r or "time_s" not in r:  # failed orders, the PyTorch epoch line
             continue
         for ax, key in zip(axes, ("accuracy", "nll", "ece")):
             ax.scatter(r["time_s"], r[key])
