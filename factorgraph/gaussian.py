@@ -127,6 +127,12 @@ class Gaussian:
         """``1 / rho``, and ``+inf`` where ``rho == 0``."""
         return var_of(self.rho)
 
+    def with_moments(self):
+        """The same message with its mean and variance computed once (:class:`WithMoments`), for a
+        message that several equations read before its arrays change (a chunk's weight marginal between
+        its forward and backward)."""
+        return WithMoments(self.tau, self.rho)
+
     @property
     def m2(self):
         """Second moment ``var + mean^2``."""
@@ -175,6 +181,26 @@ class Gaussian:
         # natural form: rho' = rho / (1 + v rho), tau' = tau / (1 + v rho); exact for rho = 0 too
         d = 1 + v * self.rho
         return Gaussian(self.tau / d, self.rho / d)
+
+
+class WithMoments(Gaussian):
+    """A :class:`Gaussian` whose ``mean`` and ``var`` were computed at construction.  The cache does not
+    follow in-place changes of ``tau``/``rho``: use it only while they stay as they were."""
+
+    __slots__ = ("_mean", "_var")
+
+    def __init__(self, tau, rho):
+        super().__init__(tau, rho)
+        self._mean = mean_of(self.tau, self.rho)
+        self._var = var_of(self.rho)
+
+    @property
+    def mean(self):
+        return self._mean
+
+    @property
+    def var(self):
+        return self._var
 
 
 def mean_of(tau, rho):

@@ -164,7 +164,6 @@ class Conv(Factor):
         return self.forward_chunk(m_in, i, i)  # a chunk of one example, site = slot
 
     def backward(self, m_out, i):
-        W = self.params["W"]
         r = m_out.reshape(-1, self.filters)
         to_c = s1_backward_to_bias(self._cav_c, self._f, r)
         mod = kernels.module(r.tau, "patches")
@@ -173,7 +172,7 @@ class Conv(Factor):
         elif self.constant_input:
             to_w = s1_backward_to_b(self._a, self._cav_w, self._f, r)
         else:
-            to_a, to_w = s2_backward(self._a, W.q, self._f, r)
+            to_a, to_w = s2_backward(self._a, self._qw, self._f, r)
         return self._store(to_w, to_c, None if self.constant_input else to_a, i, i, None)
 
     def _store(self, to_w, to_c, to_a, idx, site, damping):
@@ -199,7 +198,7 @@ class Conv(Factor):
             mod.s1_patches_bwd(self._a, w.mean, w.var, f_mu, f_var, r.tau, r.rho, to_w.tau, to_w.rho, counts[0:1])
             self._guards.after_call(r.tau)
             return to_w, None
-        q = self.params["W"].q
+        q = self._qw
         to_a = Gaussian(xp.empty(self._a.shape, self.dtype), xp.empty(self._a.shape, self.dtype))
         mod.s2_patches_bwd(self._a.mean, self._a.var, q.mean, q.var, f_mu, f_var, r.tau, r.rho, to_a.tau, to_a.rho,
                            to_w.tau, to_w.rho, counts[1:2])
@@ -209,20 +208,20 @@ class Conv(Factor):
     # --- batched (chunk) training; with idx = site = i also the per-example forward ---------------
     def forward_chunk(self, m_in, idx, site):
         W, c = self.params["W"], self.params["c"]
-        self._cav_c = c.cavity(site)
+        self._cav_c = c.cavity(site).with_moments()  # the backward reads these again
         if self.constant_input:
             self._a = self._gather(m_in, True)
-            self._cav_w = W.cavity(site)
+            self._cav_w = W.cavity(site).with_moments()
             self._f = s1_forward(self._a, self._cav_w, self._cav_c)
         else:
             x_hat = clamp_min_rho(m_in * self.m_to_x[idx], config.MIN_PRECISION)
             self._a = self._gather(x_hat, False)
-            self._f = s2_forward(self._a, W.q, self._cav_c)
+            self._qw = W.q.with_moments()  # W.q changes only in the backward's replace, after its last use
+            self._f = s2_forward(self._a, self._qw, self._cav_c)
         return self._out(self._f, m_in.shape[:-3])
 
     def backward_chunk(self, m_out, idx, site, damping, exact):
         """Chunk backward: all positions of all examples are uses of the kernel (rows c * P)."""
-        W = self.params["W"]
         n = m_out.shape[0]
         P, D = self.src.shape
         r = m_out.reshape(n * P, self.filters)
@@ -232,7 +231,7 @@ class Conv(Factor):
         if self.constant_input:
             to_w = (s1_backward_to_b if exact else s1_backward_to_b_gemm)(a, self._cav_w, f, r)
             return self._store(to_w, to_c, None, idx, site, damping)
-        to_a, to_w = (s2_backward if exact else s2_backward_gemm)(a, W.q, f, r)
+        to_a, to_w = (s2_backward if exact else s2_backward_gemm)(a, self._qw, f, r)
         return self._store(to_w, to_c, to_a.reshape(n, P, D), idx, site, damping)
 
     def reset_batch_caches(self):

@@ -142,14 +142,16 @@ class Linear(Factor):
     # --- batched (chunk) training; with idx = site = i also the per-example reference -------------
     def forward_chunk(self, m_in, idx, site):
         W, c = self.params["W"], self.params["c"]
-        self._cav_c = c.cavity(site)
+        # messages the backward reads again keep their moments (computed once per chunk)
+        self._cav_c = c.cavity(site).with_moments()
         if self.constant_input:
             self._x = m_in
-            self._cav_w = W.cavity(site)
-            self._out = s1_forward(m_in, self._cav_w, self._cav_c)
+            self._cav_w = W.cavity(site).with_moments()
+            self._out = s1_forward(m_in, self._cav_w, self._cav_c).with_moments()
         else:
-            self._x = clamp_min_rho(m_in * self.m_to_x[idx], config.MIN_PRECISION)
-            self._out = s2_forward(self._x, W.q, self._cav_c)
+            self._x = clamp_min_rho(m_in * self.m_to_x[idx], config.MIN_PRECISION).with_moments()
+            self._qw = W.q.with_moments()  # W.q changes only in the backward's replace, after its last use
+            self._out = s2_forward(self._x, self._qw, self._cav_c).with_moments()
         return self._out
 
     def backward_chunk(self, m_out, idx, site, damping, exact):
@@ -160,7 +162,7 @@ class Linear(Factor):
         if self.constant_input:
             to_w = (s1_backward_to_b if exact else s1_backward_to_b_gemm)(self._x, self._cav_w, self._out, m_out)
         else:
-            to_x, to_w = (s2_backward if exact else s2_backward_gemm)(self._x, W.q, self._out, m_out)
+            to_x, to_w = (s2_backward if exact else s2_backward_gemm)(self._x, self._qw, self._out, m_out)
             xp = to_x.xp
             flat = xp.all(self._out.rho <= config.TINY_PRECISION, axis=-1) & \
                 xp.all(m_out.rho <= config.TINY_PRECISION, axis=-1)

@@ -510,3 +510,14 @@ def test_truncate_nonneg_is_finite_nonnegative_and_narrower_property(record_case
         # the truncated tail is lighter than an exponential with rate |t| / sigma
         assert mean <= 1 / (-t * sr) * (1 + 1e-9) and 1 / float(h.rho[0]) <= 1 / (t * t * rho) * (1 + 1e-9)
     record_cases("truncate_nonneg", 1)
+
+
+def test_with_moments_caches_the_moments_of_the_same_message():
+    g = Gaussian(np.array([1.0, -2.0, 0.0]), np.array([2.0, 0.5, 0.0]))
+    w = g.with_moments()
+    assert isinstance(w, Gaussian)
+    np.testing.assert_array_equal(w.mean, g.mean)
+    np.testing.assert_array_equal(w.var, g.var)  # rho = 0: mean 0, var inf
+    assert w.mean is w.mean and w.tau is g.tau  # computed once, no copy of the parameters
+    sub = w[1:]
+    assert type(sub) is Gaussian and sub.mean[0] == -4.0  # derived messages recompute their moments
