@@ -61,3 +61,8 @@ PRIOR_B = 0.8040586726631379
 #: Damping schedule of the Trainer: beta_e = DAMP_FLOOR + (1 - DAMP_FLOOR) * exp(-DAMP_RATE * (e - 1)).
 DAMP_FLOOR = 0.9
 DAMP_RATE = 0.3
+
+#: a sweep that leaves a weight's marginal mean this many batch-prior standard deviations away from the
+#: batch prior's mean is reported (guard ``mean_shift_beyond_prior`` and a RuntimeWarning): proper, finite
+#: marginals whose means run away are how a too-parallel schedule diverges
+MEAN_SHIFT_WARN_SDS = 1e4

@@ -9,6 +9,7 @@ explicit graph :meth:`FactorGraph.graph`.
 """
 
 import json
+import warnings
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -216,7 +217,10 @@ class FactorGraph:
         self._flush_guards()
 
     def _check_marginals(self, order):
-        """Raise (never continue silently) when a sweep left a weight marginal non-finite or improper."""
+        """Raise (never continue silently) when a sweep left a weight marginal non-finite or improper;
+        warn (guard ``mean_shift_beyond_prior``) when marginal means ran more than
+        ``config.MEAN_SHIFT_WARN_SDS`` batch-prior standard deviations away from the batch prior."""
+        far = []
         for l, layer in self.weighted_layers():
             for name, s in layer.params.items():
                 xp = s.q.xp
@@ -224,6 +228,16 @@ class FactorGraph:
                         and bool(xp.isfinite(s.q.rho).all())):
                     self._diverged(order, f"the marginal of layer {l} ({layer.kind}) {name} is non-finite or "
                                           "improper after a sweep")
+                prior = s.prior
+                shift = xp.abs(s.q.mean - prior.mean) * xp.sqrt(prior.rho)
+                n = int((shift > config.MEAN_SHIFT_WARN_SDS).sum())
+                if n:
+                    far.append(f"layer {l} ({layer.kind}) {name}: {n} of {shift.size}, up to {float(shift.max()):.3g}")
+        if far:
+            guards.record("mean_shift_beyond_prior", len(far))
+            warnings.warn(f"training under {order} may be diverging: weight means moved more than "
+                          f"{config.MEAN_SHIFT_WARN_SDS:g} batch-prior standard deviations ({'; '.join(far)}); "
+                          "use smaller chunks or stronger damping", RuntimeWarning, stacklevel=3)
 
     @staticmethod
     def _diverged(order, what, cause=None):

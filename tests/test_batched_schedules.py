@@ -330,3 +330,28 @@ def test_an_arithmetic_error_inside_a_sweep_is_reported_as_divergence(monkeypatc
     with pytest.raises(ImproperMessageError, match="diverged under Parallel.*ZeroDivisionError") as info:
         fg.train_batch(X, Y, 1, order=Parallel(8, 0.5))
     assert isinstance(info.value.__cause__, ZeroDivisionError)
+
+
+def test_runaway_means_with_proper_marginals_are_reported():
+    """A too-parallel schedule can diverge with finite, proper marginals whose means run away; a sweep
+    that leaves a mean more than config.MEAN_SHIFT_WARN_SDS batch-prior sds from the batch prior warns
+    and counts ``mean_shift_beyond_prior``; ordinary training does neither."""
+    import warnings
+
+    from factorgraph import config, guards
+
+    X, Y = _reg_data()
+    fg = create_factor_graph(REG, 40, seed=1)
+    guards.reset()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning here would fail the test
+        fg.train_batch(X, Y, 2)
+    assert guards.get("mean_shift_beyond_prior") == 0
+    W = fg.layers[0].params["W"]
+    prior_sd = 1 / np.sqrt(W.prior.rho[0, 0])
+    # slot 0's message pulls one weight's marginal mean 3 * MEAN_SHIFT_WARN_SDS prior sds away
+    W.msgs.tau[0, 0, 0] += 3 * config.MEAN_SHIFT_WARN_SDS * prior_sd * W.msgs.rho[:, 0, 0].sum()
+    W.recompute()
+    with pytest.warns(RuntimeWarning, match="may be diverging.*layer 0.*1 of"):
+        fg._check_marginals(Shuffled())
+    assert guards.get("mean_shift_beyond_prior") == 1
