@@ -314,10 +314,9 @@ def test_inplace_s2_rows_equal_the_pending_loop_and_the_reference(damp, dtype, r
         qq, mm, pend = q.copy(), m.copy(), q.copy()
         tx, rx = np.zeros(K, dtype), np.zeros(K, dtype)
         a = qq if inplace else pend
-        n = (linear_cpu._s2_rows_inplace(x_mu, x_var, qq.tau, qq.rho, mm.tau, mm.rho, damp, f.mean, f.var, r.tau,
-                                         r.rho, tx, rx) if inplace else
-             linear_cpu._s2_rows_pending(x_mu, x_var, qq.tau, qq.rho, mm.tau, mm.rho, pend.tau, pend.rho, damp,
-                                         f.mean, f.var, r.tau, r.rho, tx, rx))
+        sink = (None, None) if inplace else (pend.tau, pend.rho)  # None: into q, the vectorised specialisation
+        n = linear_cpu._s2_rows_into(x_mu, x_var, qq.tau, qq.rho, mm.tau, mm.rho, *sink, damp, f.mean, f.var, r.tau,
+                                     r.rho, tx, rx)
         outs.append((a, mm, tx, rx, n))
     tol = dict(rtol=1e-10, atol=1e-12) if dtype == np.float64 else dict(rtol=1e-4, atol=1e-6)
     for u, v in zip(outs[0][:4], outs[1][:4]):

@@ -113,9 +113,11 @@ def _s1_update(a, a2, q_t, q_r, old_t, old_r, r_t, r_r, f_mu, f_var, damp):
 
 
 @njit(cache=True, error_model="numpy")
-def _s1_rows_inplace(x, q_t, q_r, m_t, m_r, damp, f_mu, f_var, r_t, r_r):
-    """S1 rows when the marginal itself is updated (the sequential schedule): no second array may alias
-    ``q``, so LLVM vectorises the row loop.  Returns the guard counts (round-off, improper, rest, small)."""
+def _s1_rows_into(x, q_t, q_r, m_t, m_r, a_t, a_r, damp, f_mu, f_var, r_t, r_r):
+    """S1 rows: slot ``m`` gets the new messages and ``a`` gets ``new - old``; ``a_t = a_r = None`` means
+    the marginal ``q`` itself (the sequential schedule).  Numba compiles the ``None`` case apart, and there
+    no second array may alias ``q``, so LLVM vectorises the row loop.  Returns the guard counts
+    (round-off, improper, rest, small)."""
     K, J = q_t.shape
     n_round = n_bad = n_rest = n_small = 0
     for k in range(K):
@@ -131,36 +133,16 @@ def _s1_rows_inplace(x, q_t, q_r, m_t, m_r, damp, f_mu, f_var, r_t, r_r):
             n_bad += bad
             n_round += rnd
             row_rest += clamp
-            q_t[k, j] += nt - old_t
-            q_r[k, j] += nr - old_r
+            if a_t is None:
+                q_t[k, j] += nt - old_t
+                q_r[k, j] += nr - old_r
+            else:
+                a_t[k, j] += nt - old_t
+                a_r[k, j] += nr - old_r
             m_t[k, j] = nt
             m_r[k, j] = nr
         if a != 0.0:  # s1_term sends G(0, 0) to the terms of a zero input and clamps nothing
             n_rest += row_rest
-    return n_round, n_bad, n_rest, n_small
-
-
-@njit(cache=True, error_model="numpy")
-def _s1_rows_pending(x, q_t, q_r, m_t, m_r, a_t, a_r, damp, f_mu, f_var, r_t, r_r):
-    """S1 rows adding ``new - old`` to a separate pending change ``a`` (parallel chunks)."""
-    K, J = q_t.shape
-    n_round = n_bad = n_rest = n_small = 0
-    for k in range(K):
-        a = x[k]
-        a2 = a * a
-        for j in range(J):
-            old_t = m_t[k, j]
-            old_r = m_r[k, j]
-            nt, nr, small, bad, rnd, clamp = _s1_update(a, a2, q_t[k, j], q_r[k, j], old_t, old_r, r_t[j], r_r[j],
-                                                        f_mu[j], f_var[j], damp)
-            n_small += small
-            n_bad += bad
-            n_round += rnd
-            n_rest += clamp and a != 0.0
-            a_t[k, j] += nt - old_t
-            a_r[k, j] += nr - old_r
-            m_t[k, j] = nt
-            m_r[k, j] = nr
     return n_round, n_bad, n_rest, n_small
 
 
@@ -169,10 +151,11 @@ def _s1_rows(x, q_t, q_r, m_t, m_r, a_t, a_r, damp, f_mu, f_var, r_t, r_r, count
     """S1 messages to every b[k, j] of s_j = sum_k x_k b_kj from its cavity (:func:`_s1_update`); writes
     the slot and adds ``new - old`` to ``a``: the marginal itself (``a is q``) or its pending change."""
     if a_t.ctypes.data == q_t.ctypes.data and a_r.ctypes.data == q_r.ctypes.data:
-        n_round, n_bad, n_rest, n_small = _s1_rows_inplace(x, q_t, q_r, m_t, m_r, damp, f_mu, f_var, r_t, r_r)
+        n_round, n_bad, n_rest, n_small = _s1_rows_into(x, q_t, q_r, m_t, m_r, None, None, damp, f_mu, f_var, r_t,
+                                                        r_r)
     else:
-        n_round, n_bad, n_rest, n_small = _s1_rows_pending(x, q_t, q_r, m_t, m_r, a_t, a_r, damp, f_mu, f_var,
-                                                           r_t, r_r)
+        n_round, n_bad, n_rest, n_small = _s1_rows_into(x, q_t, q_r, m_t, m_r, a_t, a_r, damp, f_mu, f_var, r_t,
+                                                        r_r)
     counts[G_ROUNDOFF] += n_round
     counts[G_IMPROPER] += n_bad
     counts[G_S1_REST] += n_rest
@@ -228,9 +211,11 @@ def _s2_update(mu_a, var_a, q_t, q_r, old_t, old_r, f_mu, f_var, r_t, r_r, damp)
 
 
 @njit(cache=True, error_model="numpy", fastmath={"reassoc"})
-def _s2_rows_inplace(x_mu, x_var, q_t, q_r, m_t, m_r, damp, f_mu, f_var, r_t, r_r, to_x_t, to_x_r):
-    """S2 rows updating the marginal itself (the sequential schedule): no other array may alias ``q``,
-    so the row loop vectorises (``reassoc``: the sums over j may be reordered).  Returns the clamps."""
+def _s2_rows_into(x_mu, x_var, q_t, q_r, m_t, m_r, a_t, a_r, damp, f_mu, f_var, r_t, r_r, to_x_t, to_x_r):
+    """S2 rows: slot ``m`` gets the new weight messages, ``a`` gets ``new - old`` (``None``: the marginal
+    ``q`` itself, compiled apart so the row loop vectorises, as in :func:`_s1_rows_into`; ``reassoc``: the
+    sums over j may be reordered), ``to_x`` the products over j of the messages to the inputs.  Returns
+    the clamps."""
     K, J = q_t.shape
     n_clamp = 0
     for k in range(K):
@@ -246,33 +231,12 @@ def _s2_rows_inplace(x_mu, x_var, q_t, q_r, m_t, m_r, damp, f_mu, f_var, r_t, r_
             n_clamp += clamped
             acc_t += ta
             acc_r += ra
-            q_t[k, j] += nt - old_t
-            q_r[k, j] += nr - old_r
-            m_t[k, j] = nt
-            m_r[k, j] = nr
-        to_x_t[k] = acc_t
-        to_x_r[k] = acc_r
-    return n_clamp
-
-
-@njit(cache=True, error_model="numpy")
-def _s2_rows_pending(x_mu, x_var, q_t, q_r, m_t, m_r, a_t, a_r, damp, f_mu, f_var, r_t, r_r, to_x_t, to_x_r):
-    """S2 rows adding ``new - old`` to a separate pending change ``a`` (parallel chunks)."""
-    K, J = q_t.shape
-    n_clamp = 0
-    for k in range(K):
-        acc_t = 0.0
-        acc_r = 0.0
-        for j in range(J):
-            old_t = m_t[k, j]
-            old_r = m_r[k, j]
-            ta, ra, nt, nr, clamped = _s2_update(x_mu[k], x_var[k], q_t[k, j], q_r[k, j], old_t, old_r, f_mu[j],
-                                                 f_var[j], r_t[j], r_r[j], damp)
-            n_clamp += clamped
-            acc_t += ta
-            acc_r += ra
-            a_t[k, j] += nt - old_t
-            a_r[k, j] += nr - old_r
+            if a_t is None:
+                q_t[k, j] += nt - old_t
+                q_r[k, j] += nr - old_r
+            else:
+                a_t[k, j] += nt - old_t
+                a_r[k, j] += nr - old_r
             m_t[k, j] = nt
             m_r[k, j] = nr
         to_x_t[k] = acc_t
@@ -293,11 +257,11 @@ def linear_var_bwd(x_mu, x_var, wq_t, wq_r, wm_t, wm_r, wa_t, wa_r, cq_t, cq_r, 
         if f_var[j] < 1.0 / TINY or r_r[j] > TINY:
             all_tiny = False
     if wa_t.ctypes.data == wq_t.ctypes.data and wa_r.ctypes.data == wq_r.ctypes.data:
-        counts[G_S2_REST] += _s2_rows_inplace(x_mu, x_var, wq_t, wq_r, wm_t, wm_r, damp, f_mu, f_var, r_t, r_r,
-                                              to_x_t, to_x_r)
+        counts[G_S2_REST] += _s2_rows_into(x_mu, x_var, wq_t, wq_r, wm_t, wm_r, None, None, damp, f_mu, f_var,
+                                           r_t, r_r, to_x_t, to_x_r)
     else:
-        counts[G_S2_REST] += _s2_rows_pending(x_mu, x_var, wq_t, wq_r, wm_t, wm_r, wa_t, wa_r, damp, f_mu, f_var,
-                                              r_t, r_r, to_x_t, to_x_r)
+        counts[G_S2_REST] += _s2_rows_into(x_mu, x_var, wq_t, wq_r, wm_t, wm_r, wa_t, wa_r, damp, f_mu, f_var,
+                                           r_t, r_r, to_x_t, to_x_r)
     for k in range(K):
         acc_t = to_x_t[k]
         acc_r = to_x_r[k]
