@@ -112,6 +112,19 @@ def _s1_update(a, a2, q_t, q_r, old_t, old_r, r_t, r_r, f_mu, f_var, damp):
     return old_t + damp * (nt - old_t), old_r + damp * (nr - old_r), small, bad, rnd, clamp
 
 
+@njit(cache=True, inline="always")
+def _store(q_t, q_r, m_t, m_r, a_t, a_r, k, j, old_t, old_r, nt, nr):
+    """Slot ``m[k, j]`` := new message; ``new - old`` added to ``a[k, j]`` (``a`` None: to ``q[k, j]``)."""
+    if a_t is None:
+        q_t[k, j] += nt - old_t
+        q_r[k, j] += nr - old_r
+    else:
+        a_t[k, j] += nt - old_t
+        a_r[k, j] += nr - old_r
+    m_t[k, j] = nt
+    m_r[k, j] = nr
+
+
 @njit(cache=True, error_model="numpy")
 def _s1_rows_into(x, q_t, q_r, m_t, m_r, a_t, a_r, damp, f_mu, f_var, r_t, r_r):
     """S1 rows: slot ``m`` gets the new messages and ``a`` gets ``new - old``; ``a_t = a_r = None`` means
@@ -133,14 +146,7 @@ def _s1_rows_into(x, q_t, q_r, m_t, m_r, a_t, a_r, damp, f_mu, f_var, r_t, r_r):
             n_bad += bad
             n_round += rnd
             row_rest += clamp
-            if a_t is None:
-                q_t[k, j] += nt - old_t
-                q_r[k, j] += nr - old_r
-            else:
-                a_t[k, j] += nt - old_t
-                a_r[k, j] += nr - old_r
-            m_t[k, j] = nt
-            m_r[k, j] = nr
+            _store(q_t, q_r, m_t, m_r, a_t, a_r, k, j, old_t, old_r, nt, nr)
         if a != 0.0:  # s1_term sends G(0, 0) to the terms of a zero input and clamps nothing
             n_rest += row_rest
     return n_round, n_bad, n_rest, n_small
@@ -231,14 +237,7 @@ def _s2_rows_into(x_mu, x_var, q_t, q_r, m_t, m_r, a_t, a_r, damp, f_mu, f_var, 
             n_clamp += clamped
             acc_t += ta
             acc_r += ra
-            if a_t is None:
-                q_t[k, j] += nt - old_t
-                q_r[k, j] += nr - old_r
-            else:
-                a_t[k, j] += nt - old_t
-                a_r[k, j] += nr - old_r
-            m_t[k, j] = nt
-            m_r[k, j] = nr
+            _store(q_t, q_r, m_t, m_r, a_t, a_r, k, j, old_t, old_r, nt, nr)
         to_x_t[k] = acc_t
         to_x_r[k] = acc_r
     return n_clamp
