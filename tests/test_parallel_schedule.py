@@ -23,31 +23,29 @@ def _state(fg):
             for s in layer.params.values()]
 
 
-@pytest.mark.parametrize("use_kernels", [True, False])
+@pytest.fixture(params=[True, False], ids=["kernels", "numpy"])
+def use_kernels(request):
+    """Run the test with the compiled kernels, then with the NumPy reference."""
+    prev = kernels.set_enabled(request.param)
+    yield request.param
+    kernels.set_enabled(prev)
+
+
 def test_chunk_of_one_is_the_sequential_schedule_exactly(use_kernels):
     X, Y = _data()
-    prev = kernels.set_enabled(use_kernels)
-    try:
-        a = create_factor_graph(TEMPLATES, batch_size=24, seed=2)
-        b = create_factor_graph(TEMPLATES, batch_size=24, seed=2)
-        a.train_batch(X, Y, 3, order=Shuffled())
-        b.train_batch(X, Y, 3, order=Chunked(1))
-    finally:
-        kernels.set_enabled(prev)
+    a = create_factor_graph(TEMPLATES, batch_size=24, seed=2)
+    b = create_factor_graph(TEMPLATES, batch_size=24, seed=2)
+    a.train_batch(X, Y, 3, order=Shuffled())
+    b.train_batch(X, Y, 3, order=Chunked(1))
     for sa, sb in zip(_state(a), _state(b)):
         for u, v in zip(sa, sb):
             np.testing.assert_array_equal(u, v)
 
 
-@pytest.mark.parametrize("use_kernels", [True, False])
 def test_chunked_marginal_is_prior_times_damped_messages(use_kernels):
     X, Y = _data()
-    prev = kernels.set_enabled(use_kernels)
-    try:
-        fg = create_factor_graph(TEMPLATES, batch_size=24, seed=2)
-        fg.train_batch(X, Y, 2, order=Chunked(8, damping=0.5))
-    finally:
-        kernels.set_enabled(prev)
+    fg = create_factor_graph(TEMPLATES, batch_size=24, seed=2)
+    fg.train_batch(X, Y, 2, order=Chunked(8, damping=0.5))
     for _, layer in fg.weighted_layers():
         for s in layer.params.values():
             np.testing.assert_allclose(s.q.rho, s.msgs.rho.sum(0), rtol=1e-12)
