@@ -262,20 +262,31 @@ def clamp_min_rho(g, m):
     return Gaussian(xp.where(low, mu * rho, g.tau), rho)
 
 
-#: Below t = -TAIL_T the truncation moments come from their asymptotic series in 1/t^2: the direct
-#: formula u = 1 - v (v + t) cancels to ~eps t^4 relative error there.
-TAIL_T = 20.0
-_SHIFT_SERIES = (1, -2, 10, -74, 706, -8162, 110410, -1708394, 29752066, -576037442, 12277827850,
-                 -285764591114, 7213364729026, -196316804255522)
-_FACTOR_SERIES = (1, -6, 50, -518, 6354, -89782, 1435330, -25625910, 505785122, -10944711398,
-                  257834384850, -6572585595622, 180334118225650, -5300553714899094)
+#: Below t = -CF_T the truncation moments come from Laplace's continued fraction for the Mills ratio: the
+#: direct formula u = 1 - v (v + t) cancels to ~eps t^4 relative error (2e-13 at t = -3, 5e-13 at t = -4, 1e-9 at t = -16).
+CF_T = 3.0
+#: Terms of the continued fraction at ``x``: ``CF_BASE + floor(CF_SCALE / x)`` (42 at x = 3, 17 at x = 10,
+#: 6 for x > 110); with the tail started at its fixed point the relative error of both moments stays
+#: below 1e-14 for every x >= CF_T (checked against 80-digit arithmetic in the tests).
+CF_BASE, CF_SCALE = 6, 110.0
 
 
-def _poly(coeffs, z):
-    acc = 0.0
-    for c in coeffs[::-1]:
-        acc = acc * z + c
-    return acc
+def continued_fraction_moments(x, xp=np):
+    """``(E X, Var X)`` of ``N(-x, 1)`` restricted to ``X >= 0``, for ``x >= CF_T``, without cancellation.
+
+    With the Mills ratio ``R(x) = Phi(-x) / phi(x) = 1 / (x + K)``, ``K = 1 / (x + L)``,
+    ``L = 2 / (x + 3 / (x + 4 / (x + ...)))``: ``v = phi / Phi = x + K``, so ``E X = v - x = K`` and
+    ``Var X = 1 - v K = 1 - x K - K^2 = K (L - K)`` (as ``1 - x K = L K``).  The fraction is cut after
+    ``N = CF_BASE + floor(CF_SCALE / x)`` terms and its tail ``L_n = n / (x + L_{n+1})`` started at the
+    fixed point ``(sqrt(x^2 + 4 n) - x) / 2 = 2 n / (sqrt(x^2 + 4 n) + x)``, ``n = N + 1``.
+    """
+    terms = CF_BASE + xp.floor(CF_SCALE / x).astype(np.int64)
+    n = terms + 1.0
+    L = 2.0 * n / (xp.sqrt(x * x + 4.0 * n) + x)
+    for k in range(int(terms.max(initial=2)), 1, -1):
+        L = xp.where(k <= terms, k / (x + L), L)
+    K = 1 / (x + L)
+    return K, K * (L - K)
 
 
 def truncation_ratio(t, xp=np):
@@ -289,8 +300,7 @@ def truncation_ratio(t, xp=np):
 def truncation_shift_and_factor(t, xp=np):
     """For ``X ~ N(t, 1)`` restricted to ``X >= 0``: ``(E X, Var X) = (t + v, 1 - v (v + t))``.
 
-    ``v = phi(t) / Phi(t)``.  For ``t < -TAIL_T`` both come from the asymptotic series
-    ``E X = x (1 - 2 x^2 + 10 x^4 - ...)``, ``Var X = x^2 (1 - 6 x^2 + 50 x^4 - ...)``, ``x = -1 / t``,
+    ``v = phi(t) / Phi(t)``.  For ``t < -CF_T`` both come from :func:`continued_fraction_moments`,
     which avoids the cancellation of the direct formula.  Computed in float64 whatever the input
     dtype (float32 would lose all digits of ``u`` by t = -8), returned in the input dtype.
     """
@@ -300,12 +310,12 @@ def truncation_shift_and_factor(t, xp=np):
     with np.errstate(over="ignore", invalid="ignore"):
         shift = t + v
         u = 1 - v * shift
-    tail = t < -TAIL_T
+    tail = t < -CF_T
     if bool(xp.any(tail)):
-        x = -1 / xp.where(tail, t, -TAIL_T)
-        z = x * x
-        shift = xp.where(tail, x * _poly(_SHIFT_SERIES, z), shift)
-        u = xp.where(tail, z * _poly(_FACTOR_SERIES, z), u)
+        with np.errstate(over="ignore", invalid="ignore"):
+            k, f = continued_fraction_moments(-xp.where(tail, t, -CF_T), xp)
+        shift = xp.where(tail, k, shift)
+        u = xp.where(tail, f, u)
     return shift.astype(dtype), u.astype(dtype)
 
 

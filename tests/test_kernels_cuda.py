@@ -17,6 +17,8 @@ from factorgraph import equations as eq  # noqa: E402
 from factorgraph.gaussian import Gaussian  # noqa: E402
 from factorgraph.kernels import leaky_cpu, linear_cpu, patches_cpu  # noqa: E402
 
+from closeness import KTOL, assert_messages_close  # noqa: E402
+
 TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=1e-4, atol=1e-5)}
 #: the simulator runs Python's math and agrees to rounding; a real GPU's libdevice exp/log/erfc differ in the
 #: last bits, which the truncation and tolerant-division cancellations amplify
@@ -137,17 +139,14 @@ def test_patch_kernels_cuda_equal_cpu_and_reference(cuda_mods, record_cases):
         mod.s2_patches_bwd(a.mean, a.var, b.mean, b.var, f.mean, f.var, r.tau, r.rho, ta, ra, tb, rb,
                            np.zeros(1, np.int64))
         outs[name] = (ta, ra, tb, rb)
-    for got in outs.values():
-        np.testing.assert_allclose(got[0], ref_a.tau, rtol=1e-10)
-        np.testing.assert_allclose(got[1], ref_a.rho, rtol=1e-10)
-        np.testing.assert_allclose(got[2], ref_b.tau, rtol=1e-10)
-        np.testing.assert_allclose(got[3], ref_b.rho, rtol=1e-10)
+    for name, got in outs.items():
+        assert_messages_close(got[0], got[1], ref_a.tau, ref_a.rho, KTOL[np.float64], a.tau, a.rho, f"{name} to a")
+        assert_messages_close(got[2], got[3], ref_b.tau, ref_b.rho, KTOL[np.float64], b.tau, b.rho, f"{name} to b")
     fs = eq.s1_forward(A, b)
     ref_s1 = eq.s1_backward_to_b(A, b, fs, r)
     t, rr = np.zeros((D, F)), np.zeros((D, F))
     patches_cuda.s1_patches_bwd(A, b.mean, b.var, fs.mean, fs.var, r.tau, r.rho, t, rr, np.zeros(1, np.int64))
-    np.testing.assert_allclose(t, ref_s1.tau, rtol=1e-10)
-    np.testing.assert_allclose(rr, ref_s1.rho, rtol=1e-10)
+    assert_messages_close(t, rr, ref_s1.tau, ref_s1.rho, KTOL[np.float64], b.tau, b.rho, "cuda S1 to b")
     record_cases("cuda patches", 1)
 
 
@@ -175,8 +174,10 @@ def test_gather_and_fold_kernels_equal_the_reference(cuda_mods, geometry, dtype)
             np.testing.assert_array_equal(out, want)
         out_t, out_r = np.zeros((L, n), dtype), np.zeros((L, n), dtype)
         mod.fold(msg.tau.reshape(L, -1), msg.rho.reshape(L, -1), offsets, entries, out_t, out_r)
-        np.testing.assert_allclose(out_t.reshape((L,) + shape), ref_f.tau, **TOL[dtype])
-        np.testing.assert_allclose(out_r.reshape((L,) + shape), ref_f.rho, **TOL[dtype])
+        # a sum in another order: relative to the sum of the magnitudes folded
+        magnitude = eq.fold_messages(Gaussian(np.abs(msg.tau), msg.rho), src, shape).tau
+        assert_messages_close(out_t.reshape((L,) + shape), out_r.reshape((L,) + shape), ref_f.tau, ref_f.rho,
+                              KTOL[dtype], magnitude, what=mod.__name__)
 
 
 def test_signal_kernels_cuda_equal_cpu(cuda_mods, record_cases):

@@ -461,3 +461,85 @@ def test_property_uniform_backward_input(mu_a, var_a, slope):
     mm = leaky_forward_moment_match(m_a, slope)
     assert fwd.tau[0] == mm.tau[0] and fwd.rho[0] == mm.rho[0]
     assert np.isfinite(fwd.tau[0]) and fwd.rho[0] > 0
+
+
+# ===== 80-digit closed form: the tilted density is two truncated Gaussians =========================
+def _tilted_exact(mu_a, var_a, mu_z, var_z, slope):
+    """Moments of ``a`` and of ``z = leaky(a)`` under ``N(a; mu_a, var_a) N(leaky(a); mu_z, var_z)`` at 80
+    digits: on each side of 0 the density is a Gaussian in ``a`` (slope 1 or ``slope``) restricted to that
+    side, whose mass, mean and variance have closed forms; the mixture of the two sides is exact."""
+    mp = pytest.importorskip("mpmath")
+    mp.mp.dps = 80
+    ma, va, mz, vz, s = (mp.mpf(float(v)) for v in (mu_a, var_a, mu_z, var_z, slope))
+    sides = []
+    for k, sign in ((mp.mpf(1), 1), (s, -1)):  # a > 0: z = a; a < 0: z = s a
+        P = 1 / va + k * k / vz
+        m = (ma / va + k * mz / vz) / P
+        c = -(ma * ma / va + mz * mz / vz) / 2 + P * m * m / 2
+        sd = 1 / mp.sqrt(P)
+        al = sign * m / sd
+        lam = mp.npdf(al) / mp.ncdf(al)
+        e = sign * (sign * m + sd * lam)
+        v = sd * sd * (1 - al * lam - lam * lam)
+        sides.append((c + mp.log(sd) + mp.log(mp.ncdf(al)), e, v, k))
+    top = max(sides[0][0], sides[1][0])
+    w = [mp.exp(lw - top) for lw, _, _, _ in sides]
+    w = [x / (w[0] + w[1]) for x in w]
+    (_, e1, v1, k1), (_, e2, v2, k2) = sides
+    mean_a = w[0] * e1 + w[1] * e2
+    var_a_t = w[0] * v1 + w[1] * v2 + w[0] * w[1] * (e1 - e2) ** 2
+    mean_z = w[0] * k1 * e1 + w[1] * k2 * e2
+    var_z_t = w[0] * k1 ** 2 * v1 + w[1] * k2 ** 2 * v2 + w[0] * w[1] * (k1 * e1 - k2 * e2) ** 2
+    return (mean_a, var_a_t), (mean_z, var_z_t)
+
+
+# conflicting messages: each side's truncation sits 3 to 40 sd beyond the kink (t from -3 to -40), where
+# u = 1 - v (v + t) by the direct formula lost up to 1e-9 relative before the continued fraction
+CONFLICTS = [
+    (2.647347418342025, 0.01148043035209221, -2.10271330627373, 0.00396802630047717),
+    (1.4382328997062102, 0.003812730916045304, -6.355092372420756, 0.0060771982522463104),
+    (4.4689078557398725, 0.057425280712514105, -4.657637725749522, 0.05002688953769377),
+    (7.526983306897174, 0.04127694937582418, -0.6730696338542094, 0.0012287521489751333),
+    (1.0, 1e-4, -1.0, 5e-5),
+    (0.5, 0.02, -3.0, 0.3),
+    (-2.0, 0.01, 1.5, 0.002),
+]
+
+
+# forward marginals with one side 3 to 5 sd beyond the kink that the forward guard accepts
+FORWARD_TAILS = [
+    (-0.007335978054100264, 0.003492705509607339, -0.30044235604854935, 0.0029558333325557192),
+    (2.449529454015043, 0.368117818980892, -0.8133796150843526, 0.07664714852375024),
+    (0.7860362496342553, 0.15916873771249912, -0.47174206270925917, 0.009308885565133965),
+    (0.7615952625182434, 0.024014896763417025, -0.045354155665930734, 0.005096272172213344),
+]
+
+
+@pytest.mark.parametrize("case", CONFLICTS)
+def test_backward_marginal_equals_the_80_digit_closed_form_in_the_tails(case, record_cases):
+    """To 1e-12 of the marginal it forms with the input message (the forward marginal falls back to
+    moment matching on these, by its guard)."""
+    from closeness import assert_messages_close
+
+    mu_a, var_a, mu_z, var_z = case
+    (ea, va), _ = _tilted_exact(mu_a, var_a, mu_z, var_z, 0.1)
+    m_a = _msg([mu_a], [var_a])
+    back = leaky_backward_marginal(m_a, _msg([mu_z], [var_z]), 0.1)
+    assert guards.get("leaky_backward_clamp") == 0
+    assert_messages_close(back.tau, back.rho, float(ea / va - mu_a / var_a), float(1 / va - 1 / var_a), 1e-12,
+                          m_a.tau, m_a.rho, "backward")
+    record_cases("leaky backward vs 80 digits", 1)
+
+
+@pytest.mark.parametrize("case", FORWARD_TAILS)
+def test_forward_marginal_equals_the_80_digit_closed_form_in_the_tails(case, record_cases):
+    from closeness import assert_messages_close
+
+    mu_a, var_a, mu_z, var_z = case
+    _, (ez, vz) = _tilted_exact(mu_a, var_a, mu_z, var_z, 0.1)
+    m_z = _msg([mu_z], [var_z])
+    fwd = leaky_forward_marginal(_msg([mu_a], [var_a]), m_z, 0.1)
+    assert guards.get("leaky_forward_fallback") == 0
+    assert_messages_close(fwd.tau, fwd.rho, float(ez / vz - mu_z / var_z), float(1 / vz - 1 / var_z), 1e-12,
+                          m_z.tau, m_z.rho, "forward")
+    record_cases("leaky forward vs 80 digits", 1)

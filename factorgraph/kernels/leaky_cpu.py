@@ -10,6 +10,8 @@ functions.  ``tests/test_kernels_cpu.py`` asserts equality with the reference.  
 
 import math
 
+import numpy as np
+
 from numba import njit, prange
 
 from factorgraph import config
@@ -111,7 +113,7 @@ THREADS_MIN = 2048
 def _moment_match_serial(a_t, a_r, slope, out_t, out_r):
     floors = 0
     for n in range(a_t.shape[0]):
-        out_t[n], out_r[n], f = moment_match_one(a_t[n], a_r[n], slope)
+        out_t[n], out_r[n], f = moment_match_one(np.float64(a_t[n]), np.float64(a_r[n]), slope)
         floors += f
     return floors
 
@@ -120,7 +122,7 @@ def _moment_match_serial(a_t, a_r, slope, out_t, out_r):
 def _moment_match_threads(a_t, a_r, slope, out_t, out_r):
     floors = 0
     for n in prange(a_t.shape[0]):
-        out_t[n], out_r[n], f = moment_match_one(a_t[n], a_r[n], slope)
+        out_t[n], out_r[n], f = moment_match_one(np.float64(a_t[n]), np.float64(a_r[n]), slope)
         floors += f
     return floors
 
@@ -137,7 +139,8 @@ def leaky_fwd_marginal(a_t, a_r, z_t, z_r, slope, out_t, out_r, counts):
     """Training forward of all units given their backward messages ``z`` (one thread: see
     :func:`factorgraph.kernels.threaded`)."""
     for n in range(a_t.shape[0]):
-        out_t[n], out_r[n], fb, f = fwd_marginal_one(a_t[n], a_r[n], z_t[n], z_r[n], slope)
+        f64 = np.float64  # float32 messages are computed in float64 (the float32 reference rounds to float32)
+        out_t[n], out_r[n], fb, f = fwd_marginal_one(f64(a_t[n]), f64(a_r[n]), f64(z_t[n]), f64(z_r[n]), slope)
         counts[L_FWD_FALLBACK] += fb
         counts[L_U_FLOOR] += f
 
@@ -146,7 +149,8 @@ def leaky_fwd_marginal(a_t, a_r, z_t, z_r, slope, out_t, out_r, counts):
 def leaky_bwd_marginal(a_t, a_r, z_t, z_r, slope, out_t, out_r, counts):
     """Backward message to the input, then ``min_rho(MIN_PRECISION)`` as the layer applies it."""
     for n in range(a_t.shape[0]):
-        out_t[n], out_r[n], c, fb, f, low = bwd_marginal_one(a_t[n], a_r[n], z_t[n], z_r[n], slope)
+        f64 = np.float64
+        out_t[n], out_r[n], c, fb, f, low = bwd_marginal_one(f64(a_t[n]), f64(a_r[n]), f64(z_t[n]), f64(z_r[n]), slope)
         counts[L_BWD_CLAMP] += c
         counts[L_BWD_FALLBACK] += fb
         counts[L_U_FLOOR] += f
