@@ -16,7 +16,8 @@ from numba import njit, prange
 
 from factorgraph import config
 from factorgraph.kernels import use_threads
-from factorgraph.kernels.scalar import LOG_SQRT_2PI, MIN_U, SQRT1_2, block52_log, mixture, shift_and_factor_from
+from factorgraph.kernels.scalar import (LOG_SQRT_2PI, MIN_U, NEGLIGIBLE_LOG_WEIGHT, SQRT1_2, block52_moments,
+                                       block52_parts, mixture, shift_and_factor_from)
 
 L_FWD_FALLBACK, L_BWD_CLAMP, L_BWD_FALLBACK, L_U_FLOOR, L_MIN_RHO = range(5)
 GUARD_NAMES = ("leaky_forward_fallback", "leaky_backward_clamp", "leaky_backward_fallback",
@@ -63,8 +64,10 @@ def moment_match_one(ta, ra, slope):
 @njit(cache=True, inline="always")
 def fwd_marginal_one(ta, ra, tz, rz, slope):
     """Training forward (tau, rho, fallback?, u-floors) of one unit."""
-    lw1, m1, v1, f1 = block52_log(ta, ra, tz, rz)
-    lw2, m2, v2, f2 = block52_log(-tz, rz, -ta / slope, ra / (slope * slope))
+    lw1, t1, s1, p1 = block52_parts(ta, ra, tz, rz)
+    lw2, t2, s2, p2 = block52_parts(-tz, rz, -ta / slope, ra / (slope * slope))
+    m1, v1, f1 = block52_moments(t1, s1, p1, lw1 < lw2 - NEGLIGIBLE_LOG_WEIGHT)
+    m2, v2, f2 = block52_moments(t2, s2, p2, lw2 < lw1 - NEGLIGIBLE_LOG_WEIGHT)
     mean, var, log_m0 = mixture(lw1, m1, v1, lw2, -m2, v2)
     rho_hat = 1.0 / var if var == var else math.nan
     tau_hat = mean * rho_hat
@@ -79,9 +82,12 @@ def fwd_marginal_one(ta, ra, tz, rz, slope):
 def bwd_marginal_one(ta, ra, tz, rz, slope):
     """Backward message (tau, rho) to the input of one unit, then min_rho(MIN_PRECISION), with the
     flags (clamped?, fallback?, u-floors, min_rho?)."""
-    lw1, m1, v1, f1 = block52_log(ta, ra, tz, rz)
-    lw2, m2, v2, f2 = block52_log(-ta, ra, -slope * tz, slope * slope * rz)
-    mean, var, _ = mixture(lw1, m1, v1, lw2 - math.log(slope), -m2, v2)
+    lw1, t1, s1, p1 = block52_parts(ta, ra, tz, rz)
+    lw2, t2, s2, p2 = block52_parts(-ta, ra, -slope * tz, slope * slope * rz)
+    lw2 -= math.log(slope)
+    m1, v1, f1 = block52_moments(t1, s1, p1, lw1 < lw2 - NEGLIGIBLE_LOG_WEIGHT)
+    m2, v2, f2 = block52_moments(t2, s2, p2, lw2 < lw1 - NEGLIGIBLE_LOG_WEIGHT)
+    mean, var, _ = mixture(lw1, m1, v1, lw2, -m2, v2)
     rho_hat = 1.0 / var if var == var else math.nan
     floor = ra + GAIN
     clamped = 0

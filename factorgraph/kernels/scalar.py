@@ -85,34 +85,73 @@ def truncated(mu, sigma):
     return sigma * shift, sigma * sigma * u, lc, floored
 
 
+#: a mixture component this much below the other in log-weight (weight < 2e-22 relative) gets its
+#: truncation moments from the leading asymptotic terms instead of the continued fraction
+NEGLIGIBLE_LOG_WEIGHT = 50.0
+
+
 @njit(cache=True, inline="always")
-def block52_log(tau1, rho1, tau2, rho2):
-    """(log B0, mean, var, floored) of the product of two Gaussians restricted to a >= 0."""
+def block52_parts(tau1, rho1, tau2, rho2):
+    """``(log B0, t, sigma_m, v)`` of the product of two Gaussians restricted to a >= 0 (see
+    :func:`block52_log`); ``v = phi(t) / Phi(t)`` above ``t = -CF_T``, NaN below (the tail)."""
     rho_m = rho1 + rho2
     safe_m = rho_m if rho_m > 0 else 1.0
-    mu_m = (tau1 + tau2) / safe_m
     sigma_m = 1.0 / math.sqrt(safe_m)
-    mean, var, lc, floored = truncated(mu_m, sigma_m)
-    if rho1 > 0 and rho2 > 0:
-        h = rho1 * rho2 / safe_m
-        d = tau1 / rho1 - tau2 / rho2
-        log_z = 0.5 * math.log(h) - LOG_SQRT_2PI - 0.5 * h * d * d
+    t = (tau1 + tau2) * sigma_m
+    both = rho1 > 0 and rho2 > 0
+    h = rho1 * rho2 / safe_m if both else 1.0
+    d = tau1 / rho1 - tau2 / rho2 if both else 0.0
+    quad = -LOG_SQRT_2PI - 0.5 * h * d * d if both else -math.inf
+    if t >= -CF_T:
+        mass = 0.5 * math.erfc(-t * SQRT1_2)
+        return quad + math.log(math.sqrt(h) * mass), t, sigma_m, math.exp(-0.5 * t * t - LOG_SQRT_2PI) / mass
+    return quad + 0.5 * math.log(h) + log_ndtr(t), t, sigma_m, math.nan
+
+
+@njit(cache=True, inline="always")
+def block52_moments(t, sigma_m, v, negligible):
+    """``(mean, var, floored)`` for :func:`block52_parts`; a ``negligible`` tail component takes the
+    leading asymptotic terms ``(-1/t, 1/t^2)`` instead of the continued fraction."""
+    if t >= -CF_T:
+        shift = t + v
+        u = 1.0 - v * shift
+    elif negligible:
+        shift, u = -1.0 / t, 1.0 / (t * t)
     else:
-        log_z = -math.inf
-    return log_z + lc, mean, var, floored
+        shift, u = continued_fraction(-t)
+    floored = 0
+    if u < MIN_U:
+        u = MIN_U
+        floored = 1
+    return sigma_m * shift, sigma_m * sigma_m * u, floored
+
+
+@njit(cache=True, inline="always")
+def block52_log(tau1, rho1, tau2, rho2):
+    """(log B0, mean, var, floored) of the product of two Gaussians restricted to a >= 0.
+
+    ``log B0 = log N(mu1; mu2, 1/rho1 + 1/rho2) + log Phi(t)`` (``-inf`` when a precision is 0).  Above
+    ``t = -CF_T`` the mass ``Phi(t)`` comes from one erfc, ``v = phi / Phi`` from one exp, and one log
+    serves both logarithms (``log(sqrt(h) Phi)``, ``h`` the harmonic precision): three transcendental
+    calls where the reference takes four; below, the continued fraction and the tail-accurate log-cdf."""
+    lw, t, sigma_m, v = block52_parts(tau1, rho1, tau2, rho2)
+    mean, var, floored = block52_moments(t, sigma_m, v, False)
+    return lw, mean, var, floored
 
 
 @njit(cache=True, inline="always")
 def mixture(lw1, m1, v1, lw2, m2, v2):
-    """(mean, var, log mass) of a two-component mixture with log-weights lw1, lw2."""
+    """(mean, var, log mass) of a two-component mixture with log-weights lw1, lw2: one exp for the
+    weights ``1 / (1 + e)`` and ``e / (1 + e)``, ``e = exp(lw_small - lw_big)``, one log1p for the mass."""
     if lw1 == -math.inf and lw2 == -math.inf:
         return math.nan, math.nan, -math.inf
-    mx = max(lw1, lw2)
-    log_m0 = mx + math.log(math.exp(lw1 - mx) + math.exp(lw2 - mx))
-    w1 = math.exp(lw1 - log_m0)
-    w2 = math.exp(lw2 - log_m0)
+    big, small = (lw1, lw2) if lw1 >= lw2 else (lw2, lw1)
+    e = math.exp(small - big)
+    w_big = 1.0 / (1.0 + e)
+    w_small = e * w_big
+    w1, w2 = (w_big, w_small) if lw1 >= lw2 else (w_small, w_big)
     dm = m1 - m2
-    return w1 * m1 + w2 * m2, w1 * v1 + w2 * v2 + w1 * w2 * dm * dm, log_m0
+    return w1 * m1 + w2 * m2, w1 * v1 + w2 * v2 + w1 * w2 * dm * dm, big + math.log1p(e)
 
 
 @njit(cache=True, inline="always")
