@@ -29,6 +29,7 @@ from factorgraph.equations import (
     s2_backward,
     s2_backward_gemm,
     s2_forward,
+    s2_forward_moments,
 )
 from factorgraph.factor import Factor, WeightSlots
 from factorgraph.gaussian import Gaussian, clamp_min_rho
@@ -114,13 +115,16 @@ class Conv(Factor):
             self._dev[key] = tuple(xp.asarray(a) for a in fold_plan(self.src, int(np.prod(self.input_shape))))
         return self._dev[key]
 
-    def _gather(self, m_in, constant):
-        """im2col of images (..., H, W, C) into patches (..., P, D): a constant array, or a Gaussian whose
-        zero-padding entries are point masses at 0.  The compiled kernel of the arrays' device, else the
-        NumPy reference."""
+    def _gather(self, m_in, constant, moments=False):
+        """im2col of images (..., H, W, C) into patches (..., P, D): a constant array, a Gaussian whose
+        zero-padding entries are point masses at 0, or with ``moments`` its (means, variances) gathered
+        after they were computed on the image.  The compiled kernel of the arrays' device, else the NumPy
+        reference."""
         like = m_in if constant else m_in.tau
         mod = kernels.module(like, "patches")
         if mod is None:
+            if moments:
+                return gather_constants(m_in.mean, self._src(like)), gather_constants(m_in.var, self._src(like))
             return (gather_constants if constant else gather_messages)(m_in, self._src(like))
         xp = get_array_module(like)
         lead = like.shape[:-3]
@@ -135,6 +139,8 @@ class Conv(Factor):
 
         if constant:
             return one(m_in, 0.0)
+        if moments:  # zero padding is a point mass at 0: mean 0, variance 0
+            return one(m_in.mean, 0.0), one(m_in.var, 0.0)
         return Gaussian(one(m_in.tau, 0.0), one(m_in.rho, np.inf))
 
     def flush_guards(self):
@@ -246,7 +252,7 @@ class Conv(Factor):
         if self.constant_input:
             f = s1_forward(self._gather(m_in, True), W.q, c.q)
         else:
-            f = s2_forward(self._gather(m_in, False), W.q, c.q)
+            f = s2_forward_moments(*self._gather(m_in, False, moments=True), W.q, c.q)
         return self._out(f, (n,))
 
     def describe(self):

@@ -111,6 +111,10 @@ class MaxPool(_WindowPool):
     def weights(self, win):
         return kernels.argmax_probs(win, self.noise)
 
+    def predict(self, m_in):
+        out = kernels.maxpool_predict(m_in, self.k, self.noise)  # fused kernel; None: the generic path
+        return super().predict(m_in) if out is None else out
+
 
 class AvgPool(_WindowPool):
     kind = "AvgPool"

@@ -48,6 +48,8 @@ def main():
             signals_cuda.KERNELS["argmax_bwd"]: sig(m, m, i64, s, s, True, m, m, c),
             signals_cuda.KERNELS["softmax_bwd"]: sig(m, m, i64, np.zeros(12), np.zeros(12), m, m, c),
             signals_cuda.KERNELS["argmax_probs"]: sig(m, m, s, m),
+            signals_cuda.KERNELS["maxpool_predict"]: sig(np.zeros((1, 4, 4, 2), dt), np.zeros((1, 4, 4, 2), dt), 2, s,
+                                                         np.zeros((1, 2, 2, 2), dt), np.zeros((1, 2, 2, 2), dt)),
         }
         for kernel, types in specs.items():
             ptx, _ = cuda.compile_ptx(kernel.py_func, types, cc=(9, 0))

@@ -360,3 +360,44 @@ def test_float32_kernels_equal_the_reference_on_the_same_inputs(record_cases):
     assert_messages_close(out_t, out_r, ref.tau, ref.rho, tol, m.tau, m.rho, "softmax")
     np.testing.assert_allclose(kernels.argmax_probs(m32, 0.3), eq.argmax_probs(m, 0.3), rtol=tol, atol=1e-30)
     record_cases("kernel float32 signals and leaky", 3 * n + 2 * 3000)
+
+
+@pytest.mark.parametrize("k, threaded", [(2, False), (3, False), (2, True)])
+def test_maxpool_prediction_kernel_equals_the_layer_reference(k, threaded, dtype, record_cases):
+    """The fused max-pool prediction (argmax weights and weighted sum per window) equals the layer's
+    NumPy path (windows, ``argmax_probs``, ``s1_reduce_forward``), including incomplete border windows,
+    ties and tiny variances."""
+    from layers.pool import MaxPool
+
+    rng = np.random.default_rng(31 + k)
+    N = 40 if threaded else 3
+    shape = (N, 7, 8, 3)
+    m = Gaussian.from_mean_var(rng.normal(0, 2, shape), 10 ** rng.uniform(-4, 1, shape))
+    m.tau[0, :2, :2, 0] = 0.0  # a tie
+    layer = MaxPool(k)
+    layer.input_shape = shape[1:]
+    m = m.astype(dtype)
+    prev = kernels.set_enabled(False)
+    try:
+        ref = layer.predict(m)
+    finally:
+        kernels.set_enabled(prev)
+    with kernels.threaded() if threaded else contextlib.nullcontext():
+        got = kernels.maxpool_predict(m, k, layer.noise)
+    assert got.shape == ref.shape == (N, 7 // k, 8 // k, 3)
+    assert_messages_close(got.tau, got.rho, ref.tau, ref.rho, KTOL[dtype], what="maxpool")
+    record_cases("kernel maxpool predict", got.tau.size)
+
+
+def test_argmax_probs_fall_back_to_log_space_where_the_products_underflow():
+    """1100 tied candidates: every product is 2^-1099 = 0 in float64, so the row is redone in log space
+    and gives the reference's uniform probabilities; a row beside it takes the direct products."""
+    rng = np.random.default_rng(5)
+    C = 1100
+    mu = np.zeros((2, C))
+    mu[1] = rng.normal(0, 30, C)
+    m = Gaussian.from_mean_var(mu, np.ones((2, C)))
+    got = kernels.argmax_probs(m, 0.3)
+    ref = eq.argmax_probs(m, 0.3)
+    np.testing.assert_allclose(got[0], 1.0 / C, rtol=1e-12)
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-300)

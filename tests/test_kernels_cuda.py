@@ -202,3 +202,20 @@ def test_signal_kernels_cuda_equal_cpu(cuda_mods, record_cases):
     signals_cpu.argmax_probs(m.tau, m.rho, 0.3, out_cpu)
     signals_cuda.argmax_probs(m.tau, m.rho, 0.3, out_gpu)
     np.testing.assert_allclose(out_gpu, out_cpu, rtol=SIGNAL_RTOL)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_maxpool_prediction_cuda_equals_cpu(cuda_mods, dtype, record_cases):
+    from factorgraph.kernels import signals_cpu
+
+    signals_cuda = cuda_mods[3]
+    rng = np.random.default_rng(7)
+    shape = (2, 5, 4, 2)  # an incomplete border row of windows
+    m = Gaussian.from_mean_var(rng.normal(0, 2, shape), 10 ** rng.uniform(-3, 1, shape)).astype(dtype)
+    outs = []
+    for mod in (signals_cpu, signals_cuda):
+        out_t, out_r = np.zeros((2, 2, 2, 2), dtype), np.zeros((2, 2, 2, 2), dtype)
+        mod.maxpool_predict(m.tau, m.rho, 2, 0.3, out_t, out_r)
+        outs.append((out_t, out_r))
+    assert_messages_close(*outs[1], *outs[0], SIGNAL_RTOL if dtype == np.float64 else KTOL[dtype], what="maxpool")
+    record_cases("cuda maxpool predict", 8)

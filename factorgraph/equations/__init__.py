@@ -10,6 +10,7 @@ function                          message
 ``s1_reduce_forward/backward``    S1 over the last axis with per-element weights (pooling windows)
 ``patch_index`` / ``fold_messages``  im2col geometry, gather and deterministic fold of messages
 ``s2_forward``                    inner product of variables, forward (S2)
+``s2_forward_moments``            the same given the inputs' means and variances
 ``s2_backward``                   S2 backward to both operands
 ``s1_backward_to_b_gemm``         S1 weight messages of many uses by matrix products (self term dropped)
 ``s2_backward_gemm``              S2 backward of many uses by matrix products (self term dropped)
@@ -26,7 +27,7 @@ function                          message
 """
 
 from factorgraph.equations.argmax import argmax_backward, argmax_log_probs, argmax_probs
-from factorgraph.equations.inner_product import s2_backward, s2_backward_gemm, s2_forward
+from factorgraph.equations.inner_product import s2_backward, s2_backward_gemm, s2_forward, s2_forward_moments
 from factorgraph.equations.leaky_relu import backward_marginal as leaky_backward_marginal
 from factorgraph.equations.leaky_relu import forward_marginal as leaky_forward_marginal
 from factorgraph.equations.leaky_relu import forward_moment_match as leaky_forward_moment_match
@@ -54,7 +55,7 @@ __all__ = [
     "argmax_backward", "argmax_log_probs", "argmax_probs", "block52", "block52_log",
     "leaky_backward_marginal", "leaky_forward_marginal", "leaky_forward_moment_match",
     "probit_scaled_means", "probit_softmax", "relu_moments", "s1_backward_to_b", "s1_backward_to_b_gemm", "s2_backward_gemm",
-    "s1_backward_to_bias", "s1_forward", "s1_term_message", "s2_backward", "s2_forward",
+    "s1_backward_to_bias", "s1_forward", "s1_term_message", "s2_backward", "s2_forward", "s2_forward_moments",
     "truncated_moments", "conv_output_size", "fold_messages", "fold_plan", "gather_constants", "gather_messages",
     "patch_index", "s1_reduce_backward", "s1_reduce_forward", "softmax_backward",
 ]

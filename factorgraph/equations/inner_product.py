@@ -36,7 +36,12 @@ def s2_forward(q_a, q_b, m_c=None):
     ``q_a`` (..., K) marginals of the inputs, ``q_b`` (K, J) marginals of the weights, ``m_c`` (J,) the
     bias message (its cavity in training, its marginal in prediction).  Returns Gaussian (..., J).
     """
-    mu_a, var_a = q_a.mean, q_a.var
+    return s2_forward_moments(q_a.mean, q_a.var, q_b, m_c)
+
+
+def s2_forward_moments(mu_a, var_a, q_b, m_c=None):
+    """:func:`s2_forward` given the inputs' means and variances (e.g. gathered into patches after they
+    were computed on the smaller image)."""
     mu_b, var_b = q_b.mean, q_b.var
     mu = mu_a @ mu_b
     var = var_a @ (var_b + mu_b * mu_b) + (mu_a * mu_a) @ var_b

@@ -115,6 +115,22 @@ def argmax_probs(m, beta2):
     return out.reshape(m.shape)
 
 
+def maxpool_predict(m, k, beta2):
+    """Max-pool prediction of images ``m`` (N, H, W, C) over k x k windows (stride k) by the fused kernel
+    of its device: argmax probabilities of each window, then their weighted sum (S1).  ``None`` where no
+    kernel takes it (kernels off, or a window larger than the device kernel's scratch)."""
+    mod = module(m.tau, "signals")
+    if mod is None or k * k > mod.MAX_POOL_WINDOW or m.tau.ndim != 4:
+        return None
+    from factorgraph.gaussian import Gaussian
+
+    xp = get_array_module(m.tau)
+    N, H, W, C = m.shape
+    out_t, out_r = xp.empty((N, H // k, W // k, C), m.dtype), xp.empty((N, H // k, W // k, C), m.dtype)
+    mod.maxpool_predict(xp.ascontiguousarray(m.tau), xp.ascontiguousarray(m.rho), k, beta2, out_t, out_r)
+    return Gaussian(out_t, out_r)
+
+
 def leaky_moment_match(m, slope):
     """Moment-matched LeakyReLU output of ``m`` by the compiled kernel of its device (the reference
     :func:`factorgraph.equations.leaky_forward_moment_match` when kernels are off)."""

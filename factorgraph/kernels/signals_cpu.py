@@ -286,27 +286,50 @@ def log_ndtr_pair(z):
 
 
 @njit(cache=True, inline="always")
-def argmax_probs_row(tau, rho, beta2, out):
-    """``p_i ∝ prod_{j != i} Phi((mu_i - mu_j) / sqrt(var_i + var_j + beta2))`` over one row, in log space;
-    each pair (i, j) is evaluated once (``Phi(z)`` for i, ``Phi(-z)`` for j)."""
+def _pairwise(tau, rho, beta2, out, logspace):
+    """``out[i] = prod_{j != i} Phi(z_ij)`` (or its log), each pair from one erfc of ``|z|``: the small
+    tail ``e`` and its complement ``1 - e`` (in log space ``log_ndtr_pair``)."""
     C = tau.shape[0]
     for i in range(C):
-        out[i] = 0.0
+        out[i] = 0.0 if logspace else 1.0
     for i in range(C):
         mu_i = tau[i] / rho[i]
         var_i = 1.0 / rho[i]
         for j in range(i + 1, C):
             z = (mu_i - tau[j] / rho[j]) / math.sqrt(var_i + 1.0 / rho[j] + beta2)
-            lp, lq = log_ndtr_pair(z)
-            out[i] += lp
-            out[j] += lq
-    mx = -math.inf
-    for i in range(C):
-        mx = max(mx, out[i])
+            if logspace:
+                lp, lq = log_ndtr_pair(z)
+                out[i] += lp
+                out[j] += lq
+            else:
+                tail = 0.5 * math.erfc(abs(z) * SQRT1_2)
+                out[i] *= 1.0 - tail if z >= 0 else tail
+                out[j] *= tail if z >= 0 else 1.0 - tail
+
+
+@njit(cache=True, inline="always")
+def argmax_probs_row(tau, rho, beta2, out):
+    """``p_i ∝ prod_{j != i} Phi((mu_i - mu_j) / sqrt(var_i + var_j + beta2))`` over one row.
+
+    Each pair (i, j) is evaluated once, ``Phi(z)`` for i and ``Phi(-z) = 1 - Phi(z)`` for j, and the
+    products are formed directly: the candidate with the largest mean has every factor >= 1/2, so the
+    normaliser is at least ``2^-(C-1)`` and cannot underflow for C < 1000; only candidates below ~1e-308
+    flush to 0, as in the log-space reference.  Where the normaliser is not a positive finite number the
+    row is redone in log space."""
+    C = tau.shape[0]
+    _pairwise(tau, rho, beta2, out, False)
     total = 0.0
     for i in range(C):
-        out[i] = math.exp(out[i] - mx)
         total += out[i]
+    if not (total > 0.0 and total < math.inf):
+        _pairwise(tau, rho, beta2, out, True)
+        mx = -math.inf
+        for i in range(C):
+            mx = max(mx, out[i])
+        total = 0.0
+        for i in range(C):
+            out[i] = math.exp(out[i] - mx)
+            total += out[i]
     for i in range(C):
         out[i] /= total
 
@@ -321,6 +344,64 @@ def _probs_serial(tau, rho, beta2, out):
 def _probs_threads(tau, rho, beta2, out):
     for n in prange(tau.shape[0]):
         argmax_probs_row(tau[n], rho[n], beta2, out[n])
+
+
+# ----- max-pool prediction: argmax weights and the weighted sum of each window, fused -------------------
+#: largest window (k * k) the kernels take
+MAX_POOL_WINDOW = 1 << 20
+
+
+@njit(cache=True, inline="always")
+def pool_window(tau, rho, n, i0, j0, c, k, beta2, wt, wr, p):
+    """Max-pool output (tau, rho) of the k x k window at (i0, j0) of channel c of image n: the window's
+    messages copied to ``wt``, ``wr`` (float64 scratch), argmax probabilities ``p`` by
+    :func:`argmax_probs_row`, then S1 with constants ``p``: ``mu = sum p mu_a``, ``var = sum p^2 var_a``
+    (mean 0 and variance inf where rho = 0, as :func:`factorgraph.equations.s1_reduce_forward`)."""
+    kk = k * k
+    for a in range(kk):
+        wt[a] = tau[n, i0 + a // k, j0 + a % k, c]
+        wr[a] = rho[n, i0 + a // k, j0 + a % k, c]
+    argmax_probs_row(wt[:kk], wr[:kk], beta2, p[:kk])
+    mu = 0.0
+    var = 0.0
+    for a in range(kk):
+        if wr[a] > 0:
+            mu += p[a] * (wt[a] / wr[a])
+            var += p[a] * p[a] / wr[a]
+        else:
+            var += p[a] * p[a] * math.inf
+    return mu / var, 1.0 / var
+
+
+@njit(cache=True)
+def _pool_serial(tau, rho, k, beta2, out_t, out_r):
+    N, h, w, C = out_t.shape
+    wt, wr, p = np.empty(k * k), np.empty(k * k), np.empty(k * k)
+    for n in range(N):
+        for i in range(h):
+            for j in range(w):
+                for c in range(C):
+                    out_t[n, i, j, c], out_r[n, i, j, c] = pool_window(tau, rho, n, i * k, j * k, c, k, beta2,
+                                                                       wt, wr, p)
+
+
+@njit(cache=True, parallel=True)
+def _pool_threads(tau, rho, k, beta2, out_t, out_r):
+    N, h, w, C = out_t.shape
+    for n in prange(N):
+        wt, wr, p = np.empty(k * k), np.empty(k * k), np.empty(k * k)
+        for i in range(h):
+            for j in range(w):
+                for c in range(C):
+                    out_t[n, i, j, c], out_r[n, i, j, c] = pool_window(tau, rho, n, i * k, j * k, c, k, beta2,
+                                                                       wt, wr, p)
+
+
+def maxpool_predict(tau, rho, k, beta2, out_t, out_r):
+    """Max-pool prediction of images (N, H, W, C) into (N, H // k, W // k, C); on all threads inside
+    :func:`factorgraph.kernels.threaded` from ``THREADS_MIN_ROWS`` windows."""
+    fn = _pool_threads if use_threads(out_t.size, THREADS_MIN_ROWS) and out_t.shape[0] > 1 else _pool_serial
+    fn(tau, rho, k, beta2, out_t, out_r)
 
 
 def argmax_probs(tau, rho, beta2, out):
