@@ -32,6 +32,7 @@ beyond calls to :mod:`factorgraph.equations`.
 
 import numpy as np
 
+from factorgraph import guards
 from factorgraph.gaussian import Gaussian, divide
 
 
@@ -145,6 +146,8 @@ class WeightSlots:
         self.pending = None  # accumulated marginal change while deferred (parallel schedules)
         self.damping = 1.0
         self.used = 0  # slots 0 .. used-1 may hold messages; the others are G(0, 0)
+        self._sums = None  # (tau, rho) sums of slots 0 .. used-1 from the last recompute, while unchanged
+        self.max_step = None  # trust region of :meth:`replace` in marginal sds (schedules.Parallel)
 
     @property
     def prior(self):
@@ -164,15 +167,39 @@ class WeightSlots:
         damping = self.damping if damping is None else damping
         if damping != 1.0:
             new = Gaussian(old_tau + damping * (new.tau - old_tau), old_rho + damping * (new.rho - old_rho))
+        if self.max_step is not None and self.pending is None:
+            new = self._limit_step(old_tau, old_rho, new)
         sink = self.q if self.pending is None else self.pending
         sink.tau += new.tau - old_tau
         sink.rho += new.rho - old_rho
         self.msgs.tau[i] = new.tau
         self.msgs.rho[i] = new.rho
 
+    def _limit_step(self, old_tau, old_rho, new):
+        """Scale the step ``new - old`` per weight so the marginal mean moves at most ``max_step`` of the
+        marginal's standard deviation: with ``d_tau, d_rho`` the step, ``A = d_tau - mu d_rho`` and
+        ``kappa = max_step``, the full step moves the mean by ``|A| / (rho + d_rho)``; where that exceeds
+        ``kappa / sqrt(rho)``, the fraction ``s = kappa sqrt(rho) / (|A| - kappa d_rho / sqrt(rho))`` of
+        the step moves it by exactly that.  The precision stays between ``rho`` and ``rho + d_rho``."""
+        xp = self.q.xp
+        d_tau, d_rho = new.tau - old_tau, new.rho - old_rho
+        rho = self.q.rho
+        sd_inv = xp.sqrt(xp.maximum(rho, 0))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mu = xp.where(rho > 0, self.q.tau / xp.where(rho > 0, rho, 1), 0)
+            a = xp.abs(d_tau - mu * d_rho)
+            kappa = self.max_step
+            over = (rho > 0) & (a * sd_inv > kappa * (rho + d_rho))
+            if not bool(xp.any(over)):
+                return new
+            frac = xp.where(over, kappa * sd_inv / xp.where(over, a - kappa * d_rho / sd_inv, 1), 1)
+        guards.record("parallel_step_limit", over)
+        return Gaussian(old_tau + frac * d_tau, old_rho + frac * d_rho)
+
     def touch(self, i):
         """Note that slot ``i`` holds (or is about to hold) a message; code that writes ``msgs`` in place
         (the fused kernels) calls this, so sums over slots can skip the unused ones."""
+        self._sums = None
         if i >= self.used:
             self.used = int(i) + 1
 
@@ -199,13 +226,15 @@ class WeightSlots:
     def recompute(self):
         """Exact marginal: product of all B + 1 slots (the unused ones are G(0, 0) and skipped)."""
         u, B = self.used, self.batch_size
-        self.q = Gaussian(self.msgs.tau[:u].sum(axis=0) + self.msgs.tau[B], self.msgs.rho[:u].sum(axis=0) + self.msgs.rho[B])
+        self._sums = (self.msgs.tau[:u].sum(axis=0), self.msgs.rho[:u].sum(axis=0))
+        self.q = Gaussian(self._sums[0] + self.msgs.tau[B], self._sums[1] + self.msgs.rho[B])
 
     def reset(self, prior):
         """Set the batch prior, clear every per-example message, and set ``q`` to the prior."""
         self.msgs.tau[:self.used] = 0
         self.msgs.rho[:self.used] = 0
         self.used = 0
+        self._sums = None
         self.msgs[self.batch_size] = prior
         self.q = prior.copy()
 
@@ -215,6 +244,8 @@ class WeightSlots:
         xp = self.msgs.xp
         if n <= start:
             return Gaussian(xp.zeros(self.shape, self.msgs.dtype), xp.zeros(self.shape, self.msgs.dtype))
+        if start == 0 and n == self.used and self._sums is not None:  # the same sums :meth:`recompute` took
+            return Gaussian(self._sums[0].copy(), self._sums[1].copy())
         return Gaussian(self.msgs.tau[start:n].sum(axis=0), self.msgs.rho[start:n].sum(axis=0))
 
     def state(self):
@@ -222,5 +253,6 @@ class WeightSlots:
 
     def load_state(self, arrays):
         self.msgs = Gaussian(arrays["tau"].copy(), arrays["rho"].copy())
+        self._sums = None
         self.q = Gaussian(arrays["q_tau"].copy(), arrays["q_rho"].copy())
         self.used = self.batch_size

@@ -265,18 +265,26 @@ class FactorGraph:
                     s.commit()
 
     def _sweep_parallel(self, X, Y, perm, order):
-        """One sweep of :class:`schedules.Parallel`: chunk ``k`` is weight site ``k``."""
-        for k, start in enumerate(range(0, len(perm), order.chunk_size)):
-            idx = perm[start:start + order.chunk_size]
-            m = X[idx]
-            for step in self.schedules["forward"]:
-                m = self.layers[step.layer].forward_chunk(m, idx, k)
-            steps = iter(self.schedules["backward"])
-            m = self.layers[next(steps).layer].backward_signal_chunk(Y[idx], idx)
-            for step in steps:
-                m = self.layers[step.layer].backward_chunk(m, idx, k, order.damping, order.exact)
-                if m is None:
-                    break
+        """One sweep of :class:`schedules.Parallel`: chunk ``k`` is weight site ``k`` (its step bounded by
+        ``order.max_step`` marginal sds per weight when set)."""
+        slots = self._slots()
+        for s in slots:
+            s.max_step = getattr(order, "max_step", None)
+        try:
+            for k, start in enumerate(range(0, len(perm), order.chunk_size)):
+                idx = perm[start:start + order.chunk_size]
+                m = X[idx]
+                for step in self.schedules["forward"]:
+                    m = self.layers[step.layer].forward_chunk(m, idx, k)
+                steps = iter(self.schedules["backward"])
+                m = self.layers[next(steps).layer].backward_signal_chunk(Y[idx], idx)
+                for step in steps:
+                    m = self.layers[step.layer].backward_chunk(m, idx, k, order.damping, order.exact)
+                    if m is None:
+                        break
+        finally:
+            for s in slots:
+                s.max_step = None
 
     def _sweep_chains(self, X, Y, perm, k, damping):
         """One sweep of :class:`schedules.Chains`: part ``j = perm[j::k]`` runs on its own marginal copy."""

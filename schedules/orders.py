@@ -82,22 +82,34 @@ class Parallel:
     term from the message denominator (see :func:`factorgraph.equations.s2_backward_gemm`);
     ``exact=True`` forms the per-example messages (memory ``chunk_size x weights``) and multiplies them.
     ``Parallel(1, exact=True)`` gives the same marginals as the sequential thesis schedule.
+
+    ``max_step`` (a trust region, off by default): a chunk may move each weight's marginal mean by at most
+    ``max_step`` standard deviations of that marginal before the chunk; a weight whose (damped) step would
+    go further gets the natural-parameter step scaled down to exactly that distance (counted as guard
+    ``parallel_step_limit``).  Fixed points are unchanged (there the steps are zero); it stops the runaway
+    in which large chunks push many weights at once past what their shared outputs need, and the larger
+    means then produce still larger messages.
     """
 
     chunk_size: int
     damping: float = 1.0
     exact: bool = False
+    max_step: float | None = None
 
     def __post_init__(self):
         _check_chunk(self.chunk_size, self.damping)
         if not isinstance(self.exact, bool):
             raise ValueError(f"exact must be True or False, got {self.exact!r}")
+        if self.max_step is not None and (isinstance(self.max_step, bool) or not isinstance(self.max_step, (int, float))
+                                          or not 0 < self.max_step < float("inf")):
+            raise ValueError(f"max_step must be a positive number of standard deviations or None, got {self.max_step!r}")
 
     def permutation(self, n, rng):
         return rng.permutation(n)
 
     def __str__(self):
-        return f"Parallel({self.chunk_size}, damping={self.damping}{', exact=True' if self.exact else ''})"
+        extra = (", exact=True" if self.exact else "") + (f", max_step={self.max_step}" if self.max_step else "")
+        return f"Parallel({self.chunk_size}, damping={self.damping}{extra})"
 
 
 @dataclass(frozen=True)

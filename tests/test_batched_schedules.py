@@ -175,7 +175,9 @@ def test_parallel_rejects_a_factor_without_chunk_messages_before_any_change():
 
 
 @pytest.mark.parametrize("bad", [dict(chunk_size=0), dict(chunk_size=2.5), dict(chunk_size=2, damping=0),
-                                 dict(chunk_size=2, damping=1.5), dict(chunk_size=2, exact=1)])
+                                 dict(chunk_size=2, damping=1.5), dict(chunk_size=2, exact=1),
+                                 dict(chunk_size=2, max_step=0), dict(chunk_size=2, max_step=-1.0),
+                                 dict(chunk_size=2, max_step=float("inf")), dict(chunk_size=2, max_step=True)])
 def test_parallel_rejects_bad_arguments(bad):
     with pytest.raises(ValueError):
         Parallel(**bad)
@@ -201,6 +203,49 @@ def test_blr_chunk_sites_are_not_the_exact_posterior():
     exact = _closed_form(X, y, 0.7, 2.0, 1.5, 0.09)
     err = np.abs(_posterior_mean(fg) - exact).max() / np.abs(exact).max()
     assert 1e-4 < err < 0.05
+
+
+def test_parallel_trust_region_keeps_the_blr_fixed_point():
+    """``max_step`` bounds the steps, not where they lead: on BLR the bounded and the free fully damped
+    schedules reach the same fixed point, and the bound was active on the way (counted)."""
+    from factorgraph import guards
+
+    X, y = _problem(0)
+    means = []
+    for max_step in (None, 0.5):
+        fg = create_factor_graph(_templates(4, 0.7, 2.0, 1.5, 0.09), batch_size=len(X), seed=0)
+        guards.reset()
+        fg.train_batch(X, y[:, None], 400, order=Parallel(4, 0.5, max_step=max_step))
+        means.append(_posterior_mean(fg))
+        assert (guards.get("parallel_step_limit") > 0) == (max_step is not None)
+    np.testing.assert_allclose(means[1], means[0], rtol=1e-8, atol=1e-10)
+
+
+def test_trust_region_moves_no_mean_further_than_max_step_sds():
+    """One bounded replacement: every weight's marginal mean moves at most ``max_step`` sds of the
+    marginal before it (exactly that far where the bound binds), unbound weights take the full step,
+    and precisions stay between the old and the fully updated ones."""
+    from factorgraph.factor import WeightSlots
+
+    rng = np.random.default_rng(4)
+    shape = (50, 8)
+    prior = Gaussian.from_mean_var(rng.normal(0, 1, shape), 10 ** rng.uniform(-2, 1, shape))
+    free, bound = WeightSlots(prior, 4), WeightSlots(prior, 4)
+    bound.max_step = 1.5
+    new = Gaussian(rng.normal(0, 30, shape), 10 ** rng.uniform(-3, 2, shape))
+    mu0, sd0 = prior.mean, np.sqrt(prior.var)
+    free.replace(1, new, 0.7)
+    bound.replace(1, new, 0.7)
+    step_free = np.abs(free.q.mean - mu0) / sd0
+    step = np.abs(bound.q.mean - mu0) / sd0
+    binds = step_free > 1.5
+    assert binds.any() and (~binds).any()
+    assert np.all(step <= 1.5 * (1 + 1e-12))
+    np.testing.assert_allclose(step[binds], 1.5, rtol=1e-12)
+    np.testing.assert_array_equal(bound.q.tau[~binds], free.q.tau[~binds])
+    lo, hi = np.minimum(prior.rho, free.q.rho), np.maximum(prior.rho, free.q.rho)
+    assert np.all((bound.q.rho >= lo * (1 - 1e-15)) & (bound.q.rho <= hi * (1 + 1e-15)))
+    np.testing.assert_allclose(bound.q.tau, prior.tau + bound.msgs.tau[1], rtol=1e-12)  # q = prior * slot
 
 
 def test_one_chain_is_the_sequential_schedule_exactly():

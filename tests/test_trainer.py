@@ -160,3 +160,29 @@ def test_save_without_data_needs_it_back(tmp_path):
     tr.train(1, 2)
     back.train(1, 2)
     np.testing.assert_array_equal(tr.fg.predict(X)[0], back.fg.predict(X)[0])
+
+
+def test_batch_likelihood_reuses_the_recompute_sums_only_while_no_slot_changed():
+    """``likelihood()`` of all used slots returns the sums the exact recompute took (bitwise the direct
+    sum); after any slot changes it sums the slots again."""
+    from factorgraph.gaussian import Gaussian
+
+    rng = np.random.default_rng(3)
+    fg = create_factor_graph([(3,), ("Linear", 4), ("LeakyReLU", 0.1), ("Linear", 1), ("Regression", 0.1)],
+                             batch_size=6, seed=0)
+    X = rng.normal(size=(6, 3))
+    fg.train_batch(X, X[:, :1] * 2, 2)
+    slots = fg.layers[0].params["W"]
+    direct = (slots.msgs.tau[:slots.used].sum(axis=0), slots.msgs.rho[:slots.used].sum(axis=0))
+    got = slots.likelihood()
+    np.testing.assert_array_equal(got.tau, direct[0])
+    np.testing.assert_array_equal(got.rho, direct[1])
+    got.tau += 1.0  # the caller owns the arrays it gets
+    np.testing.assert_array_equal(slots.likelihood().tau, direct[0])
+    new = Gaussian(slots.msgs.tau[2] + 0.5, slots.msgs.rho[2] * 2)
+    slots.replace(2, new)
+    after = slots.likelihood()
+    np.testing.assert_array_equal(after.tau, slots.msgs.tau[:slots.used].sum(axis=0))
+    assert not np.array_equal(after.tau, direct[0])
+    half = slots.likelihood(3)
+    np.testing.assert_array_equal(half.rho, slots.msgs.rho[:3].sum(axis=0))
