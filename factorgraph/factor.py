@@ -32,7 +32,7 @@ beyond calls to :mod:`factorgraph.equations`.
 
 import numpy as np
 
-from factorgraph import guards
+from factorgraph import guards, kernels
 from factorgraph.gaussian import Gaussian, divide
 
 
@@ -182,6 +182,13 @@ class WeightSlots:
         ``kappa / sqrt(rho)``, the fraction ``s = kappa sqrt(rho) / (|A| - kappa d_rho / sqrt(rho))`` of
         the step moves it by exactly that.  The precision stays between ``rho`` and ``rho + d_rho``."""
         xp = self.q.xp
+        if type(self.q.tau) is np.ndarray and kernels.enabled():
+            out_t, out_r = np.array(new.tau, order="C"), np.array(new.rho, order="C")
+            n = kernels.module(out_t, "trust").limit_step(
+                self.q.tau.ravel(), self.q.rho.ravel(), np.ascontiguousarray(old_tau).ravel(),
+                np.ascontiguousarray(old_rho).ravel(), out_t.ravel(), out_r.ravel(), float(self.max_step))
+            guards.record("parallel_step_limit", n)
+            return Gaussian(out_t, out_r)
         d_tau, d_rho = new.tau - old_tau, new.rho - old_rho
         rho = self.q.rho
         sd_inv = xp.sqrt(xp.maximum(rho, 0))

@@ -221,11 +221,16 @@ def test_parallel_trust_region_keeps_the_blr_fixed_point():
     np.testing.assert_allclose(means[1], means[0], rtol=1e-8, atol=1e-10)
 
 
-def test_trust_region_moves_no_mean_further_than_max_step_sds():
+@pytest.mark.parametrize("compiled", [True, False], ids=["kernel", "numpy"])
+def test_trust_region_moves_no_mean_further_than_max_step_sds(compiled, monkeypatch):
     """One bounded replacement: every weight's marginal mean moves at most ``max_step`` sds of the
     marginal before it (exactly that far where the bound binds), unbound weights take the full step,
-    and precisions stay between the old and the fully updated ones."""
+    and precisions stay between the old and the fully updated ones; the compiled kernel and the NumPy
+    form alike."""
+    from factorgraph import kernels
     from factorgraph.factor import WeightSlots
+
+    monkeypatch.setattr(kernels, "_ENABLED", compiled)
 
     rng = np.random.default_rng(4)
     shape = (50, 8)
