@@ -130,8 +130,11 @@ def plot(rows, path, title):
         for ax, key in zip(axes, ("accuracy", "nll", "ece")):
             ax.scatter(r["time_s"], r[key])
             ax.annotate(r["order"], (r["time_s"], r[key]), fontsize=7)
+    times = [r["time_s"] for r in rows if "failed" not in r and "time_s" in r]
+    wide = bool(times) and max(times) > 10 * min(times)  # a log axis only where it spans a decade
     for ax, key in zip(axes, ("test accuracy", "test NLL", "ECE15")):
-        ax.set_xscale("log")
+        if wide:
+            ax.set_xscale("log")
         ax.set_xlabel("training wall time [s]")
         ax.set_ylabel(key)
     fig.suptitle(title)
