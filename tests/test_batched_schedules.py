@@ -405,3 +405,39 @@ def test_runaway_means_with_proper_marginals_are_reported():
     with pytest.warns(RuntimeWarning, match="may be diverging.*layer 0.*1 of"):
         fg._check_marginals(Shuffled())
     assert guards.get("mean_shift_beyond_prior") == 1
+
+
+def test_trust_region_trains_a_cnn_that_diverges_without_it():
+    """The 8x8 digits with a small CNN (1280 training images, batch 320): chunks of 32 raise (the runaway
+    of large chunks through conv layers) unless each chunk's step is bounded; bounded, they train."""
+    import warnings
+
+    from sklearn.datasets import load_digits
+
+    from factorgraph import guards
+    from factorgraph.guards import ImproperMessageError
+    from schedules import Staircase
+    from trainer import Trainer
+
+    d = load_digits()
+    order = np.random.default_rng(0).permutation(len(d.target))
+    X, y = (d.images / 16.0 - 0.3).reshape(-1, 8, 8, 1)[order], d.target[order]
+    templates = [(8, 8, 1), ("Conv", 8, 3, {"padding": 1}), ("LeakyReLU", 0.1), ("MaxPool", 2), ("Conv", 16, 3),
+                 ("LeakyReLU", 0.1), ("Flatten",), ("Linear", 32), ("LeakyReLU", 0.1), ("Linear", 10),
+                 ("Regression", 0.01)]
+    accuracy = {}
+    for max_step in (None, 1.0):
+        fg = create_factor_graph(templates, batch_size=320, seed=0)
+        guards.reset()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # the runaway warns before it raises
+            try:
+                Trainer(fg, X[:1280], np.eye(10)[y[:1280]], order=Parallel(32, 0.5, max_step=max_step),
+                        progress=False).train(schedule=Staircase(2))
+            except ImproperMessageError:
+                accuracy[max_step] = None
+                continue
+        accuracy[max_step] = fg.evaluate(X[1280:], y[1280:])["accuracy"]
+        assert guards.get("parallel_step_limit") > 0
+    assert accuracy[None] is None
+    assert accuracy[1.0] > 0.9
