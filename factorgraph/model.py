@@ -203,7 +203,8 @@ class FactorGraph:
         for _ in range(num_training_its):
             try:
                 if isinstance(order, Parallel):
-                    self._sweep_parallel(X, Y, perm, order)
+                    with kernels.threaded(blas_threads=1):  # see kernels.threaded
+                        self._sweep_parallel(X, Y, perm, order)
                 elif isinstance(order, Chains):
                     self._sweep_chains(X, Y, perm, order.chains, order.damping)
                 else:

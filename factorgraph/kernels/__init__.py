@@ -34,15 +34,23 @@ _THREADED = False
 
 
 @contextlib.contextmanager
-def threaded():
+def threaded(blas_threads=None):
     """Inside the block, elementwise CPU kernels over many units (LeakyReLU moment matching and
-    messages, argmax probabilities) run on all Numba threads.  Prediction uses it; training does not:
-    there the chunk schedules' matrix products keep the BLAS threads busy, and two thread pools on the
-    same cores were measured to double the time of a sweep."""
+    messages, argmax probabilities) run on all Numba threads.  Prediction uses it, and the batched
+    (``schedules.Parallel``) sweeps with ``blas_threads=1``: BLAS threads that spin between the chunk's
+    matrix products and Numba's threads contend for the same cores (threading the kernels next to
+    multi-threaded BLAS doubled a sweep's time on 2 cores; with BLAS on one thread it saved 10-25 %).
+    ``blas_threads`` limits the BLAS thread pools for the block (threadpoolctl)."""
     global _THREADED
     prev, _THREADED = _THREADED, True
+    limits = contextlib.nullcontext()
+    if blas_threads is not None:
+        from threadpoolctl import threadpool_limits
+
+        limits = threadpool_limits(limits=blas_threads, user_api="blas")
     try:
-        yield
+        with limits:
+            yield
     finally:
         _THREADED = prev
 

@@ -110,9 +110,11 @@ def bwd_marginal_one(ta, ra, tz, rz, slope):
     return t, r, clamped, fallback, f1 + f2, low
 
 
-#: inside :func:`factorgraph.kernels.threaded` (prediction), kernels over at least this many units run
-#: on all threads; elsewhere on one
+#: inside :func:`factorgraph.kernels.threaded` (prediction and batched sweeps), kernels over at least this
+#: many units run on all threads; elsewhere (the per-example schedules) on one
 THREADS_MIN = 2048
+#: the threaded marginal kernels split the units into this many blocks, each run by the serial loop
+BLOCKS = 64
 
 
 @njit(cache=True)
@@ -140,24 +142,74 @@ def leaky_fwd_moment_match(a_t, a_r, slope, out_t, out_r, counts):
     counts[L_U_FLOOR] += fn(a_t, a_r, slope, out_t, out_r)
 
 
+@njit(cache=True, inline="always")
+def _fwd_at(a_t, a_r, z_t, z_r, slope, out_t, out_r, n):
+    f64 = np.float64  # float32 messages are computed in float64 (the float32 reference rounds to float32)
+    out_t[n], out_r[n], fb, f = fwd_marginal_one(f64(a_t[n]), f64(a_r[n]), f64(z_t[n]), f64(z_r[n]), slope)
+    return fb, f
+
+
 @njit(cache=True)
+def _fwd_serial(a_t, a_r, z_t, z_r, slope, out_t, out_r):
+    fbs = fs = 0
+    for n in range(a_t.shape[0]):
+        fb, f = _fwd_at(a_t, a_r, z_t, z_r, slope, out_t, out_r, n)
+        fbs += fb
+        fs += f
+    return fbs, fs
+
+
 def leaky_fwd_marginal(a_t, a_r, z_t, z_r, slope, out_t, out_r, counts):
-    """Training forward of all units given their backward messages ``z`` (one thread: see
-    :func:`factorgraph.kernels.threaded`)."""
-    for n in range(a_t.shape[0]):
-        f64 = np.float64  # float32 messages are computed in float64 (the float32 reference rounds to float32)
-        out_t[n], out_r[n], fb, f = fwd_marginal_one(f64(a_t[n]), f64(a_r[n]), f64(z_t[n]), f64(z_r[n]), slope)
-        counts[L_FWD_FALLBACK] += fb
-        counts[L_U_FLOOR] += f
+    """Training forward of all units given their backward messages ``z`` (on all threads inside
+    :func:`factorgraph.kernels.threaded`, i.e. batched sweeps and prediction, from ``THREADS_MIN`` units)."""
+    args = (a_t, a_r, z_t, z_r, slope, out_t, out_r)
+    fb, f = _marginal_threads(False, *args)[:2] if use_threads(a_t.shape[0], THREADS_MIN) else _fwd_serial(*args)
+    counts[L_FWD_FALLBACK] += fb
+    counts[L_U_FLOOR] += f
+
+
+@njit(cache=True, inline="always")
+def _bwd_at(a_t, a_r, z_t, z_r, slope, out_t, out_r, n):
+    f64 = np.float64
+    out_t[n], out_r[n], c, fb, f, low = bwd_marginal_one(f64(a_t[n]), f64(a_r[n]), f64(z_t[n]), f64(z_r[n]), slope)
+    return c, fb, f, low
 
 
 @njit(cache=True)
-def leaky_bwd_marginal(a_t, a_r, z_t, z_r, slope, out_t, out_r, counts):
-    """Backward message to the input, then ``min_rho(MIN_PRECISION)`` as the layer applies it."""
+def _bwd_serial(a_t, a_r, z_t, z_r, slope, out_t, out_r):
+    cs = fbs = fs = lows = 0
     for n in range(a_t.shape[0]):
-        f64 = np.float64
-        out_t[n], out_r[n], c, fb, f, low = bwd_marginal_one(f64(a_t[n]), f64(a_r[n]), f64(z_t[n]), f64(z_r[n]), slope)
-        counts[L_BWD_CLAMP] += c
-        counts[L_BWD_FALLBACK] += fb
-        counts[L_U_FLOOR] += f
-        counts[L_MIN_RHO] += low
+        c, fb, f, low = _bwd_at(a_t, a_r, z_t, z_r, slope, out_t, out_r, n)
+        cs += c
+        fbs += fb
+        fs += f
+        lows += low
+    return cs, fbs, fs, lows
+
+
+@njit(cache=True, parallel=True)
+def _marginal_threads(backward, a_t, a_r, z_t, z_r, slope, out_t, out_r):
+    """The serial loop of the forward (``backward=False``) or backward marginals over ``BLOCKS`` blocks of
+    units on all threads; returns the summed guard counts (forward: the first two)."""
+    n = a_t.shape[0]
+    size = (n + BLOCKS - 1) // BLOCKS
+    acc = np.zeros((BLOCKS, 4), np.int64)
+    for b in prange(BLOCKS):
+        lo, hi = min(n, b * size), min(n, (b + 1) * size)
+        args = (a_t[lo:hi], a_r[lo:hi], z_t[lo:hi], z_r[lo:hi], slope, out_t[lo:hi], out_r[lo:hi])
+        if backward:
+            acc[b, 0], acc[b, 1], acc[b, 2], acc[b, 3] = _bwd_serial(*args)
+        else:
+            acc[b, 0], acc[b, 1] = _fwd_serial(*args)
+    return acc.sum(axis=0)
+
+
+def leaky_bwd_marginal(a_t, a_r, z_t, z_r, slope, out_t, out_r, counts):
+    """Backward message to the input, then ``min_rho(MIN_PRECISION)`` as the layer applies it (threads as
+    :func:`leaky_fwd_marginal`)."""
+    args = (a_t, a_r, z_t, z_r, slope, out_t, out_r)
+    c, fb, f, low = _marginal_threads(True, *args) if use_threads(a_t.shape[0], THREADS_MIN) else _bwd_serial(*args)
+    counts[L_BWD_CLAMP] += c
+    counts[L_BWD_FALLBACK] += fb
+    counts[L_U_FLOOR] += f
+    counts[L_MIN_RHO] += low
