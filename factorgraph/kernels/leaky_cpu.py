@@ -113,7 +113,7 @@ def bwd_marginal_one(ta, ra, tz, rz, slope):
 #: inside :func:`factorgraph.kernels.threaded` (prediction and batched sweeps), kernels over at least this
 #: many units run on all threads; elsewhere (the per-example schedules) on one
 THREADS_MIN = 2048
-#: the threaded marginal kernels split the units into this many blocks, each run by the serial loop
+#: the threaded kernels split the units into this many blocks, each run by the serial loop
 BLOCKS = 64
 
 
@@ -128,11 +128,14 @@ def _moment_match_serial(a_t, a_r, slope, out_t, out_r):
 
 @njit(cache=True, parallel=True)
 def _moment_match_threads(a_t, a_r, slope, out_t, out_r):
-    floors = 0
-    for n in prange(a_t.shape[0]):
-        out_t[n], out_r[n], f = moment_match_one(np.float64(a_t[n]), np.float64(a_r[n]), slope)
-        floors += f
-    return floors
+    """:func:`_moment_match_serial` over ``BLOCKS`` blocks of units on all threads."""
+    n = a_t.shape[0]
+    size = (n + BLOCKS - 1) // BLOCKS
+    floors = np.zeros(BLOCKS, np.int64)
+    for b in prange(BLOCKS):
+        lo, hi = min(n, b * size), min(n, (b + 1) * size)
+        floors[b] = _moment_match_serial(a_t[lo:hi], a_r[lo:hi], slope, out_t[lo:hi], out_r[lo:hi])
+    return floors.sum()
 
 
 def leaky_fwd_moment_match(a_t, a_r, slope, out_t, out_r, counts):

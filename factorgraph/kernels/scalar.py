@@ -72,19 +72,6 @@ def shift_and_factor_from(t, phi, mass):
     return shift, 1.0 - v * shift
 
 
-@njit(cache=True, inline="always")
-def truncated(mu, sigma):
-    """(mean, var, log P(a >= 0), floored) of N(mu, sigma^2) restricted to a >= 0."""
-    t = mu / sigma
-    lc = log_ndtr(t)
-    shift, u = shift_and_factor_log(t, lc)
-    floored = 0
-    if u < MIN_U:
-        u = MIN_U
-        floored = 1
-    return sigma * shift, sigma * sigma * u, lc, floored
-
-
 #: a mixture component this much below the other in log-weight (weight < 2e-22 relative) gets its
 #: truncation moments from the leading asymptotic terms instead of the continued fraction
 NEGLIGIBLE_LOG_WEIGHT = 50.0
@@ -92,8 +79,13 @@ NEGLIGIBLE_LOG_WEIGHT = 50.0
 
 @njit(cache=True, inline="always")
 def block52_parts(tau1, rho1, tau2, rho2):
-    """``(log B0, t, sigma_m, v)`` of the product of two Gaussians restricted to a >= 0 (see
-    :func:`block52_log`); ``v = phi(t) / Phi(t)`` above ``t = -CF_T``, NaN below (the tail)."""
+    """``(log B0, t, sigma_m, v)`` of the product of two Gaussians restricted to a >= 0:
+    ``log B0 = log N(mu1; mu2, 1/rho1 + 1/rho2) + log Phi(t)`` (``-inf`` when a precision is 0) and
+    ``v = phi(t) / Phi(t)`` above ``t = -CF_T``, NaN below (the tail).  Above ``-CF_T`` the mass comes from
+    one erfc, ``v`` from one exp, and one log serves both logarithms (``log(sqrt(h) Phi)``, ``h`` the
+    harmonic precision): three transcendental calls where the reference
+    (:func:`factorgraph.equations.block52_log`) takes four; below, the tail-accurate log-cdf (the moments
+    then come from the continued fraction)."""
     rho_m = rho1 + rho2
     safe_m = rho_m if rho_m > 0 else 1.0
     sigma_m = 1.0 / math.sqrt(safe_m)
@@ -124,19 +116,6 @@ def block52_moments(t, sigma_m, v, negligible):
         u = MIN_U
         floored = 1
     return sigma_m * shift, sigma_m * sigma_m * u, floored
-
-
-@njit(cache=True, inline="always")
-def block52_log(tau1, rho1, tau2, rho2):
-    """(log B0, mean, var, floored) of the product of two Gaussians restricted to a >= 0.
-
-    ``log B0 = log N(mu1; mu2, 1/rho1 + 1/rho2) + log Phi(t)`` (``-inf`` when a precision is 0).  Above
-    ``t = -CF_T`` the mass ``Phi(t)`` comes from one erfc, ``v = phi / Phi`` from one exp, and one log
-    serves both logarithms (``log(sqrt(h) Phi)``, ``h`` the harmonic precision): three transcendental
-    calls where the reference takes four; below, the continued fraction and the tail-accurate log-cdf."""
-    lw, t, sigma_m, v = block52_parts(tau1, rho1, tau2, rho2)
-    mean, var, floored = block52_moments(t, sigma_m, v, False)
-    return lw, mean, var, floored
 
 
 @njit(cache=True, inline="always")
