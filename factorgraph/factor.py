@@ -15,9 +15,11 @@ backward messages to its input), and exposes three operations:
     batched prediction (leading axis ``n``), using the weight marginals; returns the output message.
 
 For the batched schedule (:class:`schedules.Parallel`) a factor also implements
-``forward_chunk(m_in, idx, site)`` / ``backward_chunk(m_out, idx, site, damping, exact)``: the same
+``forward_chunk(m_in, idx, site)`` / ``backward_chunk(m_out, idx, site, damping, expansion)``: the same
 messages for the examples in slots ``idx`` at once (leading axis ``len(idx)``); a weighted factor stores
-the chunk's joint weight message in slot ``site``; a signal implements ``backward_signal_chunk(Y, idx)``.
+the chunk's joint weight message in slot ``site`` (``damping=None``: the slots' own; ``expansion=None``:
+the product of the exact per-example messages, 0 or 1: the GEMM form to that order, see
+:func:`factorgraph.equations.s2_backward_gemm`); a signal implements ``backward_signal_chunk(Y, idx)``.
 Such a factor sets ``supports_chunks = True``.
 
 A training signal (likelihood) is the last factor: it sets ``is_signal = True`` and implements
@@ -86,7 +88,7 @@ class Factor:
     def forward_chunk(self, m_in, idx, site):
         raise NotImplementedError(f"{type(self).__name__} does not support batched schedules (forward_chunk)")
 
-    def backward_chunk(self, m_out, idx, site, damping, exact):
+    def backward_chunk(self, m_out, idx, site, damping, expansion):
         raise NotImplementedError(f"{type(self).__name__} does not support batched schedules (backward_chunk)")
 
     def backward_signal_chunk(self, Y, idx):

@@ -280,7 +280,7 @@ class FactorGraph:
                 steps = iter(self.schedules["backward"])
                 m = self.layers[next(steps).layer].backward_signal_chunk(Y[idx], idx)
                 for step in steps:
-                    m = self.layers[step.layer].backward_chunk(m, idx, k, order.damping, order.exact)
+                    m = self.layers[step.layer].backward_chunk(m, idx, k, order.damping, order.messages)
                     if m is None:
                         break
         finally:

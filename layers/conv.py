@@ -226,7 +226,7 @@ class Conv(Factor):
             self._f = s2_forward(self._a, self._qw, self._cav_c)
         return self._out(self._f, m_in.shape[:-3])
 
-    def backward_chunk(self, m_out, idx, site, damping, exact):
+    def backward_chunk(self, m_out, idx, site, damping, expansion):
         """Chunk backward: all positions of all examples are uses of the kernel (rows c * P)."""
         n = m_out.shape[0]
         P, D = self.src.shape
@@ -235,9 +235,11 @@ class Conv(Factor):
         to_c = s1_backward_to_bias(self._cav_c, f, r)
         a = self._a.reshape(n * P, D)
         if self.constant_input:
-            to_w = (s1_backward_to_b if exact else s1_backward_to_b_gemm)(a, self._cav_w, f, r)
+            to_w = (s1_backward_to_b(a, self._cav_w, f, r) if expansion is None
+                    else s1_backward_to_b_gemm(a, self._cav_w, f, r, expansion))
             return self._store(to_w, to_c, None, idx, site, damping)
-        to_a, to_w = (s2_backward if exact else s2_backward_gemm)(a, self._qw, f, r)
+        to_a, to_w = (s2_backward(a, self._qw, f, r) if expansion is None
+                      else s2_backward_gemm(a, self._qw, f, r, expansion))
         return self._store(to_w, to_c, to_a.reshape(n, P, D), idx, site, damping)
 
     def reset_batch_caches(self):

@@ -27,7 +27,7 @@ class Flatten(Factor):
     def forward_chunk(self, m_in, idx, site):
         return self.predict(m_in)
 
-    def backward_chunk(self, m_out, idx, site, damping, exact):
+    def backward_chunk(self, m_out, idx, site, damping, expansion):
         if self.constant_input or m_out is None:
             return None
         return m_out.reshape(m_out.shape[0], *self.input_shape)

@@ -67,7 +67,7 @@ class LeakyReLU(Factor):
         self._seen_back[i] = True
         return self._backward(m_out, i)
 
-    def backward_chunk(self, m_out, idx, site, damping, exact):
+    def backward_chunk(self, m_out, idx, site, damping, expansion):
         for i in idx:
             self._seen_back[int(i)] = True
         return self._backward(m_out, idx)

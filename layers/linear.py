@@ -13,7 +13,7 @@ Batched schedules (:class:`schedules.Parallel`): a chunk of examples is a matrix
 messages are matrix products with the cavities ``q / m_site`` (first layer, bias) or the marginals
 (hidden layers); the chunk's joint weight message comes from
 :func:`~factorgraph.equations.s1_backward_to_b_gemm` / :func:`~factorgraph.equations.s2_backward_gemm`
-(or, with ``exact``, from the product of the per-example messages) and replaces slot ``site``.
+(or, with ``expansion=None``, from the product of the per-example messages) and replaces slot ``site``.
 """
 
 import numpy as np
@@ -105,7 +105,7 @@ class Linear(Factor):
         mod = self._kernels()
         if mod is not None:
             return self._backward_kernel(mod, m_out, i)
-        return self.backward_chunk(m_out, i, i, None, True)
+        return self.backward_chunk(m_out, i, i, None, None)
 
     def _forward_kernel(self, mod, m_in, i):
         W, c = self.params["W"], self.params["c"]
@@ -154,15 +154,18 @@ class Linear(Factor):
             self._out = s2_forward(self._x, self._qw, self._cav_c).with_moments()
         return self._out
 
-    def backward_chunk(self, m_out, idx, site, damping, exact):
-        """``damping=None``: the weight slots' own (deferred) damping; ``exact``: per-use messages."""
+    def backward_chunk(self, m_out, idx, site, damping, expansion):
+        """``damping=None``: the weight slots' own (deferred) damping; ``expansion=None``: the product of the
+        per-use messages, else the GEMM form to that order."""
         W, c = self.params["W"], self.params["c"]
         to_c = s1_backward_to_bias(self._cav_c, self._out, m_out)
         to_x = None
         if self.constant_input:
-            to_w = (s1_backward_to_b if exact else s1_backward_to_b_gemm)(self._x, self._cav_w, self._out, m_out)
+            args = (self._x, self._cav_w, self._out, m_out)
+            to_w = s1_backward_to_b(*args) if expansion is None else s1_backward_to_b_gemm(*args, expansion)
         else:
-            to_x, to_w = (s2_backward if exact else s2_backward_gemm)(self._x, self._qw, self._out, m_out)
+            args = (self._x, self._qw, self._out, m_out)
+            to_x, to_w = s2_backward(*args) if expansion is None else s2_backward_gemm(*args, expansion)
             xp = to_x.xp
             flat = xp.all(self._out.rho <= config.TINY_PRECISION, axis=-1) & \
                 xp.all(m_out.rho <= config.TINY_PRECISION, axis=-1)

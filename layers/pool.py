@@ -85,7 +85,7 @@ class _WindowPool(Factor):
     def forward_chunk(self, m_in, idx, site):
         return self.forward(m_in, None)
 
-    def backward_chunk(self, m_out, idx, site, damping, exact):
+    def backward_chunk(self, m_out, idx, site, damping, expansion):
         msg = s1_reduce_backward(self._p, self._win, self._f, m_out)
         lead = m_out.shape[:1]
         return self._finish_backward(Gaussian(self._unwindows(msg.tau, lead), self._unwindows(msg.rho, lead)))

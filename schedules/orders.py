@@ -78,8 +78,11 @@ class Parallel:
     ``old + damping (new - old)`` (parallel EP over chunks).  Cavities of the first layer and the biases
     are taken with respect to the chunk's message.
 
-    ``exact=False`` computes the chunk's weight messages with matrix products, dropping each weight's own
-    term from the message denominator (see :func:`factorgraph.equations.s2_backward_gemm`);
+    ``exact=False`` computes the chunk's weight messages with matrix products, expanding each message's
+    denominator ``1 / (1 - e)`` in its own term's share ``e`` of the output's uncertainty to order
+    ``expansion``: 1 gives ``1 + e`` (error ``e^2 / (1 - e)``), 0 gives 1 (a third of the matrix
+    products; every per-example message keeps its mean and loses the fraction ``e`` of its precision,
+    see :func:`factorgraph.equations.s2_backward_gemm`);
     ``exact=True`` forms the per-example messages (memory ``chunk_size x weights``) and multiplies them.
     ``Parallel(1, exact=True)`` gives the same marginals as the sequential thesis schedule.
 
@@ -95,6 +98,7 @@ class Parallel:
     damping: float = 1.0
     exact: bool = False
     max_step: float | None = None
+    expansion: int = 1
 
     def __post_init__(self):
         _check_chunk(self.chunk_size, self.damping)
@@ -103,12 +107,20 @@ class Parallel:
         if self.max_step is not None and (isinstance(self.max_step, bool) or not isinstance(self.max_step, (int, float))
                                           or not 0 < self.max_step < float("inf")):
             raise ValueError(f"max_step must be a positive number of standard deviations or None, got {self.max_step!r}")
+        if isinstance(self.expansion, bool) or self.expansion not in (0, 1):
+            raise ValueError(f"expansion must be 0 or 1 (the order of the GEMM weight messages), got {self.expansion!r}")
+
+    @property
+    def messages(self):
+        """What ``backward_chunk`` gets as ``expansion``: ``None`` (exact) or the GEMM order."""
+        return None if self.exact else self.expansion
 
     def permutation(self, n, rng):
         return rng.permutation(n)
 
     def __str__(self):
-        extra = (", exact=True" if self.exact else "") + (f", max_step={self.max_step}" if self.max_step else "")
+        extra = ((", exact=True" if self.exact else "") + (f", max_step={self.max_step}" if self.max_step else "")
+                 + (f", expansion={self.expansion}" if self.expansion != 1 else ""))
         return f"Parallel({self.chunk_size}, damping={self.damping}{extra})"
 
 

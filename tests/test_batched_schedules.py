@@ -92,6 +92,77 @@ def test_gemm_messages_are_within_the_second_order_bound_of_the_exact_ones(K):
     assert np.abs(zeroth - exact_b.rho).max() > np.abs(to_b.rho - exact_b.rho).max()
 
 
+def _per_use_share(qa, qb, mz, r):
+    """``e = V_k h`` per use (U, K, J): each term's own share of the output's uncertainty."""
+    V = qa.var[:, :, None] * (qb.var + qb.mean ** 2) + qa.mean[:, :, None] ** 2 * qb.var
+    return V * (r.rho / (1 + r.rho * mz.var))[:, None, :]
+
+
+def test_s2_zeroth_order_is_the_sum_of_the_exact_per_use_messages_scaled_by_one_minus_e():
+    """The zeroth-order form keeps each exact per-use message's mean and scales its natural parameters by
+    ``1 - e``; checked against :func:`s2_backward` per use (``reduce=False``) with ``e`` from its own
+    definition."""
+    rng = np.random.default_rng(5)
+    U, K, J = 6, 8, 5
+    qa, qb, mc, r = _g(rng, (U, K)), _g(rng, (K, J), 0.2), _g(rng, (J,)), _g(rng, (U, J))
+    mz = s2_forward(qa, qb, mc)
+    e = _per_use_share(qa, qb, mz, r)
+    assert 0.05 < e.max() < 1
+    per_a, per_b = s2_backward(qa, qb, mz, r, reduce=False)  # per_a: summed over j already
+    to_a, to_b = s2_backward_gemm(qa, qb, mz, r, expansion=0)
+    np.testing.assert_allclose(to_b.rho, (per_b.rho * (1 - e)).sum(0), rtol=1e-11)
+    np.testing.assert_allclose(to_b.tau, (per_b.tau * (1 - e)).sum(0), rtol=1e-10, atol=1e-12 * np.abs(to_b.tau).max())
+    # to the inputs: the exact per-(use, output) messages are the j-terms of s2_backward's sum
+    mu_a, mu_b = qa.mean[:, :, None], qb.mean
+    d = (1 + r.rho * mz.var)[:, None, :]
+    h, g = r.rho[:, None, :] / d, (r.tau - r.rho * mz.mean)[:, None, :] / d
+    rho_uj = (qb.var + mu_b ** 2) * h / (1 - e)
+    tau_uj = mu_b * (g + mu_a * mu_b * h) / (1 - e)
+    np.testing.assert_allclose(rho_uj.sum(-1), per_a.rho, rtol=1e-10)  # the same messages s2_backward sums
+    np.testing.assert_allclose(to_a.rho, (rho_uj * (1 - e)).sum(-1), rtol=1e-11)
+    np.testing.assert_allclose(to_a.tau, (tau_uj * (1 - e)).sum(-1), rtol=1e-10, atol=1e-12 * np.abs(to_a.tau).max())
+    # never more precise than the exact messages, and less precise than the first-order form
+    first_a, first_b = s2_backward_gemm(qa, qb, mz, r)
+    assert np.all(to_b.rho <= first_b.rho) and np.all(first_b.rho <= per_b.rho.sum(0) * (1 + 1e-12))
+
+
+def test_s1_zeroth_order_is_the_sum_of_the_exact_per_use_messages_scaled_by_one_minus_e():
+    rng = np.random.default_rng(6)
+    U, K, J = 7, 6, 4
+    a = rng.normal(size=(U, K))
+    qb, mc, r = _g(rng, (K, J), 0.3), _g(rng, (J,)), _g(rng, (U, J))
+    ms = s1_forward(a, qb, mc)
+    e = a[:, :, None] ** 2 * qb.var * (r.rho / (1 + r.rho * ms.var))[:, None, :]
+    assert 0.05 < e.max() < 1
+    per = s1_backward_to_b(a, qb, ms, r, reduce=False)
+    got = s1_backward_to_b_gemm(a, qb, ms, r, expansion=0)
+    np.testing.assert_allclose(got.rho, (per.rho * (1 - e)).sum(0), rtol=1e-11)
+    np.testing.assert_allclose(got.tau, (per.tau * (1 - e)).sum(0), rtol=1e-10, atol=1e-12 * np.abs(got.tau).max())
+
+
+@pytest.mark.parametrize("fn", [s1_backward_to_b_gemm, s2_backward_gemm])
+def test_gemm_messages_reject_other_orders(fn):
+    g = Gaussian(np.ones((2, 2)), np.ones((2, 2)))
+    with pytest.raises(ValueError, match="expansion"):
+        fn(np.ones((2, 2)) if fn is s1_backward_to_b_gemm else g, g, g, g, expansion=2)
+
+
+def test_parallel_zeroth_order_trains_and_differs_from_first_order():
+    """Both orders run through the layers (MLP and CNN); they give different but close marginals."""
+    rng = np.random.default_rng(8)
+    for templates, shape in [(MLP, (3,)), (CNN, (8, 8, 1))]:
+        X = rng.normal(size=(16,) + shape)
+        Y = rng.integers(0, 3, 16)
+        a = create_factor_graph(templates, 16, seed=3)
+        b = create_factor_graph(templates, 16, seed=3)
+        a.train_batch(X, Y, 2, order=Parallel(8, 0.5))
+        b.train_batch(X, Y, 2, order=Parallel(8, 0.5, expansion=0))
+        diffs = [np.abs(qa.mean - qb.mean).max() / (np.abs(qa.mean).max() + 1e-300)
+                 for qa, qb in zip(_weights(a), _weights(b))]
+        assert 0 < max(diffs) < 0.5
+    assert str(Parallel(8, 0.5, expansion=0)) == "Parallel(8, damping=0.5, expansion=0)"
+
+
 # --- Parallel: exactness claims -------------------------------------------------------------------
 @pytest.mark.parametrize("templates, shape", [(MLP, (3,)), (CNN, (8, 8, 1))])
 def test_parallel_chunk_of_one_exact_is_the_sequential_schedule(templates, shape):
@@ -177,7 +248,9 @@ def test_parallel_rejects_a_factor_without_chunk_messages_before_any_change():
 @pytest.mark.parametrize("bad", [dict(chunk_size=0), dict(chunk_size=2.5), dict(chunk_size=2, damping=0),
                                  dict(chunk_size=2, damping=1.5), dict(chunk_size=2, exact=1),
                                  dict(chunk_size=2, max_step=0), dict(chunk_size=2, max_step=-1.0),
-                                 dict(chunk_size=2, max_step=float("inf")), dict(chunk_size=2, max_step=True)])
+                                 dict(chunk_size=2, max_step=float("inf")), dict(chunk_size=2, max_step=True),
+                                 dict(chunk_size=2, expansion=2), dict(chunk_size=2, expansion=True),
+                                 dict(chunk_size=2, expansion=0.5)])
 def test_parallel_rejects_bad_arguments(bad):
     with pytest.raises(ValueError):
         Parallel(**bad)

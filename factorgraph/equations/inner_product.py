@@ -95,9 +95,9 @@ def s2_backward(q_a, q_b, m_z, r, reduce=True):
     return to_a, Gaussian(tau_b, rho_b)
 
 
-def s2_backward_gemm(q_a, q_b, m_z, r):
-    """S2 backward for ``U`` uses (rows of ``q_a`` (U, K)) by matrix products, to first order in each
-    term's own share of the output's uncertainty.
+def s2_backward_gemm(q_a, q_b, m_z, r, expansion=1):
+    """S2 backward for ``U`` uses (rows of ``q_a`` (U, K)) by matrix products, to order ``expansion``
+    (1 or 0) in each term's own share of the output's uncertainty.
 
     With ``d = 1 + rho_r var_z``, ``h = rho_r / d``, ``g = (tau_r - rho_r mu_z) / d`` (U, J) the exact
     per-use messages of :func:`s2_backward` are, with ``e = V_k h`` (``V_k`` the term's own variance),::
@@ -105,19 +105,29 @@ def s2_backward_gemm(q_a, q_b, m_z, r):
         to b:  rho = m2_a h / (1 - e),   tau = mu_a (g + mu_a mu_b h) / (1 - e)
         to a:  rho = m2_b h / (1 - e),   tau = mu_b (g + mu_a mu_b h) / (1 - e)
 
-    Here ``1 / (1 - e)`` is replaced by ``1 + e`` and, as ``V_k = var_a m2_b + mu_a^2 var_b`` separates
-    into (U, K) x (K, J) factors, every sum over the uses (to ``b``) or the outputs (to ``a``) becomes a
-    matrix product (18 in all).  The relative error of each message is ``e^2 / (1 - e)``; no (U, K, J)
-    array is formed.  Returns ``(to_a, to_b)`` like :func:`s2_backward` with ``reduce=True``.
+    ``expansion=1`` replaces ``1 / (1 - e)`` by ``1 + e``: as ``V_k = var_a m2_b + mu_a^2 var_b``
+    separates into (U, K) x (K, J) factors, every sum over the uses (to ``b``) or the outputs (to ``a``)
+    becomes a matrix product (18 in all); relative error ``e^2 / (1 - e)`` per message.
+    ``expansion=0`` replaces it by 1 (6 matrix products): each per-use message keeps its exact mean and
+    has its precision scaled by ``1 - e`` (relative error ``e``, never more precise than the exact one).
+    No (U, K, J) array is formed.  Returns ``(to_a, to_b)`` like :func:`s2_backward` with ``reduce=True``.
     """
+    if expansion not in (0, 1):
+        raise ValueError(f"expansion must be 0 or 1, got {expansion!r}")
     mu_a, var_a = q_a.mean, q_a.var
     mu_b, var_b = q_b.mean, q_b.var
     d = 1 + r.rho * m_z.var
     h = r.rho / d
     g = (r.tau - r.rho * m_z.mean) / d
-    h2, gh = h * h, g * h
     mu_a2, mu_b2 = mu_a * mu_a, mu_b * mu_b
     m2_a, m2_b = var_a + mu_a2, var_b + mu_b2
+    if expansion == 0:
+        rho_b = m2_a.T @ h
+        tau_b = mu_a.T @ g + mu_b * (mu_a2.T @ h)
+        rho_a = h @ m2_b.T
+        tau_a = g @ mu_b.T + mu_a * (h @ mu_b2.T)
+        return Gaussian(tau_a, rho_a), Gaussian(tau_b, rho_b)
+    h2, gh = h * h, g * h
     va_m2a, mua2_m2a = var_a * m2_a, mu_a2 * m2_a
     rho_b = m2_a.T @ h + m2_b * (va_m2a.T @ h2) + var_b * (mua2_m2a.T @ h2)
     tau_b = (mu_a.T @ g + mu_b * (mu_a2.T @ h)

@@ -141,26 +141,33 @@ def s1_reduce_backward(a, m_b, m_s, r):
     return s1_term_message(a, mu_b, var_b, mu_s[..., None], var_s[..., None], r.tau[..., None], r.rho[..., None])
 
 
-def s1_backward_to_b_gemm(a, m_b, m_s, r):
+def s1_backward_to_b_gemm(a, m_b, m_s, r, expansion=1):
     """The product over the uses ``u`` (rows of ``a`` (U, K)) of the S1 weight messages by matrix
-    products, to first order in each summand's own share of the output's uncertainty.
+    products, to order ``expansion`` (1 or 0) in each summand's own share of the output's uncertainty.
 
     With ``d = 1 + rho_r var_s``, ``h = rho_r / d``, ``g = (tau_r - rho_r mu_s) / d`` (U, J) and
     ``e = a_k^2 var_k h`` the exact per-use message of :func:`s1_backward_to_b` is
     ``rho = a^2 h / (1 - e)``, ``tau = (a g + a^2 mu_k h) / (1 - e)``.  Replacing ``1 / (1 - e)`` by
-    ``1 + e`` makes the sums over the uses matrix products::
+    ``1 + e`` (``expansion=1``) makes the sums over the uses matrix products::
 
         rho_b = (a^2)^T h + var_b * (a^4)^T h^2
         tau_b = a^T g + var_b * (a^3)^T (g h) + mu_b * rho_b
 
-    with relative error ``e^2 / (1 - e)`` per message; no (U, K, J) array is formed.
+    with relative error ``e^2 / (1 - e)`` per message; replacing it by 1 (``expansion=0``) keeps
+    ``rho_b = (a^2)^T h``, ``tau_b = a^T g + mu_b rho_b``: every per-use message keeps its exact mean,
+    its precision scaled by ``1 - e``.  No (U, K, J) array is formed.
     """
+    if expansion not in (0, 1):
+        raise ValueError(f"expansion must be 0 or 1, got {expansion!r}")
     mu_b, var_b = m_b.mean, m_b.var
     mu_s, var_s = _moments(m_s)
     d = 1 + r.rho * var_s
     h = r.rho / d
     g = (r.tau - r.rho * mu_s) / d
     a2 = a * a
+    if expansion == 0:
+        rho = a2.T @ h
+        return Gaussian(a.T @ g + mu_b * rho, rho)
     rho = a2.T @ h + var_b * ((a2 * a2).T @ (h * h))
     tau = a.T @ g + var_b * ((a2 * a).T @ (g * h)) + mu_b * rho
     return Gaussian(tau, rho)
