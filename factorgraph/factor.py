@@ -34,8 +34,8 @@ beyond calls to :mod:`factorgraph.equations`.
 
 import numpy as np
 
-from factorgraph import guards, kernels
-from factorgraph.gaussian import Gaussian, divide
+from factorgraph import config, guards, kernels
+from factorgraph.gaussian import Gaussian, WithMoments, divide
 
 
 class Factor:
@@ -160,6 +160,22 @@ class WeightSlots:
         """``q / m_i`` by strict division."""
         return divide(self.q, self.msgs[i])
 
+    def cavity_moments(self, i):
+        """:meth:`cavity` with its mean and variance (:class:`WithMoments`), in one compiled pass on the
+        CPU."""
+        m = self.msgs[i]
+        if type(m.tau) is not np.ndarray or not kernels.enabled() or not self.q.tau.flags.c_contiguous:
+            return self.cavity(i).with_moments()
+        out = [np.empty(self.shape, m.dtype) for _ in range(4)]
+        roundoff, bad, worst = kernels.module(m.tau, "sites").cavity_moments(
+            self.q.tau.reshape(-1), self.q.rho.reshape(-1), m.tau.reshape(-1), m.rho.reshape(-1),
+            config.STRICT_DIVISION_RTOL, *(o.reshape(-1) for o in out))
+        if bad:
+            raise guards.ImproperMessageError(f"division would give negative precision (worst {worst:.3g}); "
+                                              f"{bad} element(s) beyond tolerance")
+        guards.record("strict_division_roundoff", roundoff)
+        return WithMoments.of(*out)
+
     def replace(self, i, new, damping=None):
         """Store ``new`` as slot ``i``'s message and update the marginal incrementally; while deferred,
         store ``old + damping (new - old)`` and accumulate the change without touching ``q``.  An explicit
@@ -167,6 +183,15 @@ class WeightSlots:
         self.touch(i)
         old_tau, old_rho = self.msgs.tau[i], self.msgs.rho[i]
         damping = self.damping if damping is None else damping
+        if (self.pending is None and type(old_tau) is np.ndarray and kernels.enabled()
+                and self.q.tau.flags.c_contiguous and self.q.rho.flags.c_contiguous):
+            n = kernels.module(old_tau, "sites").replace_site(
+                self.q.tau.reshape(-1), self.q.rho.reshape(-1), old_tau.reshape(-1), old_rho.reshape(-1),
+                np.ascontiguousarray(new.tau, old_tau.dtype).reshape(-1),
+                np.ascontiguousarray(new.rho, old_rho.dtype).reshape(-1),
+                float(damping), -1.0 if self.max_step is None else float(self.max_step))
+            guards.record("parallel_step_limit", n)
+            return
         if damping != 1.0:
             new = Gaussian(old_tau + damping * (new.tau - old_tau), old_rho + damping * (new.rho - old_rho))
         if self.max_step is not None and self.pending is None:
@@ -186,7 +211,7 @@ class WeightSlots:
         xp = self.q.xp
         if type(self.q.tau) is np.ndarray and kernels.enabled():
             out_t, out_r = np.array(new.tau, order="C"), np.array(new.rho, order="C")
-            n = kernels.module(out_t, "trust").limit_step(
+            n = kernels.module(out_t, "sites").limit_step(
                 self.q.tau.ravel(), self.q.rho.ravel(), np.ascontiguousarray(old_tau).ravel(),
                 np.ascontiguousarray(old_rho).ravel(), out_t.ravel(), out_r.ravel(), float(self.max_step))
             guards.record("parallel_step_limit", n)

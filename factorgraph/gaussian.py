@@ -194,6 +194,13 @@ class WithMoments(Gaussian):
         self._mean = mean_of(self.tau, self.rho)
         self._var = var_of(self.rho)
 
+    @classmethod
+    def of(cls, tau, rho, mean, var):
+        """Wrap arrays whose moments were already computed (same shape and dtype)."""
+        g = cls.__new__(cls)
+        g.tau, g.rho, g._mean, g._var = tau, rho, mean, var
+        return g
+
     @property
     def mean(self):
         return self._mean

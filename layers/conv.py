@@ -214,10 +214,10 @@ class Conv(Factor):
     # --- batched (chunk) training; with idx = site = i also the per-example forward ---------------
     def forward_chunk(self, m_in, idx, site):
         W, c = self.params["W"], self.params["c"]
-        self._cav_c = c.cavity(site).with_moments()  # the backward reads these again
+        self._cav_c = c.cavity_moments(site)  # the backward reads these again
         if self.constant_input:
             self._a = self._gather(m_in, True)
-            self._cav_w = W.cavity(site).with_moments()
+            self._cav_w = W.cavity_moments(site)
             self._f = s1_forward(self._a, self._cav_w, self._cav_c)
         else:
             x_hat = clamp_min_rho(m_in * self.m_to_x[idx], config.MIN_PRECISION)

@@ -143,10 +143,10 @@ class Linear(Factor):
     def forward_chunk(self, m_in, idx, site):
         W, c = self.params["W"], self.params["c"]
         # messages the backward reads again keep their moments (computed once per chunk)
-        self._cav_c = c.cavity(site).with_moments()
+        self._cav_c = c.cavity_moments(site)
         if self.constant_input:
             self._x = m_in
-            self._cav_w = W.cavity(site).with_moments()
+            self._cav_w = W.cavity_moments(site)
             self._out = s1_forward(m_in, self._cav_w, self._cav_c).with_moments()
         else:
             self._x = clamp_min_rho(m_in * self.m_to_x[idx], config.MIN_PRECISION).with_moments()

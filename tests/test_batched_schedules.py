@@ -326,6 +326,79 @@ def test_trust_region_moves_no_mean_further_than_max_step_sds(compiled, monkeypa
     np.testing.assert_allclose(bound.q.tau, prior.tau + bound.msgs.tau[1], rtol=1e-12)  # q = prior * slot
 
 
+def _slots_pair(rng, shape, dtype, max_step):
+    from factorgraph.factor import WeightSlots
+
+    prior = Gaussian.from_mean_var(rng.normal(0, 1, shape), 10 ** rng.uniform(-2, 1, shape)).astype(dtype)
+    pair = [WeightSlots(prior, 3), WeightSlots(prior, 3)]
+    old = Gaussian(rng.normal(0, 3, shape), 10 ** rng.uniform(-3, 1, shape)).astype(dtype)
+    for s in pair:
+        s.replace(2, old, 1.0)  # a previous site message to be replaced
+        s.max_step = max_step
+    return pair
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("damping, max_step", [(1.0, None), (0.3, None), (1.0, 0.5), (0.6, 1.5)])
+def test_compiled_site_replacement_equals_the_numpy_form(dtype, damping, max_step, monkeypatch):
+    """One pass of ``sites_cpu.replace_site`` against the NumPy damping, trust region and marginal update:
+    the same marginal, site message and ``parallel_step_limit`` count (float64 bit for bit without the
+    bound; with it to 1e-14, the bound's step fraction rounds differently in the last bit)."""
+    from factorgraph import guards, kernels
+
+    rng = np.random.default_rng(11)
+    shape = (40, 7)
+    pair = _slots_pair(rng, shape, dtype, max_step)
+    new = Gaussian(rng.normal(0, 30, shape), 10 ** rng.uniform(-3, 2, shape)).astype(dtype)
+    new.rho[0, :3] = 0  # uniform new messages and a zero-precision site
+    counts = []
+    for compiled, s in zip((False, True), pair):
+        monkeypatch.setattr(kernels, "_ENABLED", compiled)
+        guards.reset()
+        s.replace(2, new, damping)
+        counts.append(guards.get("parallel_step_limit"))
+    numpy_form, compiled = pair
+    assert counts[0] == counts[1] and (counts[0] > 0) == (max_step is not None)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=0 if max_step is None else 1e-14, atol=0)
+    for a, b in ((numpy_form.q, compiled.q), (numpy_form.msgs[2], compiled.msgs[2])):
+        np.testing.assert_allclose(b.tau, a.tau, **tol)
+        np.testing.assert_allclose(b.rho, a.rho, **tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_compiled_cavity_moments_equal_strict_division(dtype, monkeypatch):
+    """``WeightSlots.cavity_moments`` (one compiled pass) against ``divide(q, m_i).with_moments()``:
+    ordinary weights, a zero-precision cavity, a round-off deficit (clamped and counted) and a real deficit
+    (raises, the same error), for both the kernel and the NumPy form."""
+    from factorgraph import guards, kernels
+    from factorgraph.factor import WeightSlots
+    from factorgraph.guards import ImproperMessageError
+
+    rng = np.random.default_rng(12)
+    shape = (30, 5)
+    prior = Gaussian.from_mean_var(rng.normal(0, 1, shape), 10 ** rng.uniform(-2, 1, shape)).astype(dtype)
+    s = WeightSlots(prior, 2)
+    s.replace(0, Gaussian(rng.normal(0, 3, shape), 10 ** rng.uniform(-3, 1, shape)).astype(dtype), 1.0)
+    s.q.rho[0, 0] = s.msgs.rho[0, 0, 0]  # cavity precision exactly 0: mean 0, variance inf
+    s.q.rho[0, 1] = s.msgs.rho[0, 0, 1] * (1 - 1e-12 if dtype == np.float64 else 1.0)
+    s.msgs.rho[0, 0, 2] = s.q.rho[0, 2] * (1 + 1e-12) if dtype == np.float64 else s.q.rho[0, 2]
+    got = {}
+    for compiled in (False, True):
+        monkeypatch.setattr(kernels, "_ENABLED", compiled)
+        guards.reset()
+        got[compiled] = (s.cavity_moments(0), guards.get("strict_division_roundoff"))
+    (ref, n_ref), (cav, n_cav) = got[False], got[True]
+    assert n_ref == n_cav and (n_ref == 2) == (dtype == np.float64)
+    for name in ("tau", "rho", "mean", "var"):
+        np.testing.assert_allclose(getattr(cav, name), getattr(ref, name), rtol=1e-15 if dtype == np.float64 else 1e-6)
+    assert cav.var[0, 0] == np.inf and cav.mean[0, 0] == 0 and cav.rho[0, 0] == 0
+    s.msgs.rho[0, 3, 3] = 2 * s.q.rho[3, 3]  # a real deficit
+    for compiled in (False, True):
+        monkeypatch.setattr(kernels, "_ENABLED", compiled)
+        with pytest.raises(ImproperMessageError, match="1 element"):
+            s.cavity_moments(0)
+
+
 def test_one_chain_is_the_sequential_schedule_exactly():
     rng = np.random.default_rng(7)
     X, Y = rng.normal(size=(10, 3)), rng.integers(0, 3, 10)

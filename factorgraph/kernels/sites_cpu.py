@@ -1,0 +1,105 @@
+"""Numba CPU kernels of the weight-site updates of :class:`factorgraph.factor.WeightSlots`.
+
+Each is one pass over a weight tensor where the NumPy form of the same update takes many (a chunk of
+:class:`schedules.Parallel` replaces a site and takes a cavity per weight tensor, so these passes are a
+fixed cost per chunk):
+
+* :func:`replace_site`: damping, the trust region (``max_step``), the marginal update and the store;
+* :func:`cavity_moments`: strict division ``q / m_site`` with the cavity's mean and variance;
+* :func:`limit_step`: the trust region alone (used on its own by tests and by deferred updates).
+
+``tests/test_batched_schedules.py`` checks them against the NumPy forms.
+"""
+
+import math
+
+from numba import njit
+
+
+@njit(cache=True, inline="always")
+def _limit(r, q_t, old_t, old_r, nt, nr, kappa):
+    """Scaled (tau, rho) step end for one weight, and whether the bound was hit."""
+    dt = nt - old_t
+    dr = nr - old_r
+    a = abs(dt - (q_t / r) * dr)
+    s = math.sqrt(r)
+    if a * s > kappa * (r + dr):
+        f = kappa * s / (a - kappa * dr / s)
+        return old_t + f * dt, old_r + f * dr, True
+    return nt, nr, False
+
+
+@njit(cache=True)
+def limit_step(q_t, q_r, old_t, old_r, new_t, new_r, kappa):
+    """Scale ``new - old`` in place (flat arrays) where the marginal mean ``q_t / q_r`` would move more than
+    ``kappa / sqrt(q_r)``; returns how many weights were limited."""
+    count = 0
+    for j in range(q_t.shape[0]):
+        r = q_r[j]
+        if not r > 0:
+            continue
+        nt, nr, hit = _limit(r, q_t[j], old_t[j], old_r[j], new_t[j], new_r[j], kappa)
+        if hit:
+            new_t[j] = nt
+            new_r[j] = nr
+            count += 1
+    return count
+
+
+@njit(cache=True)
+def replace_site(q_t, q_r, s_t, s_r, new_t, new_r, damping, kappa):
+    """Replace the site message ``s`` by ``new`` (flat arrays, ``q`` and ``s`` in place): damp to
+    ``s + damping (new - s)`` (when ``damping != 1``), bound the step by ``kappa`` marginal sds (when
+    ``kappa > 0``, see :func:`limit_step`), add ``new - s`` to the marginal ``q`` and store ``new`` in ``s``.
+    Returns how many weights the bound limited."""
+    count = 0
+    damp = damping != 1.0
+    for j in range(q_t.shape[0]):
+        ot = s_t[j]
+        orr = s_r[j]
+        nt = new_t[j]
+        nr = new_r[j]
+        if damp:
+            nt = ot + damping * (nt - ot)
+            nr = orr + damping * (nr - orr)
+        if kappa > 0:
+            r = q_r[j]
+            if r > 0:
+                nt, nr, hit = _limit(r, q_t[j], ot, orr, nt, nr, kappa)
+                if hit:
+                    count += 1
+        q_t[j] += nt - ot
+        q_r[j] += nr - orr
+        s_t[j] = nt
+        s_r[j] = nr
+    return count
+
+
+@njit(cache=True)
+def cavity_moments(q_t, q_r, s_t, s_r, rtol, out_t, out_r, out_mu, out_var):
+    """Strict division ``q / s`` (flat arrays) into ``out_t, out_r`` with the mean (0 where the precision
+    is 0) and variance (inf there) of the result.  A precision deficit down to ``rtol |q_r|`` is round-off
+    (set to 0); returns ``(round-off count, count beyond it, most negative deficit)``; the caller raises
+    when the second is non-zero."""
+    roundoff = 0
+    bad = 0
+    worst = 0.0
+    for j in range(q_t.shape[0]):
+        d = q_r[j] - s_r[j]
+        t = q_t[j] - s_t[j]
+        if d < 0:
+            if d < -rtol * abs(q_r[j]):
+                bad += 1
+                worst = min(worst, d)
+            else:
+                roundoff += 1
+            d = 0.0
+        out_t[j] = t
+        out_r[j] = d
+        if d > 0:
+            out_mu[j] = t / d
+            out_var[j] = 1.0 / d
+        else:
+            out_mu[j] = 0.0
+            out_var[j] = math.inf
+    return roundoff, bad, worst
