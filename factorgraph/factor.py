@@ -167,10 +167,11 @@ class WeightSlots:
         if type(m.tau) is not np.ndarray or not kernels.enabled() or not self.q.tau.flags.c_contiguous:
             return self.cavity(i).with_moments()
         out = [np.empty(self.shape, m.dtype) for _ in range(4)]
-        roundoff, bad, worst = kernels.module(m.tau, "sites").cavity_moments(
+        roundoff, bad = kernels.module(m.tau, "sites").cavity_moments(
             self.q.tau.reshape(-1), self.q.rho.reshape(-1), m.tau.reshape(-1), m.rho.reshape(-1),
             config.STRICT_DIVISION_RTOL, *(o.reshape(-1) for o in out))
         if bad:
+            worst = float((self.q.rho - m.rho).min())
             raise guards.ImproperMessageError(f"division would give negative precision (worst {worst:.3g}); "
                                               f"{bad} element(s) beyond tolerance")
         guards.record("strict_division_roundoff", roundoff)

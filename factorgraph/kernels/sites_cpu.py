@@ -46,14 +46,11 @@ def limit_step(q_t, q_r, old_t, old_r, new_t, new_r, kappa):
     return count
 
 
-@njit(cache=True)
-def replace_site(q_t, q_r, s_t, s_r, new_t, new_r, damping, kappa):
-    """Replace the site message ``s`` by ``new`` (flat arrays, ``q`` and ``s`` in place): damp to
-    ``s + damping (new - s)`` (when ``damping != 1``), bound the step by ``kappa`` marginal sds (when
-    ``kappa > 0``, see :func:`limit_step`), add ``new - s`` to the marginal ``q`` and store ``new`` in ``s``.
-    Returns how many weights the bound limited."""
+@njit(cache=True, error_model="numpy")
+def _replace_loop(q_t, q_r, s_t, s_r, new_t, new_r, damping, kappa, damp, bound):
+    """The loop of :func:`replace_site` for fixed ``damp``/``bound``, without branches so that it
+    vectorises (where ``q_r <= 0`` the bound's terms are NaN and not selected)."""
     count = 0
-    damp = damping != 1.0
     for j in range(q_t.shape[0]):
         ot = s_t[j]
         orr = s_r[j]
@@ -62,12 +59,17 @@ def replace_site(q_t, q_r, s_t, s_r, new_t, new_r, damping, kappa):
         if damp:
             nt = ot + damping * (nt - ot)
             nr = orr + damping * (nr - orr)
-        if kappa > 0:
+        if bound:
             r = q_r[j]
-            if r > 0:
-                nt, nr, hit = _limit(r, q_t[j], ot, orr, nt, nr, kappa)
-                if hit:
-                    count += 1
+            dt = nt - ot
+            dr = nr - orr
+            a = abs(dt - (q_t[j] / r) * dr)
+            sd_inv = math.sqrt(r)
+            hit = (r > 0) & (a * sd_inv > kappa * (r + dr))
+            f = kappa * sd_inv / (a - kappa * dr / sd_inv)
+            nt = ot + f * dt if hit else nt
+            nr = orr + f * dr if hit else nr
+            count += hit
         q_t[j] += nt - ot
         q_r[j] += nr - orr
         s_t[j] = nt
@@ -76,30 +78,36 @@ def replace_site(q_t, q_r, s_t, s_r, new_t, new_r, damping, kappa):
 
 
 @njit(cache=True)
+def replace_site(q_t, q_r, s_t, s_r, new_t, new_r, damping, kappa):
+    """Replace the site message ``s`` by ``new`` (flat arrays, ``q`` and ``s`` in place): damp to
+    ``s + damping (new - s)`` (when ``damping != 1``), bound the step by ``kappa`` marginal sds (when
+    ``kappa > 0``, see :func:`limit_step`), add ``new - s`` to the marginal ``q`` and store ``new`` in ``s``.
+    Returns how many weights the bound limited."""
+    args = (q_t, q_r, s_t, s_r, new_t, new_r, damping, kappa)
+    if damping != 1.0:
+        return _replace_loop(*args, True, True) if kappa > 0 else _replace_loop(*args, True, False)
+    return _replace_loop(*args, False, True) if kappa > 0 else _replace_loop(*args, False, False)
+
+
+@njit(cache=True, error_model="numpy")
 def cavity_moments(q_t, q_r, s_t, s_r, rtol, out_t, out_r, out_mu, out_var):
     """Strict division ``q / s`` (flat arrays) into ``out_t, out_r`` with the mean (0 where the precision
     is 0) and variance (inf there) of the result.  A precision deficit down to ``rtol |q_r|`` is round-off
-    (set to 0); returns ``(round-off count, count beyond it, most negative deficit)``; the caller raises
-    when the second is non-zero."""
+    (set to 0); returns ``(round-off count, count beyond it)``; the caller raises when the second is
+    non-zero.  Branch-free, so that it vectorises."""
     roundoff = 0
     bad = 0
-    worst = 0.0
     for j in range(q_t.shape[0]):
         d = q_r[j] - s_r[j]
         t = q_t[j] - s_t[j]
-        if d < 0:
-            if d < -rtol * abs(q_r[j]):
-                bad += 1
-                worst = min(worst, d)
-            else:
-                roundoff += 1
-            d = 0.0
+        neg = d < 0
+        beyond = d < -rtol * abs(q_r[j])
+        bad += beyond
+        roundoff += neg & ~beyond
+        d = max(d, 0.0)
+        pos = d > 0
         out_t[j] = t
         out_r[j] = d
-        if d > 0:
-            out_mu[j] = t / d
-            out_var[j] = 1.0 / d
-        else:
-            out_mu[j] = 0.0
-            out_var[j] = math.inf
-    return roundoff, bad, worst
+        out_mu[j] = t / d if pos else 0.0
+        out_var[j] = 1.0 / d if pos else math.inf
+    return roundoff, bad
