@@ -80,9 +80,10 @@ class Parallel:
 
     ``exact=False`` computes the chunk's weight messages with matrix products, expanding each message's
     denominator ``1 / (1 - e)`` in its own term's share ``e`` of the output's uncertainty to order
-    ``expansion``: 1 gives ``1 + e`` (error ``e^2 / (1 - e)``), 0 gives 1 (a third of the matrix
-    products; every per-example message keeps its mean and loses the fraction ``e`` of its precision,
-    see :func:`factorgraph.equations.s2_backward_gemm`);
+    ``expansion``: 0 (the default) gives 1 (every per-example message keeps its mean and loses the
+    fraction ``e`` of its precision; a third of the matrix products of order 1), 1 gives ``1 + e``
+    (error ``e^2 / (1 - e)``), see :func:`factorgraph.equations.s2_backward_gemm`.  On Fashion-MNIST
+    (n = 5120, MLP and LeNet-5, chunks of 32) both orders reach the same accuracy, NLL and ECE;
     ``exact=True`` forms the per-example messages (memory ``chunk_size x weights``) and multiplies them.
     ``Parallel(1, exact=True)`` gives the same marginals as the sequential thesis schedule.
 
@@ -98,7 +99,7 @@ class Parallel:
     damping: float = 1.0
     exact: bool = False
     max_step: float | None = None
-    expansion: int = 1
+    expansion: int = 0
 
     def __post_init__(self):
         _check_chunk(self.chunk_size, self.damping)
@@ -120,7 +121,7 @@ class Parallel:
 
     def __str__(self):
         extra = ((", exact=True" if self.exact else "") + (f", max_step={self.max_step}" if self.max_step else "")
-                 + (f", expansion={self.expansion}" if self.expansion != 1 else ""))
+                 + (f", expansion={self.expansion}" if self.expansion != 0 else ""))
         return f"Parallel({self.chunk_size}, damping={self.damping}{extra})"
 
 

@@ -57,12 +57,16 @@ def test_s2_gemm_equals_first_order_expansion_of_every_use():
     np.testing.assert_allclose(to_a.tau, (mub * core).sum(-1), rtol=1e-11, atol=1e-12)
 
 
-def test_s1_gemm_equals_first_order_expansion_of_every_use():
-    rng = np.random.default_rng(1)
-    U, K, J = 6, 7, 3
+def _s1_case(seed, U, K, J, scale):
+    """Constants ``a`` (U, K), weight messages, the forward message and a backward message."""
+    rng = np.random.default_rng(seed)
     a = rng.normal(size=(U, K))
-    qb, mc, r = _g(rng, (K, J), 0.1), _g(rng, (J,)), _g(rng, (U, J))
-    ms = s1_forward(a, qb, mc)
+    qb, mc, r = _g(rng, (K, J), scale), _g(rng, (J,)), _g(rng, (U, J))
+    return a, qb, s1_forward(a, qb, mc), r
+
+
+def test_s1_gemm_equals_first_order_expansion_of_every_use():
+    a, qb, ms, r = _s1_case(1, 6, 7, 3, 0.1)
     A = a[:, :, None]
     d = (1 + r.rho * ms.var)[:, None, :]
     h, g = r.rho[:, None, :] / d, (r.tau - r.rho * ms.mean)[:, None, :] / d
@@ -127,11 +131,7 @@ def test_s2_zeroth_order_is_the_sum_of_the_exact_per_use_messages_scaled_by_one_
 
 
 def test_s1_zeroth_order_is_the_sum_of_the_exact_per_use_messages_scaled_by_one_minus_e():
-    rng = np.random.default_rng(6)
-    U, K, J = 7, 6, 4
-    a = rng.normal(size=(U, K))
-    qb, mc, r = _g(rng, (K, J), 0.3), _g(rng, (J,)), _g(rng, (U, J))
-    ms = s1_forward(a, qb, mc)
+    a, qb, ms, r = _s1_case(6, 7, 6, 4, 0.3)
     e = a[:, :, None] ** 2 * qb.var * (r.rho / (1 + r.rho * ms.var))[:, None, :]
     assert 0.05 < e.max() < 1
     per = s1_backward_to_b(a, qb, ms, r, reduce=False)
@@ -156,11 +156,12 @@ def test_parallel_zeroth_order_trains_and_differs_from_first_order():
         a = create_factor_graph(templates, 16, seed=3)
         b = create_factor_graph(templates, 16, seed=3)
         a.train_batch(X, Y, 2, order=Parallel(8, 0.5))
-        b.train_batch(X, Y, 2, order=Parallel(8, 0.5, expansion=0))
+        b.train_batch(X, Y, 2, order=Parallel(8, 0.5, expansion=1))
         diffs = [np.abs(qa.mean - qb.mean).max() / (np.abs(qa.mean).max() + 1e-300)
                  for qa, qb in zip(_weights(a), _weights(b))]
         assert 0 < max(diffs) < 0.5
-    assert str(Parallel(8, 0.5, expansion=0)) == "Parallel(8, damping=0.5, expansion=0)"
+    assert str(Parallel(8, 0.5, expansion=1)) == "Parallel(8, damping=0.5, expansion=1)"
+    assert Parallel(8).messages == 0 and Parallel(8, exact=True).messages is None
 
 
 # --- Parallel: exactness claims -------------------------------------------------------------------
@@ -206,11 +207,14 @@ def test_gemm_chunk_differs_from_exact_by_the_second_order_term_only():
     a = create_factor_graph(T, 16, seed=1)
     b = create_factor_graph(T, 16, seed=1)
     a.train_batch(X, Y, 1, order=Parallel(16, exact=True))
-    b.train_batch(X, Y, 1, order=Parallel(16))
-    for (_, la), (_, lb) in zip(a.weighted_layers(), b.weighted_layers()):
-        qa, qb = la.params["W"].q, lb.params["W"].q
+    b.train_batch(X, Y, 1, order=Parallel(16, expansion=1))
+    c = create_factor_graph(T, 16, seed=1)
+    c.train_batch(X, Y, 1, order=Parallel(16))  # zeroth order: further off, less precise
+    for (_, la), (_, lb), (_, lc) in zip(a.weighted_layers(), b.weighted_layers(), c.weighted_layers()):
+        qa, qb, qc = la.params["W"].q, lb.params["W"].q, lc.params["W"].q
         rel = np.abs(qb.rho - qa.rho) / qa.rho
         assert 0 < rel.max() < 1e-2
+        assert rel.max() < (np.abs(qc.rho - qa.rho) / qa.rho).max() < 0.1
 
 
 def test_parallel_marginal_is_prior_times_chunk_messages():
@@ -288,7 +292,7 @@ def test_parallel_trust_region_keeps_the_blr_fixed_point():
     for max_step in (None, 0.5):
         fg = create_factor_graph(_templates(4, 0.7, 2.0, 1.5, 0.09), batch_size=len(X), seed=0)
         guards.reset()
-        fg.train_batch(X, y[:, None], 400, order=Parallel(4, 0.5, max_step=max_step))
+        fg.train_batch(X, y[:, None], 400, order=Parallel(4, 0.5, max_step=max_step, expansion=1))
         means.append(_posterior_mean(fg))
         assert (guards.get("parallel_step_limit") > 0) == (max_step is not None)
     np.testing.assert_allclose(means[1], means[0], rtol=1e-8, atol=1e-10)
