@@ -190,7 +190,8 @@ class WeightSlots:
                 self.q.tau.reshape(-1), self.q.rho.reshape(-1), old_tau.reshape(-1), old_rho.reshape(-1),
                 np.ascontiguousarray(new.tau, old_tau.dtype).reshape(-1),
                 np.ascontiguousarray(new.rho, old_rho.dtype).reshape(-1),
-                float(damping), -1.0 if self.max_step is None else float(self.max_step))
+                # in the slots' dtype, as NumPy computes ``old + damping (new - old)`` for a float32 slot
+                old_tau.dtype.type(damping), old_tau.dtype.type(-1.0 if self.max_step is None else self.max_step))
             guards.record("parallel_step_limit", n)
             return
         if damping != 1.0:
