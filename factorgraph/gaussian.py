@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from factorgraph import config, guards
+from factorgraph import config, guards, kernels
 from factorgraph.backend import get_array_module, special
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
@@ -191,8 +191,7 @@ class WithMoments(Gaussian):
 
     def __init__(self, tau, rho):
         super().__init__(tau, rho)
-        self._mean = mean_of(self.tau, self.rho)
-        self._var = var_of(self.rho)
+        self._mean, self._var = moments_of(self.tau, self.rho)
 
     @classmethod
     def of(cls, tau, rho, mean, var):
@@ -226,6 +225,22 @@ def var_of(rho):
     xp = get_array_module(rho)
     pos = rho > 0
     return xp.where(pos, 1 / xp.where(pos, rho, 1), xp.inf).astype(rho.dtype)
+
+
+#: from this many elements on, :func:`moments_of` uses the compiled kernel (when kernels are enabled)
+MOMENTS_KERNEL_MIN = 256
+
+
+def moments_of(tau, rho):
+    """``(mean_of(tau, rho), var_of(rho))``; on the CPU one compiled pass
+    (:mod:`factorgraph.kernels.moments_cpu`) computes both."""
+    if (type(tau) is np.ndarray and type(rho) is np.ndarray and tau.size >= MOMENTS_KERNEL_MIN
+            and tau.dtype == rho.dtype and tau.shape == rho.shape and kernels.enabled()):
+        t, r = np.ascontiguousarray(tau), np.ascontiguousarray(rho)
+        mean, var = np.empty_like(t), np.empty_like(r)
+        kernels.module(t, "moments").mean_var(t.reshape(-1), r.reshape(-1), mean.reshape(-1), var.reshape(-1))
+        return mean, var
+    return mean_of(tau, rho), var_of(rho)
 
 
 def divide(num, den, tol=None):

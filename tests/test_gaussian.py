@@ -143,6 +143,28 @@ def test_zero_precision_has_mean_zero_and_infinite_variance(dtype):
     assert mean.dtype == dtype and var.dtype == dtype
 
 
+def test_compiled_moments_equal_the_numpy_forms_bit_for_bit(dtype, monkeypatch):
+    """``WithMoments`` (one compiled pass from ``MOMENTS_KERNEL_MIN`` elements on) against ``mean_of`` /
+    ``var_of``: ordinary, zero, negative, NaN, tiny and huge precisions, a non-contiguous input."""
+    from factorgraph import kernels
+    from factorgraph.gaussian import MOMENTS_KERNEL_MIN, WithMoments, mean_of, var_of
+
+    rng = np.random.default_rng(3)
+    n = 4 * MOMENTS_KERNEL_MIN
+    tau = rng.normal(0, 10, n).astype(dtype)
+    rho = (10.0 ** rng.uniform(-30, 30, n)).astype(dtype)
+    rho[:5] = [0, -1, np.nan, np.finfo(dtype).tiny, np.finfo(dtype).max]
+    tau[5] = np.inf
+    monkeypatch.setattr(kernels, "_ENABLED", True)
+    with np.errstate(all="ignore"):
+        for t, r in ((tau, rho), (tau.reshape(8, -1)[:, ::2], rho.reshape(8, -1)[:, ::2])):
+            g = WithMoments(t, r)
+            ref_mean, ref_var = mean_of(t, r), var_of(r)
+            np.testing.assert_array_equal(g.mean, ref_mean)
+            np.testing.assert_array_equal(g.var, ref_var)
+            assert g.mean.dtype == dtype and g.var.dtype == dtype and g.mean.shape == t.shape
+
+
 def test_uniform_is_identity_of_product(dtype):
     u = Gaussian.uniform((4,), dtype)
     assert u.tau.dtype == dtype and np.all(u.tau == 0) and np.all(u.rho == 0)
