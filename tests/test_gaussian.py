@@ -424,6 +424,12 @@ def test_truncation_moments_equal_80_digit_values_on_both_sides_of_the_switch(re
                                           ("kernel", scalar.shift_and_factor(float(ti)))):
             assert abs(got_shift - want_shift) <= 1e-12 * want_shift, (name, ti, "shift")
             assert abs(got_u - want_u) <= 1e-12 * want_u, (name, ti, "factor")
+    # far tails, beyond 80 digits' reach: the series -1/t (1 - 2/t^2 ...), 1/t^2 (1 - 6/t^2 ...) is exact
+    # to double precision there (the kernel's scaled recurrence must not overflow or underflow)
+    for ti in (-1e30, -1e100, -1e150):
+        want_u = 1 / ti / ti
+        for got_shift, got_u in (scalar.shift_and_factor(ti), [v[0] for v in truncation_shift_and_factor(np.array([ti]))]):
+            assert abs(got_shift + 1 / ti) <= 1e-15 / abs(ti) and abs(got_u - want_u) <= 1e-15 * want_u, ti
     record_cases("truncation moments vs 80 digits", t.size)
 
 

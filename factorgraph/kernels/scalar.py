@@ -34,9 +34,20 @@ def continued_fraction(x):
     continued fraction of the Mills ratio (:func:`factorgraph.gaussian.continued_fraction_moments`)."""
     terms = CF_BASE + int(CF_SCALE / x)
     n = terms + 1.0
-    L = 2.0 * n / (math.sqrt(x * x + 4.0 * n) + x)
-    for k in range(terms, 1, -1):
-        L = k / (x + L)
+    tail = 2.0 * n / (math.sqrt(x * x + 4.0 * n) + x)
+    # L = 2 / (x + 3 / (x + ... terms / (x + tail))), the same convergent as the reference's backward loop,
+    # by the forward (Wallis) recurrence A_j = b_j A_{j-1} + a_j A_{j-2} (likewise B), a_j = j + 1,
+    # scaled by x^-j: no division in the loop (a dependent division per term made it the LeakyReLU
+    # kernels' hot spot) and, all terms being positive, no cancellation
+    y = 1.0 / x
+    y2 = y * y
+    p0, p1, q0, q1 = 0.0, 2.0 * y, 1.0, 1.0
+    for j in range(2, terms - 1):
+        c = (j + 1) * y2
+        p0, p1 = p1, p1 + c * p0
+        q0, q1 = q1, q1 + c * q0
+    g, c = 1.0 + tail * y, terms * y2
+    L = (g * p1 + c * p0) / (g * q1 + c * q0)
     K = 1.0 / (x + L)
     return K, K * (L - K)
 
