@@ -200,6 +200,14 @@ class WithMoments(Gaussian):
         g.tau, g.rho, g._mean, g._var = tau, rho, mean, var
         return g
 
+    def reshape(self, *shape):
+        """Reshaped, keeping the computed moments (views, like :meth:`Gaussian.reshape`)."""
+        return WithMoments.of(self.tau.reshape(*shape), self.rho.reshape(*shape), self._mean.reshape(*shape),
+                              self._var.reshape(*shape))
+
+    def __getitem__(self, idx):
+        return WithMoments.of(self.tau[idx], self.rho[idx], self._mean[idx], self._var[idx])
+
     @property
     def mean(self):
         return self._mean

@@ -218,12 +218,12 @@ class Conv(Factor):
         if self.constant_input:
             self._a = self._gather(m_in, True)
             self._cav_w = W.cavity_moments(site)
-            self._f = s1_forward(self._a, self._cav_w, self._cav_c)
+            self._f = s1_forward(self._a, self._cav_w, self._cav_c).with_moments()
         else:
             x_hat = clamp_min_rho(m_in * self.m_to_x[idx], config.MIN_PRECISION)
-            self._a = self._gather(x_hat, False)
+            self._a = self._gather(x_hat, False).with_moments()  # the backward reads the moments again
             self._qw = W.q.with_moments()  # W.q changes only in the backward's replace, after its last use
-            self._f = s2_forward(self._a, self._qw, self._cav_c)
+            self._f = s2_forward(self._a, self._qw, self._cav_c).with_moments()
         return self._out(self._f, m_in.shape[:-3])
 
     def backward_chunk(self, m_out, idx, site, damping, expansion):

@@ -564,11 +564,16 @@ def test_truncate_nonneg_is_finite_nonnegative_and_narrower_property(record_case
 
 
 def test_with_moments_caches_the_moments_of_the_same_message():
+    from factorgraph.gaussian import WithMoments
+
     g = Gaussian(np.array([1.0, -2.0, 0.0]), np.array([2.0, 0.5, 0.0]))
     w = g.with_moments()
     assert isinstance(w, Gaussian)
     np.testing.assert_array_equal(w.mean, g.mean)
     np.testing.assert_array_equal(w.var, g.var)  # rho = 0: mean 0, var inf
     assert w.mean is w.mean and w.tau is g.tau  # computed once, no copy of the parameters
-    sub = w[1:]
-    assert type(sub) is Gaussian and sub.mean[0] == -4.0  # derived messages recompute their moments
+    sub, flat = w[1:], w.reshape(3, 1)
+    # slices and reshapes keep the cached moments as views; other derived messages recompute theirs
+    assert type(sub) is WithMoments and sub.mean[0] == -4.0 and np.shares_memory(sub.mean, w.mean)
+    assert type(flat) is WithMoments and flat.var.shape == (3, 1) and np.shares_memory(flat.var, w.var)
+    assert type(w * g) is Gaussian and (w * g).mean[0] == 0.5
