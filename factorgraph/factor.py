@@ -185,7 +185,8 @@ class WeightSlots:
         old_tau, old_rho = self.msgs.tau[i], self.msgs.rho[i]
         damping = self.damping if damping is None else damping
         if (self.pending is None and type(old_tau) is np.ndarray and kernels.enabled()
-                and self.q.tau.flags.c_contiguous and self.q.rho.flags.c_contiguous):
+                and self.q.tau.flags.c_contiguous and self.q.rho.flags.c_contiguous
+                and np.shape(new.tau) == old_tau.shape and np.shape(new.rho) == old_tau.shape):
             n = kernels.module(old_tau, "sites").replace_site(
                 self.q.tau.reshape(-1), self.q.rho.reshape(-1), old_tau.reshape(-1), old_rho.reshape(-1),
                 np.ascontiguousarray(new.tau, old_tau.dtype).reshape(-1),

@@ -370,6 +370,24 @@ def test_compiled_site_replacement_equals_the_numpy_form(dtype, damping, max_ste
         np.testing.assert_allclose(b.rho, a.rho, **tol)
 
 
+def test_site_replacement_broadcasts_a_smaller_message_like_numpy(monkeypatch):
+    """A message that only broadcasts to the slot's shape takes the NumPy form (the compiled pass needs equal
+    shapes; flat views of unequal arrays would read past the end)."""
+    from factorgraph import kernels
+    from factorgraph.factor import WeightSlots
+
+    prior = Gaussian(np.zeros((4, 3)), np.ones((4, 3)))
+    new = Gaussian(np.array([[1.0, 2.0, 3.0]]), np.array([[0.5, 0.5, 0.5]]))
+    out = []
+    for compiled in (False, True):
+        monkeypatch.setattr(kernels, "_ENABLED", compiled)
+        s = WeightSlots(prior, 2)
+        s.replace(1, new, 0.5)
+        out.append((s.q.tau.copy(), s.msgs.tau[1].copy()))
+    np.testing.assert_array_equal(out[0][0], out[1][0])
+    np.testing.assert_array_equal(out[1][1], np.broadcast_to([[0.5, 1.0, 1.5]], (4, 3)))
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_compiled_cavity_moments_equal_strict_division(dtype, monkeypatch):
     """``WeightSlots.cavity_moments`` (one compiled pass) against ``divide(q, m_i).with_moments()``:
