@@ -54,9 +54,10 @@ def load(n, seed):
     return norm(Xtr), ytr, norm(d.X_test[:1000]), d.y_test[:1000], norm(d.X_test[1000:]), d.y_test[1000:], Xood
 
 
-def run_mp(arch, head, data, its_top, seed, progress, device="cpu", order=None):
+def run_mp(arch, head, data, its_top, seed, progress, device="cpu", order=None, dtype="float64"):
     Xtr, ytr, Xva, yva, Xte, yte, Xood = data
-    fg = create_factor_graph([(28, 28, 1)] + ARCH[arch] + [HEADS[head]], batch_size=320, seed=seed).to(device)
+    fg = create_factor_graph([(28, 28, 1)] + ARCH[arch] + [HEADS[head]], batch_size=320, seed=seed,
+                             dtype=dtype).to(device)
     Y = np.eye(10)[ytr] if head == "R-MP" else ytr
     t0 = time.perf_counter()
     Trainer(fg, Xtr, Y, progress=progress, order=order).train(schedule=Staircase(its_top))
@@ -146,6 +147,7 @@ def main(argv=None):
     p.add_argument("--order", default="Shuffled()",
                    help="within-batch order, a schedules expression such as 'Parallel(32, 0.5)'")
     p.add_argument("--torch-epochs", type=int, default=90, help="epochs of the PyTorch baselines")
+    p.add_argument("--dtype", default="float64", choices=["float64", "float32"], help="message passing precision")
     p.add_argument("--out", default="examples/out/fashion")
     args = p.parse_args(argv)
     order = eval(args.order, vars(schedules))
@@ -157,7 +159,7 @@ def main(argv=None):
             rows = {}
             for head in args.heads:
                 rows.update(run_mp(arch, head, data, args.staircase, args.seed, args.progress or None, args.device,
-                                   order))
+                                   order, args.dtype))
                 print(f"n={n} {arch} {head} done", flush=True)
             for opt in args.baselines:
                 print(f"n={n} {arch} torch {opt}", flush=True)
