@@ -164,7 +164,8 @@ class WeightSlots:
         """:meth:`cavity` with its mean and variance (:class:`WithMoments`), in one compiled pass on the
         CPU."""
         m = self.msgs[i]
-        if type(m.tau) is not np.ndarray or not kernels.enabled() or not self.q.tau.flags.c_contiguous:
+        if (type(m.tau) is not np.ndarray or not kernels.enabled() or not self.q.tau.flags.c_contiguous
+                or not self.q.rho.flags.c_contiguous):
             return self.cavity(i).with_moments()
         out = [np.empty(self.shape, m.dtype) for _ in range(4)]
         roundoff, bad = kernels.module(m.tau, "sites").cavity_moments(
