@@ -212,14 +212,7 @@ class WeightSlots:
         ``kappa = max_step``, the full step moves the mean by ``|A| / (rho + d_rho)``; where that exceeds
         ``kappa / sqrt(rho)``, the fraction ``s = kappa sqrt(rho) / (|A| - kappa d_rho / sqrt(rho))`` of
         the step moves it by exactly that.  The precision stays between ``rho`` and ``rho + d_rho``."""
-        xp = self.q.xp
-        if type(self.q.tau) is np.ndarray and kernels.enabled():
-            out_t, out_r = np.array(new.tau, order="C"), np.array(new.rho, order="C")
-            n = kernels.module(out_t, "sites").limit_step(
-                self.q.tau.ravel(), self.q.rho.ravel(), np.ascontiguousarray(old_tau).ravel(),
-                np.ascontiguousarray(old_rho).ravel(), out_t.ravel(), out_r.ravel(), float(self.max_step))
-            guards.record("parallel_step_limit", n)
-            return Gaussian(out_t, out_r)
+        xp = self.q.xp  # the NumPy form; on the CPU :meth:`replace` runs it inside ``sites_cpu.replace_site``
         d_tau, d_rho = new.tau - old_tau, new.rho - old_rho
         rho = self.q.rho
         sd_inv = xp.sqrt(xp.maximum(rho, 0))

@@ -370,9 +370,10 @@ def test_compiled_site_replacement_equals_the_numpy_form(dtype, damping, max_ste
         np.testing.assert_allclose(b.rho, a.rho, **tol)
 
 
-def test_site_replacement_broadcasts_a_smaller_message_like_numpy(monkeypatch):
+@pytest.mark.parametrize("max_step", [None, 0.5])
+def test_site_replacement_broadcasts_a_smaller_message_like_numpy(monkeypatch, max_step):
     """A message that only broadcasts to the slot's shape takes the NumPy form (the compiled pass needs equal
-    shapes; flat views of unequal arrays would read past the end)."""
+    shapes; flat views of unequal arrays would read past the end), with and without the bound."""
     from factorgraph import kernels
     from factorgraph.factor import WeightSlots
 
@@ -382,10 +383,12 @@ def test_site_replacement_broadcasts_a_smaller_message_like_numpy(monkeypatch):
     for compiled in (False, True):
         monkeypatch.setattr(kernels, "_ENABLED", compiled)
         s = WeightSlots(prior, 2)
-        s.replace(1, new, 0.5)
+        s.max_step = max_step
+        s.replace(1, new, 1.0 if max_step else 0.5)  # undamped, the message stays smaller than the slot
         out.append((s.q.tau.copy(), s.msgs.tau[1].copy()))
     np.testing.assert_array_equal(out[0][0], out[1][0])
-    np.testing.assert_array_equal(out[1][1], np.broadcast_to([[0.5, 1.0, 1.5]], (4, 3)))
+    if max_step is None:
+        np.testing.assert_array_equal(out[1][1], np.broadcast_to([[0.5, 1.0, 1.5]], (4, 3)))
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

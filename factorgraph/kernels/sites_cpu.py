@@ -5,8 +5,7 @@ Each is one pass over a weight tensor where the NumPy form of the same update ta
 fixed cost per chunk):
 
 * :func:`replace_site`: damping, the trust region (``max_step``), the marginal update and the store;
-* :func:`cavity_moments`: strict division ``q / m_site`` with the cavity's mean and variance;
-* :func:`limit_step`: the trust region alone (used on its own by tests and by deferred updates).
+* :func:`cavity_moments`: strict division ``q / m_site`` with the cavity's mean and variance.
 
 ``tests/test_batched_schedules.py`` checks them against the NumPy forms.
 """
@@ -14,36 +13,6 @@ fixed cost per chunk):
 import math
 
 from numba import njit
-
-
-@njit(cache=True, inline="always")
-def _limit(r, q_t, old_t, old_r, nt, nr, kappa):
-    """Scaled (tau, rho) step end for one weight, and whether the bound was hit."""
-    dt = nt - old_t
-    dr = nr - old_r
-    a = abs(dt - (q_t / r) * dr)
-    s = math.sqrt(r)
-    if a * s > kappa * (r + dr):
-        f = kappa * s / (a - kappa * dr / s)
-        return old_t + f * dt, old_r + f * dr, True
-    return nt, nr, False
-
-
-@njit(cache=True)
-def limit_step(q_t, q_r, old_t, old_r, new_t, new_r, kappa):
-    """Scale ``new - old`` in place (flat arrays) where the marginal mean ``q_t / q_r`` would move more than
-    ``kappa / sqrt(q_r)``; returns how many weights were limited."""
-    count = 0
-    for j in range(q_t.shape[0]):
-        r = q_r[j]
-        if not r > 0:
-            continue
-        nt, nr, hit = _limit(r, q_t[j], old_t[j], old_r[j], new_t[j], new_r[j], kappa)
-        if hit:
-            new_t[j] = nt
-            new_r[j] = nr
-            count += 1
-    return count
 
 
 @njit(cache=True, error_model="numpy")
@@ -81,7 +50,8 @@ def _replace_loop(q_t, q_r, s_t, s_r, new_t, new_r, damping, kappa, damp, bound)
 def replace_site(q_t, q_r, s_t, s_r, new_t, new_r, damping, kappa):
     """Replace the site message ``s`` by ``new`` (flat arrays, ``q`` and ``s`` in place): damp to
     ``s + damping (new - s)`` (when ``damping != 1``), bound the step by ``kappa`` marginal sds (when
-    ``kappa > 0``, see :func:`limit_step`), add ``new - s`` to the marginal ``q`` and store ``new`` in ``s``.
+    ``kappa > 0``, as :meth:`factorgraph.factor.WeightSlots._limit_step`), add ``new - s`` to the marginal
+    ``q`` and store ``new`` in ``s``.
     Returns how many weights the bound limited."""
     args = (q_t, q_r, s_t, s_r, new_t, new_r, damping, kappa)
     if damping != 1.0:
