@@ -83,7 +83,7 @@ class Parallel:
     ``expansion``: 0 (the default) gives 1 (every per-example message keeps its mean and loses the
     fraction ``e`` of its precision; a third of the matrix products of order 1), 1 gives ``1 + e``
     (error ``e^2 / (1 - e)``), see :func:`factorgraph.equations.s2_backward_gemm`.  On Fashion-MNIST
-    (n = 5120, MLP and LeNet-5, chunks of 32) both orders reach the same accuracy, NLL and ECE;
+    (n = 5120, MLP, chunks of 32, side by side) both orders reached the same accuracy, NLL and ECE to 0.003.
     ``exact=True`` forms the per-example messages (memory ``chunk_size x weights``) and multiplies them.
     ``Parallel(1, exact=True)`` gives the same marginals as the sequential thesis schedule.
 

@@ -12,8 +12,8 @@ function                          message
 ``s2_forward``                    inner product of variables, forward (S2)
 ``s2_forward_moments``            the same given the inputs' means and variances
 ``s2_backward``                   S2 backward to both operands
-``s1_backward_to_b_gemm``         S1 weight messages of many uses by matrix products (self term dropped)
-``s2_backward_gemm``              S2 backward of many uses by matrix products (self term dropped)
+``s1_backward_to_b_gemm``         S1 weight messages of many uses by matrix products (order 0 or 1 in e)
+``s2_backward_gemm``              S2 backward of many uses by matrix products (order 0 or 1 in e)
 ``relu_moments``                  R1, R2 of max(a, 0)
 ``block52`` / ``block52_log``     truncated product integrals B0, B1, B2
 ``leaky_forward_moment_match``    LeakyReLU moment matching (prediction, fallback)
