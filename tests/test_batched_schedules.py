@@ -76,6 +76,12 @@ def test_s1_gemm_equals_first_order_expansion_of_every_use():
     np.testing.assert_allclose(got.tau, ((A * g + A ** 2 * qb.mean * h) * f).sum(0), rtol=1e-11, atol=1e-12)
 
 
+def _per_use_share(qa, qb, mz, r):
+    """``e = V_k h`` per use (U, K, J): each term's own share of the output's uncertainty."""
+    V = qa.var[:, :, None] * (qb.var + qb.mean ** 2) + qa.mean[:, :, None] ** 2 * qb.var
+    return V * (r.rho / (1 + r.rho * mz.var))[:, None, :]
+
+
 @pytest.mark.parametrize("K", [50, 500])
 def test_gemm_messages_are_within_the_second_order_bound_of_the_exact_ones(K):
     """Exact per-use precision ``p / (1 - e)`` against ``p (1 + e)``: relative error ``e^2 / (1 - e)``."""
@@ -83,8 +89,7 @@ def test_gemm_messages_are_within_the_second_order_bound_of_the_exact_ones(K):
     U, J = 8, 5
     qa, qb, mc, r = _g(rng, (U, K)), _g(rng, (K, J), 1.0 / K), _g(rng, (J,)), _g(rng, (U, J))
     mz = s2_forward(qa, qb, mc)
-    V = qa.var[:, :, None] * (qb.var + qb.mean ** 2) + qa.mean[:, :, None] ** 2 * qb.var
-    e = (V * (r.rho / (1 + r.rho * mz.var))[:, None, :]).max()
+    e = _per_use_share(qa, qb, mz, r).max()
     assert 0 < e < 0.5
     exact_a, exact_b = s2_backward(qa, qb, mz, r)
     to_a, to_b = s2_backward_gemm(qa, qb, mz, r)
@@ -94,12 +99,6 @@ def test_gemm_messages_are_within_the_second_order_bound_of_the_exact_ones(K):
     # and the drop is real: the zeroth-order form (no correction) is further off
     zeroth = (qa.var + qa.mean ** 2).T @ (r.rho / (1 + r.rho * mz.var))
     assert np.abs(zeroth - exact_b.rho).max() > np.abs(to_b.rho - exact_b.rho).max()
-
-
-def _per_use_share(qa, qb, mz, r):
-    """``e = V_k h`` per use (U, K, J): each term's own share of the output's uncertainty."""
-    V = qa.var[:, :, None] * (qb.var + qb.mean ** 2) + qa.mean[:, :, None] ** 2 * qb.var
-    return V * (r.rho / (1 + r.rho * mz.var))[:, None, :]
 
 
 def test_s2_zeroth_order_is_the_sum_of_the_exact_per_use_messages_scaled_by_one_minus_e():
