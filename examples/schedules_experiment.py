@@ -48,19 +48,28 @@ def load(n, arch, seed):
     return prep(Xtr), ytr, prep(d.X_test[:5000]), d.y_test[:5000], Xood.reshape(-1, 28, 28, 1)
 
 
-def _graph(arch, batch, seed, dtype="float64"):
+def _graph(arch, batch, seed, dtype="float64", device="cpu"):
     return create_factor_graph([(28, 28, 1)] + ARCH[arch] + [("Regression", 0.01)], batch_size=batch, seed=seed,
-                               dtype=dtype)
+                               dtype=dtype).to(device)
+
+
+def _sync(device):
+    """Wait for the GPU's queued work (timings of asynchronous device code need it)."""
+    if device == "cuda":
+        import cupy
+
+        cupy.cuda.runtime.deviceSynchronize()
 
 
 def run_order(spec, arch, data, args):
     Xtr, ytr, Xte, yte, Xood = data
-    fg = _graph(arch, args.batch, args.seed, args.dtype)
+    fg = _graph(arch, args.batch, args.seed, args.dtype, args.device)
     extra = {k: True for k, on in (("warm_start", args.warm), ("mixing", args.mix)) if on}
     t0 = time.perf_counter()
     try:
         tr = Trainer(fg, Xtr, np.eye(10)[ytr], order=_order(spec), progress=False, **extra)
         tr.train(schedule=Staircase(args.staircase))
+        _sync(args.device)
     except (ArithmeticError, ValueError) as e:  # a diverging schedule
         return {"order": spec, "failed": f"{type(e).__name__}: {e}"[:120], "time_s": time.perf_counter() - t0}
     t = time.perf_counter() - t0
@@ -70,17 +79,19 @@ def run_order(spec, arch, data, args):
             "time_s": t, "us_per_example_pass": 1e6 * t / (sweeps * len(Xtr))}
 
 
-def throughput(arch, data, orders, batch, dtype="float64", reps=5):
+def throughput(arch, data, orders, batch, dtype="float64", reps=5, device="cpu"):
     """Median time of one sweep of ``train_batch`` over one batch, per order (after a warm-up sweep)."""
     Xtr, ytr = data[0][:batch], data[1][:batch]
     out = {}
     for spec in orders:
-        fg = _graph(arch, batch, 0, dtype)
+        fg = _graph(arch, batch, 0, dtype, device)
         times = []
         try:
             for rep in range(reps + 1):  # the first sweep warms up (compilation, caches)
+                _sync(device)
                 t0 = time.perf_counter()
                 fg.train_batch(Xtr, np.eye(10)[ytr], 1, order=_order(spec))
+                _sync(device)
                 times.append(time.perf_counter() - t0)
         except ArithmeticError:  # a diverging order
             out[spec] = float("nan")
@@ -89,31 +100,34 @@ def throughput(arch, data, orders, batch, dtype="float64", reps=5):
     return out
 
 
-def torch_epochs(arch, data, batch, epochs, seed):
-    """Median wall time of a PyTorch SGD epoch (same architecture, batch size), and its test accuracy."""
+def torch_epochs(arch, data, batch, epochs, seed, device="cpu"):
+    """Median wall time of a PyTorch SGD epoch (same architecture, batch size, data and
+    model on ``device``), and its test accuracy."""
     import torch
     import torch.nn as nn
 
     torch.manual_seed(seed)
     torch.set_num_threads(os.cpu_count() or 1)
     Xtr, ytr, Xte, yte, _ = data
-    tt = lambda x: torch.tensor(np.transpose(x, (0, 3, 1, 2)), dtype=torch.float32)  # noqa: E731
-    model = torch_model(arch)
-    X, y = tt(Xtr), torch.tensor(ytr)
+    tt = lambda x: torch.tensor(np.transpose(x, (0, 3, 1, 2)), dtype=torch.float32, device=device)  # noqa: E731
+    model = torch_model(arch).to(device)
+    X, y = tt(Xtr), torch.tensor(ytr, device=device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-2)
     loss_fn = nn.CrossEntropyLoss()
     times = []
     for _ in range(epochs):
         t0 = time.perf_counter()
-        perm = torch.randperm(len(X))
+        perm = torch.randperm(len(X), device=device)
         for s in range(0, len(X), batch):
             idx = perm[s:s + batch]
             opt.zero_grad()
             loss_fn(model(X[idx]), y[idx]).backward()
             opt.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     with torch.no_grad():
-        acc = float((model(tt(Xte)).argmax(1).numpy() == yte).mean())
+        acc = float((model(tt(Xte)).argmax(1).cpu().numpy() == yte).mean())
     return float(np.median(times)), acc
 
 
@@ -157,13 +171,15 @@ def main(argv=None):
                    help="only time one sweep over one batch per order (median of 5) and exit")
     p.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     p.add_argument("--seed", type=int, default=98)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="device of the message passing and of the PyTorch epochs")
     p.add_argument("--out", default="examples/out")
     args = p.parse_args(argv)
     data = load(args.n, args.arch, args.seed)
     if args.throughput:
-        res = throughput(args.arch, data, args.orders, args.batch, args.dtype)
+        res = throughput(args.arch, data, args.orders, args.batch, args.dtype, device=args.device)
         base = res.get("Shuffled()")
-        print(f"| order ({args.arch}, {args.dtype}, one sweep over {args.batch} examples, median of 5) | "
+        print(f"| order ({args.arch}, {args.dtype}, {args.device}, one sweep over {args.batch} examples, median of 5) | "
               f"us / example-pass | "
               f"speed-up vs Shuffled() |\n|---|---|---|")
         for spec, t in res.items():
@@ -172,14 +188,14 @@ def main(argv=None):
             else:
                 print(f"| {spec} | {1e6 * t:.0f} | {base / t if base else float('nan'):.1f}x |")
         if args.torch:
-            t, _ = torch_epochs(args.arch, data, args.batch, 5, args.seed)
+            t, _ = torch_epochs(args.arch, data, args.batch, 5, args.seed, args.device)
             print(f"PyTorch SGD epoch over n = {args.n} (batch {args.batch}): {t:.3f} s = "
                   f"{1e6 * t / args.n:.1f} us / example")
         return
     os.makedirs(args.out, exist_ok=True)
-    tag = f"{args.arch}_n{args.n}" + ("_warm" if args.warm else "") + ("_mix" if args.mix else "")
+    tag = f"{args.arch}_n{args.n}" + ("_cuda" if args.device == "cuda" else "") + ("_warm" if args.warm else "") + ("_mix" if args.mix else "")
     rows = []
-    print(f"| order ({args.arch}, n = {args.n}, batch {args.batch}, Staircase({args.staircase})"
+    print(f"| order ({args.arch}, {args.device}, n = {args.n}, batch {args.batch}, Staircase({args.staircase})"
           f"{', warm' if args.warm else ''}{', mix' if args.mix else ''}) | acc | NLL | ECE15 | OOD AUROC "
           f"| train time [s] | us / example-pass |\n|---|---|---|---|---|---|---|", flush=True)
     for spec in args.orders:
@@ -191,7 +207,7 @@ def main(argv=None):
             print(f"| {spec} | {r['accuracy']:.3f} | {r['nll']:.3f} | {r['ece']:.3f} | {r['ood_auroc']:.3f} | "
                   f"{r['time_s']:.1f} | {r['us_per_example_pass']:.0f} |", flush=True)
     if args.torch:
-        t, acc = torch_epochs(args.arch, data, args.batch, 5, args.seed)
+        t, acc = torch_epochs(args.arch, data, args.batch, 5, args.seed, args.device)
         rows.append({"order": "torch SGD epoch", "epoch_s": t, "accuracy_5_epochs": acc})
         print(f"PyTorch SGD (lr 1e-2, batch {args.batch}): median epoch {t:.3f} s over 5 epochs "
               f"(test acc after 5 epochs {acc:.3f})", flush=True)

@@ -78,3 +78,28 @@ def test_trainer_on_gpu_equals_cpu_and_saves(tmp_path):
     np.testing.assert_allclose(back.fg.predict(X)[0], runs[1], rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(back.to("cuda").fg.predict(X)[0] if hasattr(back, "to") else
                                back.fg.to("cuda").predict(X)[0], runs[1], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_GPU, reason="needs cupy and a CUDA device")
+@pytest.mark.parametrize("order", ["Parallel(4, 0.5)", "Parallel(4, 0.5, max_step=1.0)",
+                                   "Parallel(8, 0.5, exact=True)", "Parallel(4, 0.5, expansion=1)"])
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_gpu_parallel_schedule_equals_cpu(name, order):
+    """The batched (chunk) path on CuPy arrays: the same marginals and predictions as on the CPU."""
+    import schedules
+
+    templates = NETS[name]
+    X, Y = _data(templates)
+    fgs = [create_factor_graph(templates, batch_size=16, seed=3).to(device) for device in ("cpu", "cuda")]
+    for fg in fgs:
+        fg.train_batch(X, Y, 2, order=eval(order, vars(schedules)))
+    p_cpu, p_gpu = (fg.predict(X) for fg in fgs)
+    if isinstance(p_cpu, tuple):
+        p_cpu, p_gpu = p_cpu[0], p_gpu[0]
+    np.testing.assert_allclose(p_gpu, p_cpu, rtol=1e-7, atol=1e-9)
+    for (l, layer_cpu), (_, layer_gpu) in zip(fgs[0].weighted_layers(), fgs[1].weighted_layers()):
+        for key, slots in layer_cpu.params.items():
+            q_gpu = layer_gpu.params[key].q
+            np.testing.assert_allclose(q_gpu.tau.get(), slots.q.tau, rtol=1e-7, atol=1e-9, err_msg=f"{l}.{key}")
+            np.testing.assert_allclose(q_gpu.rho.get(), slots.q.rho, rtol=1e-7, atol=1e-9, err_msg=f"{l}.{key}")

@@ -401,3 +401,17 @@ def test_argmax_probs_fall_back_to_log_space_where_the_products_underflow():
     ref = eq.argmax_probs(m, 0.3)
     np.testing.assert_allclose(got[0], 1.0 / C, rtol=1e-12)
     np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-300)
+
+
+def test_threaded_limits_blas_threads_and_restores_them():
+    """``threaded(blas_threads=1)`` (the batched sweeps) sets every BLAS pool to one thread and restores it."""
+    from threadpoolctl import threadpool_info
+
+    def blas():
+        return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+    before = blas()
+    for _ in range(2):  # the second time through the cached controller
+        with kernels.threaded(blas_threads=1):
+            assert blas() and all(n == 1 for n in blas())
+        assert blas() == before

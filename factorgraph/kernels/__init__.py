@@ -31,6 +31,17 @@ def set_enabled(flag):
 
 _MODULES = {}
 _THREADED = False
+_POOLS = None  # threadpoolctl's controller, made once: each threadpool_limits() scans every loaded library
+
+
+def _blas_limit(threads):
+    """A context that limits the BLAS thread pools to ``threads`` (threadpoolctl)."""
+    global _POOLS
+    if _POOLS is None:
+        from threadpoolctl import ThreadpoolController
+
+        _POOLS = ThreadpoolController()
+    return _POOLS.limit(limits=threads, user_api="blas")
 
 
 @contextlib.contextmanager
@@ -43,11 +54,7 @@ def threaded(blas_threads=None):
     ``blas_threads`` limits the BLAS thread pools for the block (threadpoolctl)."""
     global _THREADED
     prev, _THREADED = _THREADED, True
-    limits = contextlib.nullcontext()
-    if blas_threads is not None:
-        from threadpoolctl import threadpool_limits
-
-        limits = threadpool_limits(limits=blas_threads, user_api="blas")
+    limits = contextlib.nullcontext() if blas_threads is None else _blas_limit(blas_threads)
     try:
         with limits:
             yield
