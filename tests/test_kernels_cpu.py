@@ -415,3 +415,26 @@ def test_threaded_limits_blas_threads_and_restores_them():
         with kernels.threaded(blas_threads=1):
             assert blas() and all(n == 1 for n in blas())
         assert blas() == before
+
+
+@pytest.mark.parametrize("order", ["Shuffled()", "Parallel(4, 0.5, max_step=1.0)"])
+@pytest.mark.parametrize("name", ["mlp-regression", "mlp-softmax", "cnn"])
+def test_layers_on_kernels_count_the_same_guards_as_the_reference(name, order, monkeypatch):
+    """Training and prediction through the layers: the compiled kernels' guard counts (kept in per-layer
+    arrays and flushed into :mod:`factorgraph.guards` after every call) equal those of the NumPy reference.
+    (The flush once zeroed the CPU counter array before reading it, and every kernel count was lost.)"""
+    import schedules
+    from test_gpu import NETS, _data
+
+    templates = NETS[name]
+    X, Y = _data(templates)
+    counts = []
+    for compiled in (True, False):
+        monkeypatch.setattr(kernels, "_ENABLED", compiled)
+        guards.reset()
+        fg = create_factor_graph(templates, batch_size=16, seed=3)
+        fg.train_batch(X, Y, 2, order=eval(order, vars(schedules)))
+        fg.predict(X)
+        counts.append(guards.counts())
+    assert counts[0] == counts[1]
+    assert counts[0].get("leaky_backward_clamp", 0) > 0  # the case exercises the kernels' counters

@@ -107,7 +107,7 @@ class GuardCounts:
 
     def flush(self):
         for arr in self._arrays.values():
-            host = arr if type(arr) is np.ndarray else to_device(arr, "cpu")
+            host = arr.copy() if type(arr) is np.ndarray else to_device(arr, "cpu")  # a copy: ``arr`` is zeroed
             if np.count_nonzero(host):
                 arr[...] = 0
                 record_counts(host, self.names)
