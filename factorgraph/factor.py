@@ -185,16 +185,21 @@ class WeightSlots:
         self.touch(i)
         old_tau, old_rho = self.msgs.tau[i], self.msgs.rho[i]
         damping = self.damping if damping is None else damping
-        if (self.pending is None and type(old_tau) is np.ndarray and kernels.enabled()
-                and self.q.tau.flags.c_contiguous and self.q.rho.flags.c_contiguous
+        mod = None if self.pending is not None else kernels.module(old_tau, "sites")
+        if (mod is not None and self.q.tau.flags.c_contiguous and self.q.rho.flags.c_contiguous
                 and np.shape(new.tau) == old_tau.shape and np.shape(new.rho) == old_tau.shape):
-            n = kernels.module(old_tau, "sites").replace_site(
-                self.q.tau.reshape(-1), self.q.rho.reshape(-1), old_tau.reshape(-1), old_rho.reshape(-1),
-                np.ascontiguousarray(new.tau, old_tau.dtype).reshape(-1),
-                np.ascontiguousarray(new.rho, old_rho.dtype).reshape(-1),
-                # in the slots' dtype, as NumPy computes ``old + damping (new - old)`` for a float32 slot
-                old_tau.dtype.type(damping), old_tau.dtype.type(-1.0 if self.max_step is None else self.max_step))
-            guards.record("parallel_step_limit", n)
+            xp = self.q.xp
+            args = (self.q.tau.reshape(-1), self.q.rho.reshape(-1), old_tau.reshape(-1), old_rho.reshape(-1),
+                    xp.ascontiguousarray(new.tau, old_tau.dtype).reshape(-1),
+                    xp.ascontiguousarray(new.rho, old_rho.dtype).reshape(-1),
+                    # in the slots' dtype, as NumPy computes ``old + damping (new - old)`` for a float32 slot
+                    old_tau.dtype.type(damping), old_tau.dtype.type(-1.0 if self.max_step is None else self.max_step))
+            if xp is np:
+                guards.record("parallel_step_limit", mod.replace_site(*args))
+            else:  # the count stays on the device until the guards are flushed
+                counts = xp.zeros(1, np.int64)
+                mod.replace_site(*args, counts)
+                guards.record("parallel_step_limit", counts)
             return
         if damping != 1.0:
             new = Gaussian(old_tau + damping * (new.tau - old_tau), old_rho + damping * (new.rho - old_rho))
@@ -212,7 +217,7 @@ class WeightSlots:
         ``kappa = max_step``, the full step moves the mean by ``|A| / (rho + d_rho)``; where that exceeds
         ``kappa / sqrt(rho)``, the fraction ``s = kappa sqrt(rho) / (|A| - kappa d_rho / sqrt(rho))`` of
         the step moves it by exactly that.  The precision stays between ``rho`` and ``rho + d_rho``."""
-        xp = self.q.xp  # the NumPy form; on the CPU :meth:`replace` runs it inside ``sites_cpu.replace_site``
+        xp = self.q.xp  # the array form; :meth:`replace` mostly runs it inside the compiled ``replace_site``
         d_tau, d_rho = new.tau - old_tau, new.rho - old_rho
         rho = self.q.rho
         sd_inv = xp.sqrt(xp.maximum(rho, 0))
@@ -221,10 +226,9 @@ class WeightSlots:
             a = xp.abs(d_tau - mu * d_rho)
             kappa = self.max_step
             over = (rho > 0) & (a * sd_inv > kappa * (rho + d_rho))
-            if not bool(xp.any(over)):
+            if not guards.fired("parallel_step_limit", over):
                 return new
             frac = xp.where(over, kappa * sd_inv / xp.where(over, a - kappa * d_rho / sd_inv, 1), 1)
-        guards.record("parallel_step_limit", over)
         return Gaussian(old_tau + frac * d_tau, old_rho + frac * d_rho)
 
     def touch(self, i):

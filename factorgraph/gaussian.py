@@ -222,8 +222,9 @@ def mean_of(tau, rho):
     if type(tau) is np.ndarray:
         return np.divide(tau, rho, out=np.zeros_like(tau), where=rho > 0)
     xp = get_array_module(tau, rho)
-    pos = rho > 0
-    return xp.where(pos, tau / xp.where(pos, rho, 1), 0).astype(tau.dtype)
+    tau, rho = xp.asarray(tau), xp.asarray(rho)
+    with np.errstate(divide="ignore", invalid="ignore"):  # the where drops the elements divided by 0
+        return xp.where(rho > 0, tau / rho, 0).astype(tau.dtype, copy=False)
 
 
 def var_of(rho):
@@ -231,8 +232,9 @@ def var_of(rho):
     if type(rho) is np.ndarray:
         return np.divide(1, rho, out=np.full(rho.shape, np.inf, rho.dtype), where=rho > 0)
     xp = get_array_module(rho)
-    pos = rho > 0
-    return xp.where(pos, 1 / xp.where(pos, rho, 1), xp.inf).astype(rho.dtype)
+    rho = xp.asarray(rho)
+    with np.errstate(divide="ignore"):
+        return xp.where(rho > 0, 1 / rho, xp.inf).astype(rho.dtype, copy=False)
 
 
 #: from this many elements on, :func:`moments_of` uses the compiled kernel (when kernels are enabled)
@@ -354,8 +356,7 @@ def floor_truncation_factor(u, xp=np):
     counting the elements as ``"truncation_u_floor"``."""
     floor = max(config.MIN_TRUNCATION_FACTOR, float(np.finfo(u.dtype).tiny))
     small = u < floor
-    if bool(xp.any(small)):
-        guards.record("truncation_u_floor", small)
+    if guards.fired("truncation_u_floor", small):
         u = xp.maximum(u, floor)
     return u
 

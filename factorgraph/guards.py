@@ -11,32 +11,67 @@ name.  Nothing is ever silently turned into NaN or silently repaired: read ``cou
 
 from collections import Counter
 
+import numpy as np
+
 _COUNTS = Counter()
+_DEFERRED = []  # (name, 0-d device array): counts of GPU masks, summed on the device, not yet read
 
 
 def record(name, mask_or_count):
-    """Add the number of elements where a guard fired (a boolean mask or an int) to counter ``name``."""
-    if isinstance(mask_or_count, (int,)):
-        n = mask_or_count
+    """Add the number of elements where a guard fired (a boolean mask or an int) to counter ``name``.
+
+    A NumPy mask is counted at once (returns the count).  A device (CuPy) array, a mask or counts, is
+    summed on the device and read at the next :func:`flush` (the graph flushes after every
+    ``train_batch`` and ``predict``; :func:`counts` and :func:`get` flush first), so no host round-trip
+    happens per call; returns ``None`` then."""
+    if isinstance(mask_or_count, (int, np.integer)):
+        n = int(mask_or_count)
+    elif isinstance(mask_or_count, np.ndarray):
+        n = int(np.count_nonzero(mask_or_count))
     else:
-        n = int(mask_or_count.sum())
+        _DEFERRED.append((name, mask_or_count.sum(dtype=np.int64)))
+        return None
     if n:
         _COUNTS[name] += n
     return n
 
 
+def fired(name, mask):
+    """:func:`record` ``mask`` under ``name`` and say whether the caller must apply its fix: on the CPU
+    whether any element fired; on a device always ``True`` (knowing would cost a host round-trip), so
+    the fix must leave the elements where the mask is ``False`` unchanged."""
+    n = record(name, mask)
+    return True if n is None else n > 0
+
+
+def flush():
+    """Read the counts of device masks into the counters (one transfer)."""
+    if _DEFERRED:
+        from factorgraph.backend import get_array_module, to_device
+
+        names, values = zip(*_DEFERRED)
+        values = to_device(get_array_module(values[0]).stack(values), "cpu")
+        _DEFERRED.clear()
+        for name, n in zip(names, values):
+            if n:
+                _COUNTS[name] += int(n)
+
+
 def counts():
     """Return a dict ``{guard name: number of elements it fired on}`` since the last reset."""
+    flush()
     return dict(_COUNTS)
 
 
 def get(name):
     """Return how often guard ``name`` fired since the last reset."""
+    flush()
     return _COUNTS.get(name, 0)
 
 
 def reset():
     """Set all counters to zero."""
+    _DEFERRED.clear()
     _COUNTS.clear()
 
 

@@ -90,6 +90,7 @@ class FactorGraph:
         for layer in self.layers:
             if hasattr(layer, "flush_guards"):
                 layer.flush_guards()
+        guards.flush()  # counts of device masks (no-op on the CPU)
 
     # --- structure ------------------------------------------------------------------------------
     @property

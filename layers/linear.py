@@ -169,8 +169,8 @@ class Linear(Factor):
             xp = to_x.xp
             flat = xp.all(self._out.rho <= config.TINY_PRECISION, axis=-1) & \
                 xp.all(m_out.rho <= config.TINY_PRECISION, axis=-1)
-            if bool(flat.any()):  # SPEC 4.3 edge rule, per example: nothing known downstream, send ~flat
-                guards.record("linear_all_tiny_precision", int(flat.sum()))
+            # SPEC 4.3 edge rule, per example: nothing known downstream, send ~flat
+            if guards.fired("linear_all_tiny_precision", flat):
                 to_x = Gaussian(xp.where(flat[..., None], 0, to_x.tau),
                                 xp.where(flat[..., None], config.MIN_PRECISION, to_x.rho))
             to_x = clamp_min_rho(to_x, config.MIN_PRECISION)

@@ -20,7 +20,7 @@ def main():
 
     dispatcher.get_current_device = lambda: _Sm90()
 
-    from factorgraph.kernels import leaky_cuda, linear_cuda, patches_cuda, signals_cuda
+    from factorgraph.kernels import leaky_cuda, linear_cuda, patches_cuda, signals_cuda, sites_cuda
 
     def sig(*args):
         return tuple(numba.typeof(a) for a in args)
@@ -48,6 +48,7 @@ def main():
             signals_cuda.KERNELS["argmax_bwd"]: sig(m, m, i64, s, s, True, m, m, c),
             signals_cuda.KERNELS["softmax_bwd"]: sig(m, m, i64, np.zeros(12), np.zeros(12), m, m, c),
             signals_cuda.KERNELS["argmax_probs"]: sig(m, m, s, m),
+            sites_cuda.KERNELS["replace_site"]: sig(v, v, v, v, v, v, s, s, i64),
             signals_cuda.KERNELS["maxpool_predict"]: sig(np.zeros((1, 4, 4, 2), dt), np.zeros((1, 4, 4, 2), dt), 2, s,
                                                          np.zeros((1, 2, 2, 2), dt), np.zeros((1, 2, 2, 2), dt)),
         }

@@ -577,3 +577,30 @@ def test_with_moments_caches_the_moments_of_the_same_message():
     assert type(sub) is WithMoments and sub.mean[0] == -4.0 and np.shares_memory(sub.mean, w.mean)
     assert type(flat) is WithMoments and flat.var.shape == (3, 1) and np.shares_memory(flat.var, w.var)
     assert type(w * g) is Gaussian and (w * g).mean[0] == 0.5
+
+
+class _DeviceMask:
+    """Stands in for a CuPy mask: not a NumPy array, summed 'on the device' into a 0-d array."""
+
+    def __init__(self, mask):
+        self.mask = np.asarray(mask)
+
+    def sum(self, dtype=None):
+        return np.asarray(self.mask.sum(dtype=dtype))
+
+
+def test_guard_counts_of_device_masks_are_deferred_until_read():
+    """A NumPy mask is counted at once; a device mask is summed on its device and read at the next flush
+    (``counts``/``get`` flush first); ``fired`` then says 'apply the fix' without knowing."""
+    assert guards.record("g", np.array([True, False, True])) == 2
+    assert guards.fired("g", np.zeros(3, bool)) is False
+    assert guards.fired("g", np.ones(2, bool)) is True
+    assert guards.record("d", _DeviceMask([True, True, False])) is None
+    assert guards.fired("d", _DeviceMask([False, False])) is True
+    guards.record("d", _DeviceMask([True]))
+    assert guards._DEFERRED  # nothing read yet
+    assert guards.counts() == {"g": 4, "d": 3}
+    assert not guards._DEFERRED
+    guards.record("d", _DeviceMask([True]))
+    guards.reset()
+    assert guards.counts() == {}

@@ -91,9 +91,15 @@ def test_gpu_parallel_schedule_equals_cpu(name, order):
 
     templates = NETS[name]
     X, Y = _data(templates)
+    from factorgraph import guards
+
     fgs = [create_factor_graph(templates, batch_size=16, seed=3).to(device) for device in ("cpu", "cuda")]
+    counts = []
     for fg in fgs:
+        guards.reset()
         fg.train_batch(X, Y, 2, order=eval(order, vars(schedules)))
+        counts.append(guards.counts())
+    assert counts[1] == counts[0]  # the GPU's guard counts (read from the device after the batch) equal the CPU's
     p_cpu, p_gpu = (fg.predict(X) for fg in fgs)
     if isinstance(p_cpu, tuple):
         p_cpu, p_gpu = p_cpu[0], p_gpu[0]

@@ -219,3 +219,26 @@ def test_maxpool_prediction_cuda_equals_cpu(cuda_mods, dtype, record_cases):
         outs.append((out_t, out_r))
     assert_messages_close(*outs[1], *outs[0], SIGNAL_RTOL if dtype == np.float64 else KTOL[dtype], what="maxpool")
     record_cases("cuda maxpool predict", 8)
+
+
+@pytest.mark.parametrize("damping, kappa", [(1.0, -1.0), (0.4, -1.0), (1.0, 0.5), (0.6, 1.5)])
+def test_site_replacement_cuda_equals_cpu(dtype, damping, kappa, record_cases):
+    """``sites_cuda.replace_site`` against ``sites_cpu.replace_site``: the same marginal, site message and
+    count of bounded weights (zero-precision marginals and uniform new messages included)."""
+    from factorgraph.kernels import sites_cpu, sites_cuda
+
+    rng = np.random.default_rng(21)
+    n = 300
+    q_t, q_r = rng.normal(0, 3, n).astype(dtype), (10 ** rng.uniform(-2, 2, n)).astype(dtype)
+    s_t, s_r = rng.normal(0, 1, n).astype(dtype), rng.uniform(0, 1, n).astype(dtype)
+    new_t, new_r = rng.normal(0, 30, n).astype(dtype), (10 ** rng.uniform(-3, 2, n)).astype(dtype)
+    q_r[:5], new_r[5:10], new_t[5:10] = 0, 0, 0
+    cpu, gpu = _copy(q_t, q_r, s_t, s_r), _copy(q_t, q_r, s_t, s_r)
+    scalars = (dtype(damping), dtype(kappa))
+    n_cpu = sites_cpu.replace_site(*cpu, new_t, new_r, *scalars)
+    counts = np.zeros(1, np.int64)
+    sites_cuda.replace_site(*gpu, new_t, new_r, *scalars, counts)
+    assert counts[0] == n_cpu and (n_cpu > 0) == (kappa > 0)
+    for a, b in zip(gpu, cpu):
+        np.testing.assert_allclose(a, b, **TOL[dtype])
+    record_cases("cuda replace_site", n)

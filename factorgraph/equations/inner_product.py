@@ -80,8 +80,7 @@ def s2_backward(q_a, q_b, m_z, r, reduce=True):
     tau_r, rho_r = r.tau[..., None, :], r.rho[..., None, :]
     rest = var_z - _v(mu_a, var_a, mu_b, var_b)
     neg = rest < 0
-    if bool(xp.any(neg)):
-        guards.record("s2_rest_variance_clamp", neg)
+    if guards.fired("s2_rest_variance_clamp", neg):
         rest = xp.maximum(rest, 0)
     d = 1 + rho_r * rest
     resid = (tau_r - rho_r * (mu_z - mu_a * mu_b)) / d

@@ -16,29 +16,35 @@ from numba import njit
 
 
 @njit(cache=True, error_model="numpy")
+def step_one(q_t, q_r, ot, orr, nt, nr, damping, kappa, damp, bound):
+    """One weight of :func:`replace_site`: the (damped, bounded) new site message ``(nt, nr)`` for the
+    old one ``(ot, orr)`` and the marginal ``(q_t, q_r)``, and whether the bound limited it.  Without
+    branches on the data (where ``q_r <= 0`` the bound's terms are NaN and not selected)."""
+    if damp:
+        nt = ot + damping * (nt - ot)
+        nr = orr + damping * (nr - orr)
+    hit = False
+    if bound:
+        dt = nt - ot
+        dr = nr - orr
+        a = abs(dt - (q_t / q_r) * dr)
+        sd_inv = math.sqrt(q_r)
+        hit = (q_r > 0) & (a * sd_inv > kappa * (q_r + dr))
+        f = kappa * sd_inv / (a - kappa * dr / sd_inv)
+        nt = ot + f * dt if hit else nt
+        nr = orr + f * dr if hit else nr
+    return nt, nr, hit
+
+
+@njit(cache=True, error_model="numpy")
 def _replace_loop(q_t, q_r, s_t, s_r, new_t, new_r, damping, kappa, damp, bound):
-    """The loop of :func:`replace_site` for fixed ``damp``/``bound``, without branches so that it
-    vectorises (where ``q_r <= 0`` the bound's terms are NaN and not selected)."""
+    """The loop of :func:`replace_site` for fixed ``damp``/``bound`` (branch-free, so that it vectorises)."""
     count = 0
     for j in range(q_t.shape[0]):
         ot = s_t[j]
         orr = s_r[j]
-        nt = new_t[j]
-        nr = new_r[j]
-        if damp:
-            nt = ot + damping * (nt - ot)
-            nr = orr + damping * (nr - orr)
-        if bound:
-            r = q_r[j]
-            dt = nt - ot
-            dr = nr - orr
-            a = abs(dt - (q_t[j] / r) * dr)
-            sd_inv = math.sqrt(r)
-            hit = (r > 0) & (a * sd_inv > kappa * (r + dr))
-            f = kappa * sd_inv / (a - kappa * dr / sd_inv)
-            nt = ot + f * dt if hit else nt
-            nr = orr + f * dr if hit else nr
-            count += hit
+        nt, nr, hit = step_one(q_t[j], q_r[j], ot, orr, new_t[j], new_r[j], damping, kappa, damp, bound)
+        count += hit
         q_t[j] += nt - ot
         q_r[j] += nr - orr
         s_t[j] = nt
