@@ -26,8 +26,8 @@ def record(name, mask_or_count):
     happens per call; returns ``None`` then."""
     if isinstance(mask_or_count, (int, np.integer)):
         n = int(mask_or_count)
-    elif isinstance(mask_or_count, np.ndarray):
-        n = int(np.count_nonzero(mask_or_count))
+    elif isinstance(mask_or_count, (np.ndarray, np.generic)):  # NumPy arrays and scalars (np.bool_)
+        n = int(np.sum(mask_or_count))
     else:
         _DEFERRED.append((name, mask_or_count.sum(dtype=np.int64)))
         return None

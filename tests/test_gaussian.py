@@ -593,6 +593,7 @@ def test_guard_counts_of_device_masks_are_deferred_until_read():
     """A NumPy mask is counted at once; a device mask is summed on its device and read at the next flush
     (``counts``/``get`` flush first); ``fired`` then says 'apply the fix' without knowing."""
     assert guards.record("g", np.array([True, False, True])) == 2
+    assert guards.record("g", np.float64(1.0) < 0) == 0  # a NumPy scalar (np.bool_) is counted at once
     assert guards.fired("g", np.zeros(3, bool)) is False
     assert guards.fired("g", np.ones(2, bool)) is True
     assert guards.record("d", _DeviceMask([True, True, False])) is None

@@ -4,7 +4,8 @@ Each is one pass over a weight tensor where the NumPy form of the same update ta
 :class:`schedules.Parallel` replaces a site and takes a cavity per weight tensor, so these passes are a
 fixed cost per chunk):
 
-* :func:`replace_site`: damping, the trust region (``max_step``), the marginal update and the store;
+* :func:`replace_site`: damping, the trust region (``max_step``), the marginal update and the store (per
+  weight :func:`step_one`, which :mod:`factorgraph.kernels.sites_cuda` runs on the GPU);
 * :func:`cavity_moments`: strict division ``q / m_site`` with the cavity's mean and variance.
 
 ``tests/test_batched_schedules.py`` checks them against the NumPy forms.
