@@ -86,13 +86,13 @@ def test_trainer_on_gpu_equals_cpu_and_saves(tmp_path):
                                    "Parallel(8, 0.5, exact=True)", "Parallel(4, 0.5, expansion=1)"])
 @pytest.mark.parametrize("name", sorted(NETS))
 def test_gpu_parallel_schedule_equals_cpu(name, order):
-    """The batched (chunk) path on CuPy arrays: the same marginals and predictions as on the CPU."""
+    """The batched (chunk) path on CuPy arrays: the same guard counts, marginals and predictions as on the
+    CPU."""
     import schedules
+    from factorgraph import guards
 
     templates = NETS[name]
     X, Y = _data(templates)
-    from factorgraph import guards
-
     fgs = [create_factor_graph(templates, batch_size=16, seed=3).to(device) for device in ("cpu", "cuda")]
     counts = []
     for fg in fgs:
