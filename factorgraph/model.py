@@ -192,6 +192,9 @@ class FactorGraph:
         if not isinstance(num_training_its, (int, np.integer)) or num_training_its < 1:
             raise ValueError(f"num_training_its must be a positive integer, got {num_training_its!r}")
         order = order or Shuffled()
+        if not callable(getattr(order, "permutation", None)):
+            hint = " (ByEpoch changes the order between epochs: pass it to trainer.Trainer)" if hasattr(order, "at") else ""
+            raise TypeError(f"order must be a within-batch order (schedules.Shuffled, Parallel, ...), got {order!r}{hint}")
         if isinstance(order, Parallel):
             bad = [layer.kind for layer in self.layers if not layer.supports_chunks]
             if bad:

@@ -5,10 +5,10 @@ This package reads networkx graphs only; it imports nothing from ``factorgraph``
 """
 
 from schedules.epochs import Constant, EpochSchedule, Staircase
-from schedules.orders import Chains, Chunked, Fixed, Parallel, Shuffled
+from schedules.orders import ByEpoch, Chains, Chunked, Fixed, Parallel, Shuffled
 from schedules.traversal import Schedule, Step, backward_schedule, forward_schedule, predict_schedule
 
 __all__ = [
-    "Chains", "Chunked", "Constant", "EpochSchedule", "Fixed", "Parallel", "Schedule", "Shuffled", "Staircase", "Step",
+    "ByEpoch", "Chains", "Chunked", "Constant", "EpochSchedule", "Fixed", "Parallel", "Schedule", "Shuffled", "Staircase", "Step",
     "backward_schedule", "forward_schedule", "predict_schedule",
 ]

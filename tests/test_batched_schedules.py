@@ -19,7 +19,7 @@ from factorgraph.equations import (
 from factorgraph.factor import Factor
 from factorgraph.gaussian import Gaussian
 from layers import create_factor_graph
-from schedules import Chains, Chunked, Parallel, Shuffled
+from schedules import ByEpoch, Chains, Chunked, Constant, Parallel, Shuffled
 from test_blr import _closed_form, _posterior_mean, _problem, _templates
 from trainer import Trainer
 
@@ -465,6 +465,48 @@ def test_mixing_rejects_parallel_chunk_sites():
     X, Y = _reg_data()
     with pytest.raises(ValueError, match="mixing"):
         Trainer(create_factor_graph(REG, 8, seed=1), X, Y, mixing=True, order=Parallel(4))
+
+
+def test_by_epoch_gives_each_epoch_its_order():
+    X, Y = _reg_data()
+    big, small = Parallel(4, 0.5, max_step=1.0), Parallel(2, 0.5)
+    fg = create_factor_graph(REG, 8, seed=1)
+    Trainer(fg, X, Y, order=ByEpoch(big, (3, small)), progress=False).train(schedule=Constant(4, 2))
+    ref = create_factor_graph(REG, 8, seed=1)
+    tr = Trainer(ref, X, Y, order=big, progress=False)
+    tr.train(2, 2)
+    tr.order = small
+    tr.train(2, 2)
+    for a, b in zip(_weights(fg), _weights(ref)):
+        np.testing.assert_array_equal(a.tau, b.tau)
+        np.testing.assert_array_equal(a.rho, b.rho)
+    other = create_factor_graph(REG, 8, seed=1)  # and the change mattered
+    Trainer(other, X, Y, order=big, progress=False).train(4, 2)
+    assert not np.array_equal(_weights(other)[0].tau, _weights(fg)[0].tau)
+
+
+def test_by_epoch_picks_orders_by_epoch_and_rejects_bad_values():
+    a, b, c = Shuffled(), Parallel(32, 0.5), Parallel(8, 0.5)
+    order = ByEpoch(a, (3, b), (5, c))
+    assert [order.at(e) for e in range(1, 8)] == [a, a, b, b, c, c, c]
+    assert order.orders == (a, b, c) and ByEpoch(b).at(9) == b
+    assert str(order) == "ByEpoch(Shuffled(), from epoch 3: Parallel(32, damping=0.5), from epoch 5: Parallel(8, damping=0.5))"
+    for bad in ((a, (1, b)), (a, (3, b), (3, c)), (a, (2.0, b)), (a, 3), (a, (2, b, c))):
+        with pytest.raises(ValueError, match="epoch"):
+            ByEpoch(*bad)
+    for bad in ((order,), (a, (2, "Parallel(8)")), (None,)):
+        with pytest.raises(TypeError, match="within-batch orders"):
+            ByEpoch(*bad)
+    X, Y = _reg_data()
+    fg = create_factor_graph(REG, 8, seed=1)
+    with pytest.raises(ValueError, match="mixing"):
+        Trainer(fg, X, Y, mixing=True, order=ByEpoch(a, (2, Parallel(4))))
+    with pytest.raises(TypeError, match="order must be"):
+        Trainer(fg, X, Y, order="Parallel(4)")
+    with pytest.raises(TypeError, match="pass it to trainer.Trainer"):
+        fg.train_batch(X[:8], Y[:8], order=order)
+    assert all(np.array_equal(s.q.tau, s.prior.tau) and np.array_equal(s.q.rho, s.prior.rho)  # nothing changed
+               for _, layer in fg.weighted_layers() for s in layer.params.values())
 
 
 def test_warm_start_fills_activation_messages_with_the_moving_average():

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from factorgraph.backend import to_device
 from factorgraph.gaussian import Gaussian
 from schedules.epochs import Constant, EpochSchedule
-from schedules.orders import Parallel
+from schedules.orders import ByEpoch, Parallel
 from trainer.damping import thesis_damping
 
 _FORMAT = "factorgraph-trainer-1"
@@ -52,8 +52,8 @@ class Trainer:
         Seed of the batch-order generator (42 as in the thesis code).
     damping : callable
         ``epoch -> beta`` (default :func:`trainer.damping.thesis_damping`).
-    order : within-batch order, optional
-        Passed to ``train_batch`` (default shuffled).
+    order : within-batch order or :class:`schedules.ByEpoch`, optional
+        Passed to ``train_batch`` (default shuffled); a ``ByEpoch`` passes each epoch's own order.
     progress : bool or None
         Show a tqdm bar; ``None`` shows it only on a terminal.
     callbacks : dict, optional
@@ -84,7 +84,10 @@ class Trainer:
             if not isinstance(v, (bool, np.bool_)):
                 raise TypeError(f"{name} must be True or False, got {v!r}")
         self.mixing, self.warm_start = bool(mixing), bool(warm_start)
-        if self.mixing and isinstance(order, Parallel):
+        if order is not None and not (isinstance(order, ByEpoch) or callable(getattr(order, "permutation", None))):
+            raise TypeError(f"order must be a within-batch order (schedules.Shuffled, Parallel, ...) or "
+                            f"schedules.ByEpoch, got {order!r}")
+        if self.mixing and any(isinstance(o, Parallel) for o in _orders(order)):
             raise ValueError("mixing needs per-example messages; Parallel stores one message per chunk")
         B = fg.batch_size
         if self.mixing and B < 2:
@@ -143,6 +146,7 @@ class Trainer:
         beta = self.damping(self.epoch)
         disable = None if self.progress is None else not self.progress  # None: only on a terminal
         groups = self._groups()
+        order = self.order.at(self.epoch) if isinstance(self.order, ByEpoch) else self.order
         bar = tqdm(groups, desc=f"epoch {self.epoch}", disable=disable, leave=False)
         for group in bar:
             ranges = [self.batches[k] for k in group]
@@ -150,7 +154,7 @@ class Trainer:
             self.fg.reset_batch(self.batch_prior(group))
             if self.warm_start:
                 self.fg.warm_start_caches(self.warm)
-            self.fg.train_batch(self.X[idx], self.Y[idx], num_training_its, order=self.order)
+            self.fg.train_batch(self.X[idx], self.Y[idx], num_training_its, order=order)
             if self.warm_start:
                 self._update_warm(len(idx))
             offset = 0
@@ -279,3 +283,8 @@ def _templates_to_json(templates):
 
 def _templates_from_json(templates):
     return [tuple(t) for t in templates]
+
+
+def _orders(order):
+    """The within-batch orders ``order`` stands for (all of a :class:`~schedules.ByEpoch`)."""
+    return order.orders if isinstance(order, ByEpoch) else (order,)
