@@ -137,22 +137,23 @@ def plot(rows, path, title):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for r in rows:
-        if "failed" in r or "time_s" not in r:  # failed orders, the PyTorch epoch line
-            continue
+    shown = [r for r in rows if "failed" not in r and "time_s" in r]  # not failed orders, not the PyTorch line
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.2 + 0.2 * len(shown)))
+    for r in shown:  # one colour per order, named in the legend below (the names are long)
         for ax, key in zip(axes, ("accuracy", "nll", "ece")):
-            ax.scatter(r["time_s"], r[key])
-            ax.annotate(r["order"], (r["time_s"], r[key]), fontsize=7)
-    times = [r["time_s"] for r in rows if "failed" not in r and "time_s" in r]
+            ax.scatter(r["time_s"], r[key], s=36, label=r["order"])
+    times = [r["time_s"] for r in shown]
     wide = bool(times) and max(times) > 10 * min(times)  # a log axis only where it spans a decade
     for ax, key in zip(axes, ("test accuracy", "test NLL", "ECE15")):
         if wide:
             ax.set_xscale("log")
         ax.set_xlabel("training wall time [s]")
         ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=1, fontsize=8, frameon=False)
+    fig.subplots_adjust(bottom=0.15 + 0.045 * len(shown), top=0.9, wspace=0.3)
     fig.suptitle(title)
-    fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 

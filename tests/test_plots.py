@@ -59,3 +59,27 @@ def test_predictive_bands(tmp_path):
     with pytest.raises(ValueError, match="non-negative"):
         plots.predictive_bands(x, mean, -var, path2)
 
+
+
+def test_schedules_experiment_plot_names_each_shown_order_once(tmp_path, monkeypatch):
+    import pathlib
+    import sys
+
+    import matplotlib.figure
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "examples"))
+    from schedules_experiment import plot
+
+    legends = []
+    real = matplotlib.figure.Figure.legend
+    monkeypatch.setattr(matplotlib.figure.Figure, "legend",
+                        lambda self, h, labels, **kw: legends.append(list(labels)) or real(self, h, labels, **kw))
+    rows = [{"order": "Shuffled()", "accuracy": 0.79, "nll": 0.69, "ece": 0.09, "time_s": 70.0},
+            {"order": "ByEpoch(Parallel(32, 0.5), (3, Parallel(32, 0.25)))", "accuracy": 0.8, "nll": 0.62,
+             "ece": 0.06, "time_s": 12.0},
+            {"order": "Parallel(320, 0.5)", "failed": "ImproperMessageError: diverged", "time_s": 1.0},
+            {"order": "torch SGD epoch", "epoch_s": 0.1, "accuracy_5_epochs": 0.5}]
+    path = tmp_path / "schedules.png"
+    plot(rows, path, "title")
+    assert path.read_bytes().startswith(PNG) and len(path.read_bytes()) > 1000
+    assert legends == [["Shuffled()", "ByEpoch(Parallel(32, 0.5), (3, Parallel(32, 0.25)))"]]
