@@ -193,8 +193,10 @@ class FactorGraph:
             raise ValueError(f"num_training_its must be a positive integer, got {num_training_its!r}")
         order = order or Shuffled()
         if not callable(getattr(order, "permutation", None)):
-            hint = " (ByEpoch changes the order between epochs: pass it to trainer.Trainer)" if hasattr(order, "at") else ""
-            raise TypeError(f"order must be a within-batch order (schedules.Shuffled, Parallel, ...), got {order!r}{hint}")
+            hint = (" (ByEpoch changes the order between epochs: pass it to trainer.Trainer)"
+                    if hasattr(order, "at") else "")
+            raise TypeError(f"order must be a within-batch order (schedules.Shuffled, Parallel, ...), "
+                            f"got {order!r}{hint}")
         if isinstance(order, Parallel):
             bad = [layer.kind for layer in self.layers if not layer.supports_chunks]
             if bad:

@@ -490,7 +490,8 @@ def test_by_epoch_picks_orders_by_epoch_and_rejects_bad_values():
     order = ByEpoch(a, (3, b), (5, c))
     assert [order.at(e) for e in range(1, 8)] == [a, a, b, b, c, c, c]
     assert order.orders == (a, b, c) and ByEpoch(b).at(9) == b
-    assert str(order) == "ByEpoch(Shuffled(), from epoch 3: Parallel(32, damping=0.5), from epoch 5: Parallel(8, damping=0.5))"
+    assert str(order) == ("ByEpoch(Shuffled(), from epoch 3: Parallel(32, damping=0.5), "
+                          "from epoch 5: Parallel(8, damping=0.5))")
     for bad in ((a, (1, b)), (a, (3, b), (3, c)), (a, (2.0, b)), (a, 3), (a, (2, b, c))):
         with pytest.raises(ValueError, match="epoch"):
             ByEpoch(*bad)
