@@ -160,8 +160,8 @@ class ByEpoch:
     On Fashion-MNIST (MLP, n = 5120, Staircase(2), twelve seeds) this damping 0.5 -> 0.25 beat the sequential
     schedule's mean accuracy, NLL and ECE and was within 0.5 points of it with no worse NLL and ECE in 9 of 12
     seeds (damping 0.5 throughout: 7); smaller chunks late (``(3, Parallel(16, 0.5, max_step=1.0))``) also helped
-    (``examples/results/schedules_mlp_n5120_staircase2.md``). On the full training set (60 000) the same
-    late damping was worse than 0.5 throughout: the best schedule depends on the data size.
+    (``examples/results/schedules_mlp_n5120_staircase2.md``). On the full training set (60 000) and on LeNet-5 the
+    same late damping was worse than 0.5 throughout: the best schedule depends on the model and data size.
     """
 
     first: object
