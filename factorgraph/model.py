@@ -20,7 +20,7 @@ from factorgraph.backend import check_dtype, resolve_device, to_device
 from factorgraph.equations import argmax_probs, probit_softmax
 from factorgraph.gaussian import Gaussian
 from factorgraph.graph import build_graph, draw_graph
-from schedules.orders import Chains, Parallel, Shuffled
+from schedules.orders import Chains, Parallel, Shuffled, is_order
 from schedules.traversal import backward_schedule, forward_schedule, predict_schedule
 
 
@@ -192,7 +192,7 @@ class FactorGraph:
         if not isinstance(num_training_its, (int, np.integer)) or num_training_its < 1:
             raise ValueError(f"num_training_its must be a positive integer, got {num_training_its!r}")
         order = order or Shuffled()
-        if not callable(getattr(order, "permutation", None)):
+        if not is_order(order):
             hint = (" (ByEpoch changes the order between epochs: pass it to trainer.Trainer)"
                     if hasattr(order, "at") else "")
             raise TypeError(f"order must be a within-batch order (schedules.Shuffled, Parallel, ...), "

@@ -16,6 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 
 
+def is_order(obj):
+    """Whether ``obj`` is a within-batch order (has ``permutation(n, rng)``); :class:`ByEpoch` is not one."""
+    return callable(getattr(obj, "permutation", None))
+
+
 @dataclass(frozen=True)
 class Shuffled:
     """A random permutation from the graph's generator (the thesis schedule)."""
@@ -181,7 +186,7 @@ class ByEpoch:
             last = epoch
             orders.append(order)
         for order in orders:
-            if isinstance(order, ByEpoch) or not callable(getattr(order, "permutation", None)):
+            if not is_order(order):
                 raise TypeError(f"ByEpoch takes within-batch orders (Shuffled, Parallel, ...), got {order!r}")
 
     @property

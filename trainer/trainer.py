@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from factorgraph.backend import to_device
 from factorgraph.gaussian import Gaussian
 from schedules.epochs import Constant, EpochSchedule
-from schedules.orders import ByEpoch, Parallel
+from schedules.orders import ByEpoch, Parallel, is_order
 from trainer.damping import thesis_damping
 
 _FORMAT = "factorgraph-trainer-1"
@@ -84,7 +84,7 @@ class Trainer:
             if not isinstance(v, (bool, np.bool_)):
                 raise TypeError(f"{name} must be True or False, got {v!r}")
         self.mixing, self.warm_start = bool(mixing), bool(warm_start)
-        if order is not None and not (isinstance(order, ByEpoch) or callable(getattr(order, "permutation", None))):
+        if order is not None and not (isinstance(order, ByEpoch) or is_order(order)):
             raise TypeError(f"order must be a within-batch order (schedules.Shuffled, Parallel, ...) or "
                             f"schedules.ByEpoch, got {order!r}")
         if self.mixing and any(isinstance(o, Parallel) for o in _orders(order)):
