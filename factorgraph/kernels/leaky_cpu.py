@@ -16,8 +16,11 @@ from numba import njit, prange
 
 from factorgraph import config
 from factorgraph.kernels import use_threads
-from factorgraph.kernels.scalar import (LOG_SQRT_2PI, MIN_U, NEGLIGIBLE_LOG_WEIGHT, SQRT1_2, block52_moments,
-                                       block52_parts, mixture, shift_and_factor_from)
+from factorgraph.gaussian import CF_T
+from factorgraph.kernels.scalar import (LOG_SQRT_2PI, MIN_NORMAL, MIN_U, NEGLIGIBLE_LOG_WEIGHT, SQRT1_2,
+                                       block52_log_weight, block52_moments, block52_parts, block52_prep, mixture,
+                                       mixture_exponent, mixture_with, shift_and_factor_from)
+from factorgraph.kernels.vecmath import erfc_map, exp_map, log1p_map, log_map
 
 L_FWD_FALLBACK, L_BWD_CLAMP, L_BWD_FALLBACK, L_U_FLOOR, L_MIN_RHO = range(5)
 GUARD_NAMES = ("leaky_forward_fallback", "leaky_backward_clamp", "leaky_backward_fallback",
@@ -62,6 +65,20 @@ def moment_match_one(ta, ra, slope):
 
 
 @njit(cache=True, inline="always")
+def fwd_from_mixture(ta, ra, tz, rz, slope, mean, var, log_m0):
+    """Training forward (tau, rho, fallback?, u-floors of the fallback) from the tilted mixture's moments and
+    log mass: the marginal minus the backward message, or moment matching where the mass is below
+    ``MIN_TILTED_MASS``, the marginal is not finite or not tighter than the two messages."""
+    rho_hat = 1.0 / var if var == var else math.nan
+    tau_hat = mean * rho_hat
+    if (log_m0 < LOG_MIN_MASS or not math.isfinite(rho_hat) or not math.isfinite(tau_hat)
+            or rho_hat < ra + rz):
+        t, r, f = moment_match_one(ta, ra, slope)
+        return t, r, 1, f
+    return tau_hat - tz, rho_hat - rz, 0, 0
+
+
+@njit(cache=True, inline="always")
 def fwd_marginal_one(ta, ra, tz, rz, slope):
     """Training forward (tau, rho, fallback?, u-floors) of one unit."""
     lw1, t1, s1, p1 = block52_parts(ta, ra, tz, rz)
@@ -69,25 +86,14 @@ def fwd_marginal_one(ta, ra, tz, rz, slope):
     m1, v1, f1 = block52_moments(t1, s1, p1, lw1 < lw2 - NEGLIGIBLE_LOG_WEIGHT)
     m2, v2, f2 = block52_moments(t2, s2, p2, lw2 < lw1 - NEGLIGIBLE_LOG_WEIGHT)
     mean, var, log_m0 = mixture(lw1, m1, v1, lw2, -m2, v2)
-    rho_hat = 1.0 / var if var == var else math.nan
-    tau_hat = mean * rho_hat
-    if (log_m0 < LOG_MIN_MASS or not math.isfinite(rho_hat) or not math.isfinite(tau_hat)
-            or rho_hat < ra + rz):
-        t, r, f3 = moment_match_one(ta, ra, slope)
-        return t, r, 1, f1 + f2 + f3
-    return tau_hat - tz, rho_hat - rz, 0, f1 + f2
+    t, r, fb, f3 = fwd_from_mixture(ta, ra, tz, rz, slope, mean, var, log_m0)
+    return t, r, fb, f1 + f2 + f3
 
 
 @njit(cache=True, inline="always")
-def bwd_marginal_one(ta, ra, tz, rz, slope):
-    """Backward message (tau, rho) to the input of one unit, then min_rho(MIN_PRECISION), with the
-    flags (clamped?, fallback?, u-floors, min_rho?)."""
-    lw1, t1, s1, p1 = block52_parts(ta, ra, tz, rz)
-    lw2, t2, s2, p2 = block52_parts(-ta, ra, -slope * tz, slope * slope * rz)
-    lw2 -= math.log(slope)
-    m1, v1, f1 = block52_moments(t1, s1, p1, lw1 < lw2 - NEGLIGIBLE_LOG_WEIGHT)
-    m2, v2, f2 = block52_moments(t2, s2, p2, lw2 < lw1 - NEGLIGIBLE_LOG_WEIGHT)
-    mean, var, _ = mixture(lw1, m1, v1, lw2, -m2, v2)
+def bwd_from_mixture(ta, ra, tz, rz, mean, var):
+    """Backward message (tau, rho) to the input from the tilted mixture's moments, then
+    min_rho(MIN_PRECISION), with the flags (clamped?, fallback?, min_rho?)."""
     rho_hat = 1.0 / var if var == var else math.nan
     floor = ra + GAIN
     clamped = 0
@@ -107,6 +113,20 @@ def bwd_marginal_one(ta, ra, tz, rz, slope):
         low = 1
         t = t / r * MIN_RHO if r > 0 else 0.0
         r = MIN_RHO
+    return t, r, clamped, fallback, low
+
+
+@njit(cache=True, inline="always")
+def bwd_marginal_one(ta, ra, tz, rz, slope):
+    """Backward message (tau, rho) to the input of one unit, then min_rho(MIN_PRECISION), with the
+    flags (clamped?, fallback?, u-floors, min_rho?)."""
+    lw1, t1, s1, p1 = block52_parts(ta, ra, tz, rz)
+    lw2, t2, s2, p2 = block52_parts(-ta, ra, -slope * tz, slope * slope * rz)
+    lw2 -= math.log(slope)
+    m1, v1, f1 = block52_moments(t1, s1, p1, lw1 < lw2 - NEGLIGIBLE_LOG_WEIGHT)
+    m2, v2, f2 = block52_moments(t2, s2, p2, lw2 < lw1 - NEGLIGIBLE_LOG_WEIGHT)
+    mean, var, _ = mixture(lw1, m1, v1, lw2, -m2, v2)
+    t, r, clamped, fallback, low = bwd_from_mixture(ta, ra, tz, rz, mean, var)
     return t, r, clamped, fallback, f1 + f2, low
 
 
@@ -145,73 +165,125 @@ def leaky_fwd_moment_match(a_t, a_r, slope, out_t, out_r, counts):
     counts[L_U_FLOOR] += fn(a_t, a_r, slope, out_t, out_r)
 
 
+#: units per tile of :func:`_marginal_serial` (a multiple of 4; its scratch rows stay in the L1 cache)
+TILE = 64
+_PT1, _PS1, _PH1, _PQ1, _PT2, _PS2, _PH2, _PQ2, _ERF1, _ERF2, _PHI1, _PHI2, _LOG1, _LOG2, _EXP, _LP = range(16)
+
+
 @njit(cache=True, inline="always")
-def _fwd_at(a_t, a_r, z_t, z_r, slope, out_t, out_r, n):
+def _load(a_t, a_r, z_t, z_r, n):
     f64 = np.float64  # float32 messages are computed in float64 (the float32 reference rounds to float32)
-    out_t[n], out_r[n], fb, f = fwd_marginal_one(f64(a_t[n]), f64(a_r[n]), f64(z_t[n]), f64(z_r[n]), slope)
-    return fb, f
+    return f64(a_t[n]), f64(a_r[n]), f64(z_t[n]), f64(z_r[n])
 
 
-@njit(cache=True)
-def _fwd_serial(a_t, a_r, z_t, z_r, slope, out_t, out_r):
-    fbs = fs = 0
-    for n in range(a_t.shape[0]):
-        fb, f = _fwd_at(a_t, a_r, z_t, z_r, slope, out_t, out_r, n)
-        fbs += fb
-        fs += f
-    return fbs, fs
-
-
-def leaky_fwd_marginal(a_t, a_r, z_t, z_r, slope, out_t, out_r, counts):
-    """Training forward of all units given their backward messages ``z`` (on all threads inside
-    :func:`factorgraph.kernels.threaded`, i.e. batched sweeps and prediction, from ``THREADS_MIN`` units)."""
-    args = (a_t, a_r, z_t, z_r, slope, out_t, out_r)
-    fb, f = _marginal_threads(False, *args)[:2] if use_threads(a_t.shape[0], THREADS_MIN) else _fwd_serial(*args)
-    counts[L_FWD_FALLBACK] += fb
-    counts[L_U_FLOOR] += f
-
-
-@njit(cache=True, inline="always")
-def _bwd_at(a_t, a_r, z_t, z_r, slope, out_t, out_r, n):
-    f64 = np.float64
-    out_t[n], out_r[n], c, fb, f, low = bwd_marginal_one(f64(a_t[n]), f64(a_r[n]), f64(z_t[n]), f64(z_r[n]), slope)
-    return c, fb, f, low
-
-
-@njit(cache=True)
-def _bwd_serial(a_t, a_r, z_t, z_r, slope, out_t, out_r):
-    cs = fbs = fs = lows = 0
-    for n in range(a_t.shape[0]):
-        c, fb, f, low = _bwd_at(a_t, a_r, z_t, z_r, slope, out_t, out_r, n)
-        cs += c
-        fbs += fb
-        fs += f
-        lows += low
-    return cs, fbs, fs, lows
+@njit(cache=True, error_model="numpy")
+def _marginal_serial(backward, a_t, a_r, z_t, z_r, slope, out_t, out_r):
+    """Training forward (``backward=False``) or backward messages of all units, ``fwd_marginal_one`` /
+    ``bwd_marginal_one`` unit by unit but with their transcendental calls made four lanes at a time
+    (:mod:`factorgraph.kernels.vecmath`) over tiles of ``TILE`` units: per tile the two truncation blocks'
+    ``block52_prep``, then erfc and exp of all, the log of ``sqrt(h) Phi``, the scalar moments (continued
+    fraction in the tails), exp (and log1p) of the mixture exponents, the scalar finish.  Returns the guard
+    counts (forward: fallbacks, u-floors; backward: clamps, fallbacks, u-floors, min_rho)."""
+    n = a_t.shape[0]
+    w = np.empty((16, TILE))
+    lw = np.empty((6, TILE))
+    acc = np.zeros(4, np.int64)
+    inv_s2 = 1.0 / (slope * slope)
+    log_slope = math.log(slope)
+    for lo in range(0, n, TILE):
+        m = min(TILE, n - lo)
+        m4 = (m + 3) // 4 * 4
+        for i in range(m4):
+            if i < m:
+                ta, ra, tz, rz = _load(a_t, a_r, z_t, z_r, lo + i)
+                t1, s1, h1, q1 = block52_prep(ta, ra, tz, rz)
+                if backward:
+                    t2, s2, h2, q2 = block52_prep(-ta, ra, -slope * tz, slope * slope * rz)
+                else:
+                    t2, s2, h2, q2 = block52_prep(-tz, rz, -ta / slope, ra * inv_s2)
+            else:  # padding lanes: finite values, results unused
+                t1, s1, h1, q1, t2, s2, h2, q2 = 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0
+            w[_PT1, i], w[_PS1, i], w[_PH1, i], w[_PQ1, i] = t1, s1, h1, q1
+            w[_PT2, i], w[_PS2, i], w[_PH2, i], w[_PQ2, i] = t2, s2, h2, q2
+            w[_ERF1, i], w[_ERF2, i] = -t1 * SQRT1_2, -t2 * SQRT1_2
+            w[_PHI1, i], w[_PHI2, i] = -0.5 * t1 * t1 - LOG_SQRT_2PI, -0.5 * t2 * t2 - LOG_SQRT_2PI
+        erfc_map(w[_ERF1], w[_ERF1], m4)
+        erfc_map(w[_ERF2], w[_ERF2], m4)
+        exp_map(w[_PHI1], w[_PHI1], m4)
+        exp_map(w[_PHI2], w[_PHI2], m4)
+        for i in range(m4):
+            shm1 = math.sqrt(w[_PH1, i]) * (0.5 * w[_ERF1, i])
+            shm2 = math.sqrt(w[_PH2, i]) * (0.5 * w[_ERF2, i])
+            w[_LOG1, i] = shm1 if shm1 >= MIN_NORMAL else 1.0
+            w[_LOG2, i] = shm2 if shm2 >= MIN_NORMAL else 1.0
+        log_map(w[_LOG1], w[_LOG1], m4)
+        log_map(w[_LOG2], w[_LOG2], m4)
+        for i in range(m4):
+            t1, t2 = w[_PT1, i], w[_PT2, i]
+            mass1, mass2 = 0.5 * w[_ERF1, i], 0.5 * w[_ERF2, i]
+            lw1 = block52_log_weight(t1, w[_PH1, i], w[_PQ1, i], math.sqrt(w[_PH1, i]) * mass1, w[_LOG1, i])
+            lw2 = block52_log_weight(t2, w[_PH2, i], w[_PQ2, i], math.sqrt(w[_PH2, i]) * mass2, w[_LOG2, i])
+            if backward:
+                lw2 -= log_slope
+            p1 = w[_PHI1, i] / mass1 if t1 >= -CF_T else math.nan
+            p2 = w[_PHI2, i] / mass2 if t2 >= -CF_T else math.nan
+            m1, v1, f1 = block52_moments(t1, w[_PS1, i], p1, lw1 < lw2 - NEGLIGIBLE_LOG_WEIGHT)
+            m2, v2, f2 = block52_moments(t2, w[_PS2, i], p2, lw2 < lw1 - NEGLIGIBLE_LOG_WEIGHT)
+            if i < m:
+                acc[2 if backward else 1] += f1 + f2
+            lw[0, i], lw[1, i], lw[2, i], lw[3, i], lw[4, i], lw[5, i] = lw1, m1, v1, lw2, -m2, v2
+            w[_EXP, i] = mixture_exponent(lw1, lw2)
+        exp_map(w[_EXP], w[_EXP], m4)
+        if not backward:
+            log1p_map(w[_EXP], w[_LP], m4)
+        for i in range(m):
+            ta, ra, tz, rz = _load(a_t, a_r, z_t, z_r, lo + i)
+            mean, var, log_m0 = mixture_with(lw[0, i], lw[1, i], lw[2, i], lw[3, i], lw[4, i], lw[5, i], w[_EXP, i],
+                                             0.0 if backward else w[_LP, i])
+            if backward:
+                t, r, c, fb, low = bwd_from_mixture(ta, ra, tz, rz, mean, var)
+                acc[0] += c
+                acc[1] += fb
+                acc[3] += low
+            else:
+                t, r, fb, f = fwd_from_mixture(ta, ra, tz, rz, slope, mean, var, log_m0)
+                acc[0] += fb
+                acc[1] += f
+            out_t[lo + i] = t
+            out_r[lo + i] = r
+    return acc
 
 
 @njit(cache=True, parallel=True)
 def _marginal_threads(backward, a_t, a_r, z_t, z_r, slope, out_t, out_r):
-    """The serial loop of the forward (``backward=False``) or backward marginals over ``BLOCKS`` blocks of
-    units on all threads; returns the summed guard counts (forward: the first two)."""
+    """:func:`_marginal_serial` over ``BLOCKS`` blocks of units on all threads (summed guard counts)."""
     n = a_t.shape[0]
     size = (n + BLOCKS - 1) // BLOCKS
     acc = np.zeros((BLOCKS, 4), np.int64)
     for b in prange(BLOCKS):
         lo, hi = min(n, b * size), min(n, (b + 1) * size)
-        args = (a_t[lo:hi], a_r[lo:hi], z_t[lo:hi], z_r[lo:hi], slope, out_t[lo:hi], out_r[lo:hi])
-        if backward:
-            acc[b, 0], acc[b, 1], acc[b, 2], acc[b, 3] = _bwd_serial(*args)
-        else:
-            acc[b, 0], acc[b, 1] = _fwd_serial(*args)
+        acc[b] = _marginal_serial(backward, a_t[lo:hi], a_r[lo:hi], z_t[lo:hi], z_r[lo:hi], slope, out_t[lo:hi],
+                                  out_r[lo:hi])
     return acc.sum(axis=0)
+
+
+def _marginal(backward, a_t, a_r, z_t, z_r, slope, out_t, out_r):
+    fn = _marginal_threads if use_threads(a_t.shape[0], THREADS_MIN) else _marginal_serial
+    return fn(backward, a_t, a_r, z_t, z_r, slope, out_t, out_r)
+
+
+def leaky_fwd_marginal(a_t, a_r, z_t, z_r, slope, out_t, out_r, counts):
+    """Training forward of all units given their backward messages ``z`` (on all threads inside
+    :func:`factorgraph.kernels.threaded`, i.e. batched sweeps and prediction, from ``THREADS_MIN`` units)."""
+    fb, f = _marginal(False, a_t, a_r, z_t, z_r, slope, out_t, out_r)[:2]
+    counts[L_FWD_FALLBACK] += fb
+    counts[L_U_FLOOR] += f
 
 
 def leaky_bwd_marginal(a_t, a_r, z_t, z_r, slope, out_t, out_r, counts):
     """Backward message to the input, then ``min_rho(MIN_PRECISION)`` as the layer applies it (threads as
     :func:`leaky_fwd_marginal`)."""
-    args = (a_t, a_r, z_t, z_r, slope, out_t, out_r)
-    c, fb, f, low = _marginal_threads(True, *args) if use_threads(a_t.shape[0], THREADS_MIN) else _bwd_serial(*args)
+    c, fb, f, low = _marginal(True, a_t, a_r, z_t, z_r, slope, out_t, out_r)
     counts[L_BWD_CLAMP] += c
     counts[L_BWD_FALLBACK] += fb
     counts[L_U_FLOOR] += f

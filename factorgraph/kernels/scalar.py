@@ -88,15 +88,17 @@ def shift_and_factor_from(t, phi, mass):
 NEGLIGIBLE_LOG_WEIGHT = 50.0
 
 
+#: the smallest normal float64: below it a product loses digits (and ``log`` of it is no longer exact)
+MIN_NORMAL = 2.2250738585072014e-308
+#: below this ``t`` the mass ``erfc(-t / sqrt 2) / 2`` leaves erfc's normal range; the log-cdf takes its series
+ERFC_T_MIN = -35.0
+
+
 @njit(cache=True, inline="always")
-def block52_parts(tau1, rho1, tau2, rho2):
-    """``(log B0, t, sigma_m, v)`` of the product of two Gaussians restricted to a >= 0:
-    ``log B0 = log N(mu1; mu2, 1/rho1 + 1/rho2) + log Phi(t)`` (``-inf`` when a precision is 0) and
-    ``v = phi(t) / Phi(t)`` above ``t = -CF_T``, NaN below (the tail).  Above ``-CF_T`` the mass comes from
-    one erfc, ``v`` from one exp, and one log serves both logarithms (``log(sqrt(h) Phi)``, ``h`` the
-    harmonic precision): three transcendental calls where the reference
-    (:func:`factorgraph.equations.block52_log`) takes four; below, the tail-accurate log-cdf (the moments
-    then come from the continued fraction)."""
+def block52_prep(tau1, rho1, tau2, rho2):
+    """``(t, sigma_m, h, quad)`` of :func:`block52_parts` before its transcendental calls: ``t`` the
+    standardised truncation point, ``h`` the harmonic precision, ``quad = log N(mu1; mu2, 1/rho1 + 1/rho2)
+    - log sqrt(h)`` (``-inf`` when a precision is 0, with ``h = 1``)."""
     rho_m = rho1 + rho2
     safe_m = rho_m if rho_m > 0 else 1.0
     sigma_m = 1.0 / math.sqrt(safe_m)
@@ -105,10 +107,35 @@ def block52_parts(tau1, rho1, tau2, rho2):
     h = rho1 * rho2 / safe_m if both else 1.0
     d = tau1 / rho1 - tau2 / rho2 if both else 0.0
     quad = -LOG_SQRT_2PI - 0.5 * h * d * d if both else -math.inf
+    return t, sigma_m, h, quad
+
+
+@njit(cache=True, inline="always")
+def block52_log_weight(t, h, quad, sqrt_h_mass, log_sqrt_h_mass):
+    """``log B0 = quad + log(sqrt(h) Phi(t))`` given ``sqrt_h_mass = sqrt(h) erfc(-t / sqrt 2) / 2`` and its
+    log; where erfc cannot give ``Phi(t)`` (``t < ERFC_T_MIN``) or the product is not a normal number,
+    ``quad + log(h) / 2 + log_ndtr(t)``."""
+    if t >= ERFC_T_MIN and sqrt_h_mass >= MIN_NORMAL:
+        return quad + log_sqrt_h_mass
+    return quad + 0.5 * math.log(h) + log_ndtr(t)
+
+
+@njit(cache=True, inline="always")
+def block52_parts(tau1, rho1, tau2, rho2):
+    """``(log B0, t, sigma_m, v)`` of the product of two Gaussians restricted to a >= 0:
+    ``log B0 = log N(mu1; mu2, 1/rho1 + 1/rho2) + log Phi(t)`` (``-inf`` when a precision is 0) and
+    ``v = phi(t) / Phi(t)`` above ``t = -CF_T``, NaN below (the tail, whose moments come from the continued
+    fraction).  The mass comes from one erfc, ``v`` from one exp, and one log serves both logarithms
+    (``log(sqrt(h) Phi)``): three transcendental calls where the reference
+    (:func:`factorgraph.equations.block52_log`) takes four.  :func:`block52_prep` and
+    :func:`block52_log_weight` are its two halves, for kernels that compute the calls four lanes at a time."""
+    t, sigma_m, h, quad = block52_prep(tau1, rho1, tau2, rho2)
+    mass = 0.5 * math.erfc(-t * SQRT1_2)
+    shm = math.sqrt(h) * mass
+    lw = block52_log_weight(t, h, quad, shm, math.log(shm) if shm >= MIN_NORMAL else 0.0)
     if t >= -CF_T:
-        mass = 0.5 * math.erfc(-t * SQRT1_2)
-        return quad + math.log(math.sqrt(h) * mass), t, sigma_m, math.exp(-0.5 * t * t - LOG_SQRT_2PI) / mass
-    return quad + 0.5 * math.log(h) + log_ndtr(t), t, sigma_m, math.nan
+        return lw, t, sigma_m, math.exp(-0.5 * t * t - LOG_SQRT_2PI) / mass
+    return lw, t, sigma_m, math.nan
 
 
 @njit(cache=True, inline="always")
@@ -130,18 +157,30 @@ def block52_moments(t, sigma_m, v, negligible):
 
 
 @njit(cache=True, inline="always")
-def mixture(lw1, m1, v1, lw2, m2, v2):
-    """(mean, var, log mass) of a two-component mixture with log-weights lw1, lw2: one exp for the
-    weights ``1 / (1 + e)`` and ``e / (1 + e)``, ``e = exp(lw_small - lw_big)``, one log1p for the mass."""
+def mixture_exponent(lw1, lw2):
+    """``lw_small - lw_big`` (<= 0; NaN when both are ``-inf``)."""
+    return lw2 - lw1 if lw1 >= lw2 else lw1 - lw2
+
+
+@njit(cache=True, inline="always")
+def mixture_with(lw1, m1, v1, lw2, m2, v2, e, log1p_e):
+    """:func:`mixture` given ``e = exp(lw_small - lw_big)`` and ``log1p(e)`` (NaN when both log-weights are
+    ``-inf``: then the mixture is undefined, ``(nan, nan, -inf)``)."""
     if lw1 == -math.inf and lw2 == -math.inf:
         return math.nan, math.nan, -math.inf
-    big, small = (lw1, lw2) if lw1 >= lw2 else (lw2, lw1)
-    e = math.exp(small - big)
     w_big = 1.0 / (1.0 + e)
     w_small = e * w_big
     w1, w2 = (w_big, w_small) if lw1 >= lw2 else (w_small, w_big)
     dm = m1 - m2
-    return w1 * m1 + w2 * m2, w1 * v1 + w2 * v2 + w1 * w2 * dm * dm, big + math.log1p(e)
+    return w1 * m1 + w2 * m2, w1 * v1 + w2 * v2 + w1 * w2 * dm * dm, (lw1 if lw1 >= lw2 else lw2) + log1p_e
+
+
+@njit(cache=True, inline="always")
+def mixture(lw1, m1, v1, lw2, m2, v2):
+    """(mean, var, log mass) of a two-component mixture with log-weights lw1, lw2: one exp for the
+    weights ``1 / (1 + e)`` and ``e / (1 + e)``, ``e = exp(lw_small - lw_big)``, one log1p for the mass."""
+    e = math.exp(mixture_exponent(lw1, lw2))
+    return mixture_with(lw1, m1, v1, lw2, m2, v2, e, math.log1p(e))
 
 
 @njit(cache=True, inline="always")
