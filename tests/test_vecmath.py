@@ -152,3 +152,27 @@ def test_tiled_leaky_kernel_equals_the_per_unit_functions(backward, n):
     scale_r = np.abs(want_r) + base_r
     assert np.all(np.abs(got_r - want_r) <= 1e-12 * scale_r)
     assert np.all(np.abs(got_t - want_t) <= 1e-12 * (np.abs(want_t) + base_t + np.sqrt(scale_r)))
+
+
+@njit
+def _per_unit_moment_match(a_t, a_r, slope, out_t, out_r):
+    floors = 0
+    for n in range(a_t.shape[0]):
+        out_t[n], out_r[n], f = leaky_cpu.moment_match_one(np.float64(a_t[n]), np.float64(a_r[n]), slope)
+        floors += f
+    return floors
+
+
+@pytest.mark.parametrize("n", [1, 203])
+def test_tiled_moment_match_equals_the_per_unit_function(n):
+    """Prediction's moment matching, tiled, against ``moment_match_one`` unit by unit: standardised means
+    from -40 to 40 (both sides' tails, where the u-floor fires), tiny and huge variances."""
+    rng = np.random.default_rng(n)
+    mu = np.concatenate([np.linspace(-40, 40, 101), rng.normal(0, 2, max(n, 1))])[:n]
+    var = 10.0 ** rng.uniform(-8, 4, n)
+    a_t, a_r = mu / np.sqrt(var), 1 / var  # t = mu / sqrt(var) spans the tails
+    got_t, got_r, want_t, want_r = (np.empty(n) for _ in range(4))
+    assert leaky_cpu._moment_match_serial(a_t, a_r, 0.1, got_t, got_r) == _per_unit_moment_match(
+        a_t, a_r, 0.1, want_t, want_r)
+    np.testing.assert_allclose(got_r, want_r, rtol=1e-13)
+    assert np.all(np.abs(got_t - want_t) <= 1e-13 * (np.abs(want_t) + np.sqrt(want_r)))

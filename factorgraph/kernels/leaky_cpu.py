@@ -32,6 +32,13 @@ MIN_RHO = config.MIN_PRECISION
 
 
 @njit(cache=True, inline="always")
+def moment_match_t(ta, ra):
+    """``(t, sigma)`` of input (ta, ra): ``t = mu / sigma``."""
+    sigma = 1.0 / math.sqrt(ra)
+    return ta / ra / sigma, sigma
+
+
+@njit(cache=True, inline="always")
 def moment_match_one(ta, ra, slope):
     """Moment-matched output (tau, rho, u-floors) for input (ta, ra).
 
@@ -40,13 +47,16 @@ def moment_match_one(ta, ra, slope):
     come from one ``erfc`` of ``|t|`` (the small tail ``e`` and ``1 - e``), ``phi(t)`` from one ``exp``,
     and the weights are the masses themselves (they sum to 1): the same numbers with two transcendental
     calls instead of eight."""
-    mu = ta / ra
-    sigma = 1.0 / math.sqrt(ra)
-    t = mu / sigma
-    tail = 0.5 * math.erfc(abs(t) * SQRT1_2)
+    t, sigma = moment_match_t(ta, ra)
+    return moment_match_from(t, sigma, slope, 0.5 * math.erfc(abs(t) * SQRT1_2),
+                             math.exp(-0.5 * t * t - LOG_SQRT_2PI))
+
+
+@njit(cache=True, inline="always")
+def moment_match_from(t, sigma, slope, tail, phi):
+    """:func:`moment_match_one` given ``tail = erfc(|t| / sqrt 2) / 2`` and ``phi = phi(t)``."""
     w_pos = 1.0 - tail if t >= 0 else tail
     w_neg = tail if t >= 0 else 1.0 - tail
-    phi = math.exp(-0.5 * t * t - LOG_SQRT_2PI)
     sp, up = shift_and_factor_from(t, phi, w_pos)
     sn, un = shift_and_factor_from(-t, phi, w_neg)
     f = 0
@@ -135,14 +145,28 @@ def bwd_marginal_one(ta, ra, tz, rz, slope):
 THREADS_MIN = 2048
 #: the threaded kernels split the units into this many blocks, each run by the serial loop
 BLOCKS = 64
+#: units per tile of the serial kernels (a multiple of 4; their scratch rows stay in the L1 cache)
+TILE = 64
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _moment_match_serial(a_t, a_r, slope, out_t, out_r):
+    """:func:`moment_match_one` of all units, its erfc and exp four lanes at a time over tiles of ``TILE``."""
+    n = a_t.shape[0]
+    w = np.empty((4, TILE))
     floors = 0
-    for n in range(a_t.shape[0]):
-        out_t[n], out_r[n], f = moment_match_one(np.float64(a_t[n]), np.float64(a_r[n]), slope)
-        floors += f
+    for lo in range(0, n, TILE):
+        m = min(TILE, n - lo)
+        m4 = (m + 3) // 4 * 4
+        for i in range(m4):
+            t, sigma = moment_match_t(np.float64(a_t[lo + i]), np.float64(a_r[lo + i])) if i < m else (0.0, 1.0)
+            w[0, i], w[1, i] = t, sigma
+            w[2, i], w[3, i] = abs(t) * SQRT1_2, -0.5 * t * t - LOG_SQRT_2PI
+        erfc_map(w[2], w[2], m4)
+        exp_map(w[3], w[3], m4)
+        for i in range(m):
+            out_t[lo + i], out_r[lo + i], f = moment_match_from(w[0, i], w[1, i], slope, 0.5 * w[2, i], w[3, i])
+            floors += f
     return floors
 
 
@@ -165,8 +189,6 @@ def leaky_fwd_moment_match(a_t, a_r, slope, out_t, out_r, counts):
     counts[L_U_FLOOR] += fn(a_t, a_r, slope, out_t, out_r)
 
 
-#: units per tile of :func:`_marginal_serial` (a multiple of 4; its scratch rows stay in the L1 cache)
-TILE = 64
 _PT1, _PS1, _PH1, _PQ1, _PT2, _PS2, _PH2, _PQ2, _ERF1, _ERF2, _PHI1, _PHI2, _LOG1, _LOG2, _EXP, _LP = range(16)
 
 
