@@ -15,11 +15,12 @@ import numpy as np
 from numba import njit, prange
 
 from factorgraph import config
-from factorgraph.kernels import use_threads
 from factorgraph.gaussian import CF_T
-from factorgraph.kernels.scalar import (LOG_SQRT_2PI, MIN_NORMAL, MIN_U, NEGLIGIBLE_LOG_WEIGHT, SQRT1_2,
-                                       block52_log_weight, block52_moments, block52_parts, block52_prep, mixture,
-                                       mixture_exponent, mixture_with, shift_and_factor_from)
+from factorgraph.kernels import use_threads
+from factorgraph.kernels.scalar import (
+    ERFC_T_MIN, LOG_SQRT_2PI, MIN_NORMAL, MIN_U, NEGLIGIBLE_LOG_WEIGHT, SQRT1_2, block52_log_weight,
+    block52_moments, block52_parts, block52_prep, mixture, mixture_exponent, mixture_with,
+    shift_and_factor_from)
 from factorgraph.kernels.vecmath import erfc_map, exp_map, log1p_map, log_map
 
 L_FWD_FALLBACK, L_BWD_CLAMP, L_BWD_FALLBACK, L_U_FLOOR, L_MIN_RHO = range(5)
@@ -75,14 +76,21 @@ def moment_match_from(t, sigma, slope, tail, phi):
 
 
 @njit(cache=True, inline="always")
+def fwd_needs_fallback(ra, rz, rho_hat, tau_hat, log_m0):
+    """The training forward falls back to moment matching where the tilted mass is below
+    ``MIN_TILTED_MASS``, the marginal ``(tau_hat, rho_hat)`` is not finite or not tighter than the two
+    messages."""
+    return ((log_m0 < LOG_MIN_MASS) | (not math.isfinite(rho_hat)) | (not math.isfinite(tau_hat))
+            | (rho_hat < ra + rz))
+
+
+@njit(cache=True, inline="always")
 def fwd_from_mixture(ta, ra, tz, rz, slope, mean, var, log_m0):
     """Training forward (tau, rho, fallback?, u-floors of the fallback) from the tilted mixture's moments and
-    log mass: the marginal minus the backward message, or moment matching where the mass is below
-    ``MIN_TILTED_MASS``, the marginal is not finite or not tighter than the two messages."""
+    log mass: the marginal minus the backward message, or moment matching (:func:`fwd_needs_fallback`)."""
     rho_hat = 1.0 / var if var == var else math.nan
     tau_hat = mean * rho_hat
-    if (log_m0 < LOG_MIN_MASS or not math.isfinite(rho_hat) or not math.isfinite(tau_hat)
-            or rho_hat < ra + rz):
+    if fwd_needs_fallback(ra, rz, rho_hat, tau_hat, log_m0):
         t, r, f = moment_match_one(ta, ra, slope)
         return t, r, 1, f
     return tau_hat - tz, rho_hat - rz, 0, 0
@@ -159,13 +167,15 @@ def _moment_match_serial(a_t, a_r, slope, out_t, out_r):
         m = min(TILE, n - lo)
         m4 = (m + 3) // 4 * 4
         for i in range(m4):
-            t, sigma = moment_match_t(np.float64(a_t[lo + i]), np.float64(a_r[lo + i])) if i < m else (0.0, 1.0)
+            ta, ra = (np.float64(a_t[lo + i]), np.float64(a_r[lo + i])) if i < m else (0.0, 1.0)
+            t, sigma = moment_match_t(ta, ra)
             w[0, i], w[1, i] = t, sigma
             w[2, i], w[3, i] = abs(t) * SQRT1_2, -0.5 * t * t - LOG_SQRT_2PI
         erfc_map(w[2], w[2], m4)
         exp_map(w[3], w[3], m4)
         for i in range(m):
-            out_t[lo + i], out_r[lo + i], f = moment_match_from(w[0, i], w[1, i], slope, 0.5 * w[2, i], w[3, i])
+            out_t[lo + i], out_r[lo + i], f = moment_match_from(w[0, i], w[1, i], slope, 0.5 * w[2, i],
+                                                                w[3, i])
             floors += f
     return floors
 
@@ -189,90 +199,138 @@ def leaky_fwd_moment_match(a_t, a_r, slope, out_t, out_r, counts):
     counts[L_U_FLOOR] += fn(a_t, a_r, slope, out_t, out_r)
 
 
-_PT1, _PS1, _PH1, _PQ1, _PT2, _PS2, _PH2, _PQ2, _ERF1, _ERF2, _PHI1, _PHI2, _LOG1, _LOG2, _EXP, _LP = range(16)
-
-
-@njit(cache=True, inline="always")
-def _load(a_t, a_r, z_t, z_r, n):
-    f64 = np.float64  # float32 messages are computed in float64 (the float32 reference rounds to float32)
-    return f64(a_t[n]), f64(a_r[n]), f64(z_t[n]), f64(z_r[n])
+# scratch rows of _marginal_serial: the inputs; per truncation block b at offset 8 b: t, sigma_m, h, quad,
+# erfc's argument then the mass, exp's argument then phi, log's argument then the log, the log-weight; the
+# two components' moments; the mixture exponent and its log1p; the flags (rare unit, fallback); the outputs
+_TA, _RA, _TZ, _RZ = 0, 1, 2, 3
+_T, _S, _H, _Q, _MASS, _PHI, _LOG, _LW = 4, 5, 6, 7, 8, 9, 10, 11
+_M1, _V1, _M2, _V2, _X, _LP, _RARE, _FB, _OT, _OR = range(20, 30)
+_ROWS = 30
 
 
 @njit(cache=True, error_model="numpy")
 def _marginal_serial(backward, a_t, a_r, z_t, z_r, slope, out_t, out_r):
-    """Training forward (``backward=False``) or backward messages of all units, ``fwd_marginal_one`` /
-    ``bwd_marginal_one`` unit by unit but with their transcendental calls made four lanes at a time
-    (:mod:`factorgraph.kernels.vecmath`) over tiles of ``TILE`` units: per tile the two truncation blocks'
-    ``block52_prep``, then erfc and exp of all, the log of ``sqrt(h) Phi``, the scalar moments (continued
-    fraction in the tails), exp (and log1p) of the mixture exponents, the scalar finish.  Returns the guard
-    counts (forward: fallbacks, u-floors; backward: clamps, fallbacks, u-floors, min_rho)."""
+    """Training forward (``backward=False``) or backward messages of all units: ``fwd_marginal_one`` /
+    ``bwd_marginal_one`` over tiles of ``TILE`` units, restaged so the compiler vectorises the arithmetic
+    and the transcendental calls go four lanes at a time (:mod:`factorgraph.kernels.vecmath`): per tile the
+    two truncation blocks' ``block52_prep``; erfc and exp; ``log(sqrt(h) Phi)``; the log-weights and the
+    direct-formula moments; then, only for the units that need them, the tail-accurate log-cdf and the
+    continued fraction (``t < -CF_T``); exp (and log1p) of the mixture exponents; the finish, and
+    moment matching for the forward's fallbacks.  The same operations as the per-unit functions, so the
+    same numbers.  Returns the guard counts (forward: fallbacks, u-floors; backward: clamps, fallbacks,
+    u-floors, min_rho); error_model "numpy": divisions by zero give inf / NaN as in the per-unit functions'
+    unused branches, never an exception."""
     n = a_t.shape[0]
-    w = np.empty((16, TILE))
-    lw = np.empty((6, TILE))
+    w = np.empty((_ROWS, TILE))
     acc = np.zeros(4, np.int64)
     inv_s2 = 1.0 / (slope * slope)
-    log_slope = math.log(slope)
+    log_slope = math.log(slope) if backward else 0.0
     for lo in range(0, n, TILE):
         m = min(TILE, n - lo)
-        m4 = (m + 3) // 4 * 4
-        for i in range(m4):
-            if i < m:
-                ta, ra, tz, rz = _load(a_t, a_r, z_t, z_r, lo + i)
-                t1, s1, h1, q1 = block52_prep(ta, ra, tz, rz)
-                if backward:
-                    t2, s2, h2, q2 = block52_prep(-ta, ra, -slope * tz, slope * slope * rz)
-                else:
-                    t2, s2, h2, q2 = block52_prep(-tz, rz, -ta / slope, ra * inv_s2)
-            else:  # padding lanes: finite values, results unused
-                t1, s1, h1, q1, t2, s2, h2, q2 = 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0
-            w[_PT1, i], w[_PS1, i], w[_PH1, i], w[_PQ1, i] = t1, s1, h1, q1
-            w[_PT2, i], w[_PS2, i], w[_PH2, i], w[_PQ2, i] = t2, s2, h2, q2
-            w[_ERF1, i], w[_ERF2, i] = -t1 * SQRT1_2, -t2 * SQRT1_2
-            w[_PHI1, i], w[_PHI2, i] = -0.5 * t1 * t1 - LOG_SQRT_2PI, -0.5 * t2 * t2 - LOG_SQRT_2PI
-        erfc_map(w[_ERF1], w[_ERF1], m4)
-        erfc_map(w[_ERF2], w[_ERF2], m4)
-        exp_map(w[_PHI1], w[_PHI1], m4)
-        exp_map(w[_PHI2], w[_PHI2], m4)
-        for i in range(m4):
-            shm1 = math.sqrt(w[_PH1, i]) * (0.5 * w[_ERF1, i])
-            shm2 = math.sqrt(w[_PH2, i]) * (0.5 * w[_ERF2, i])
-            w[_LOG1, i] = shm1 if shm1 >= MIN_NORMAL else 1.0
-            w[_LOG2, i] = shm2 if shm2 >= MIN_NORMAL else 1.0
-        log_map(w[_LOG1], w[_LOG1], m4)
-        log_map(w[_LOG2], w[_LOG2], m4)
-        for i in range(m4):
-            t1, t2 = w[_PT1, i], w[_PT2, i]
-            mass1, mass2 = 0.5 * w[_ERF1, i], 0.5 * w[_ERF2, i]
-            lw1 = block52_log_weight(t1, w[_PH1, i], w[_PQ1, i], math.sqrt(w[_PH1, i]) * mass1, w[_LOG1, i])
-            lw2 = block52_log_weight(t2, w[_PH2, i], w[_PQ2, i], math.sqrt(w[_PH2, i]) * mass2, w[_LOG2, i])
-            if backward:
-                lw2 -= log_slope
-            p1 = w[_PHI1, i] / mass1 if t1 >= -CF_T else math.nan
-            p2 = w[_PHI2, i] / mass2 if t2 >= -CF_T else math.nan
-            m1, v1, f1 = block52_moments(t1, w[_PS1, i], p1, lw1 < lw2 - NEGLIGIBLE_LOG_WEIGHT)
-            m2, v2, f2 = block52_moments(t2, w[_PS2, i], p2, lw2 < lw1 - NEGLIGIBLE_LOG_WEIGHT)
-            if i < m:
-                acc[2 if backward else 1] += f1 + f2
-            lw[0, i], lw[1, i], lw[2, i], lw[3, i], lw[4, i], lw[5, i] = lw1, m1, v1, lw2, -m2, v2
-            w[_EXP, i] = mixture_exponent(lw1, lw2)
-        exp_map(w[_EXP], w[_EXP], m4)
-        if not backward:
-            log1p_map(w[_EXP], w[_LP], m4)
         for i in range(m):
-            ta, ra, tz, rz = _load(a_t, a_r, z_t, z_r, lo + i)
-            mean, var, log_m0 = mixture_with(lw[0, i], lw[1, i], lw[2, i], lw[3, i], lw[4, i], lw[5, i], w[_EXP, i],
-                                             0.0 if backward else w[_LP, i])
+            w[_TA, i], w[_RA, i] = a_t[lo + i], a_r[lo + i]
+            w[_TZ, i], w[_RZ, i] = z_t[lo + i], z_r[lo + i]
+        for i in range(m, TILE):  # padding lanes: finite values, results unused and not counted
+            w[_TA, i], w[_RA, i], w[_TZ, i], w[_RZ, i] = 0.0, 1.0, 0.0, 1.0
+        for i in range(TILE):
+            ta, ra, tz, rz = w[_TA, i], w[_RA, i], w[_TZ, i], w[_RZ, i]
+            for b in range(2):
+                if b == 0:
+                    t, s, h, q = block52_prep(ta, ra, tz, rz)
+                elif backward:
+                    t, s, h, q = block52_prep(-ta, ra, -slope * tz, slope * slope * rz)
+                else:
+                    t, s, h, q = block52_prep(-tz, rz, -ta / slope, ra * inv_s2)
+                o = 8 * b
+                w[_T + o, i], w[_S + o, i], w[_H + o, i], w[_Q + o, i] = t, s, h, q
+                w[_MASS + o, i], w[_PHI + o, i] = -t * SQRT1_2, -0.5 * t * t - LOG_SQRT_2PI
+        for o in (0, 8):
+            erfc_map(w[_MASS + o], w[_MASS + o], TILE)
+            exp_map(w[_PHI + o], w[_PHI + o], TILE)
+        for i in range(TILE):
+            for o in (0, 8):
+                mass = 0.5 * w[_MASS + o, i]
+                w[_MASS + o, i] = mass
+                shm = math.sqrt(w[_H + o, i]) * mass
+                w[_LOG + o, i] = shm if shm >= MIN_NORMAL else 1.0
+        for o in (0, 8):
+            log_map(w[_LOG + o], w[_LOG + o], TILE)
+        rare = floors = 0
+        for i in range(TILE):  # the common case: erfc gives the mass, the direct formula the moments
+            w[_RARE, i] = 0.0
+            for b in range(2):
+                o = 8 * b
+                t, mass = w[_T + o, i], w[_MASS + o, i]
+                w[_LW + o, i] = w[_Q + o, i] + w[_LOG + o, i] - (log_slope if b == 1 else 0.0)
+                v = w[_PHI + o, i] / mass
+                shift = t + v
+                u = 1.0 - v * shift
+                tail = t < -CF_T
+                if tail | (t < ERFC_T_MIN) | (math.sqrt(w[_H + o, i]) * mass < MIN_NORMAL):
+                    w[_RARE, i] = 1.0
+                floored = u < MIN_U
+                floors += floored & (not tail) & (i < m)
+                u = MIN_U if floored else u
+                s = w[_S + o, i]
+                w[_M1 + 2 * b, i] = s * shift if b == 0 else -s * shift
+                w[_V1 + 2 * b, i] = s * s * u
+            rare += (w[_RARE, i] != 0.0) & (i < m)
+        acc[2 if backward else 1] += floors
+        if rare:  # the tail-accurate log-cdf and the continued fraction, unit by unit
+            for i in range(m):
+                if w[_RARE, i] == 0.0:
+                    continue
+                for o in (0, 8):
+                    shm = math.sqrt(w[_H + o, i]) * w[_MASS + o, i]
+                    w[_LW + o, i] = block52_log_weight(w[_T + o, i], w[_H + o, i], w[_Q + o, i], shm,
+                                                       w[_LOG + o, i]) - (log_slope if o == 8 else 0.0)
+                lw1, lw2 = w[_LW, i], w[_LW + 8, i]
+                for b in range(2):
+                    o = 8 * b
+                    if w[_T + o, i] < -CF_T:
+                        own, other = (lw1, lw2) if b == 0 else (lw2, lw1)
+                        mb, vb, f = block52_moments(w[_T + o, i], w[_S + o, i], math.nan,
+                                                    own < other - NEGLIGIBLE_LOG_WEIGHT)
+                        w[_M1 + 2 * b, i] = mb if b == 0 else -mb
+                        w[_V1 + 2 * b, i] = vb
+                        acc[2 if backward else 1] += f
+        for i in range(TILE):
+            w[_X, i] = mixture_exponent(w[_LW, i], w[_LW + 8, i])
+        exp_map(w[_X], w[_X], TILE)
+        if not backward:
+            log1p_map(w[_X], w[_LP], TILE)
+        fallback = clamps = fbs = lows = 0
+        for i in range(TILE):
+            ta, ra, tz, rz = w[_TA, i], w[_RA, i], w[_TZ, i], w[_RZ, i]
+            mean, var, log_m0 = mixture_with(w[_LW, i], w[_M1, i], w[_V1, i], w[_LW + 8, i], w[_M2, i],
+                                             w[_V2, i], w[_X, i], 0.0 if backward else w[_LP, i])
+            valid = i < m
             if backward:
                 t, r, c, fb, low = bwd_from_mixture(ta, ra, tz, rz, mean, var)
-                acc[0] += c
-                acc[1] += fb
-                acc[3] += low
+                clamps += c & valid
+                fbs += fb & valid
+                lows += low & valid
             else:
-                t, r, fb, f = fwd_from_mixture(ta, ra, tz, rz, slope, mean, var, log_m0)
-                acc[0] += fb
-                acc[1] += f
-            out_t[lo + i] = t
-            out_r[lo + i] = r
+                rho_hat = 1.0 / var
+                tau_hat = mean * rho_hat
+                fb = fwd_needs_fallback(ra, rz, rho_hat, tau_hat, log_m0)
+                fallback += fb & valid
+                w[_FB, i] = 1.0 if fb else 0.0
+                t, r = tau_hat - tz, rho_hat - rz
+            w[_OT, i], w[_OR, i] = t, r
+        if backward:
+            acc[0] += clamps
+            acc[1] += fbs
+            acc[3] += lows
+        if fallback:
+            for i in range(m):
+                if w[_FB, i] != 0.0:
+                    w[_OT, i], w[_OR, i], f = moment_match_one(w[_TA, i], w[_RA, i], slope)
+                    acc[0] += 1
+                    acc[1] += f
+        for i in range(m):
+            out_t[lo + i] = w[_OT, i]
+            out_r[lo + i] = w[_OR, i]
     return acc
 
 
@@ -284,8 +342,8 @@ def _marginal_threads(backward, a_t, a_r, z_t, z_r, slope, out_t, out_r):
     acc = np.zeros((BLOCKS, 4), np.int64)
     for b in prange(BLOCKS):
         lo, hi = min(n, b * size), min(n, (b + 1) * size)
-        acc[b] = _marginal_serial(backward, a_t[lo:hi], a_r[lo:hi], z_t[lo:hi], z_r[lo:hi], slope, out_t[lo:hi],
-                                  out_r[lo:hi])
+        acc[b] = _marginal_serial(backward, a_t[lo:hi], a_r[lo:hi], z_t[lo:hi], z_r[lo:hi], slope,
+                                  out_t[lo:hi], out_r[lo:hi])
     return acc.sum(axis=0)
 
 

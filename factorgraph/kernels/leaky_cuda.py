@@ -7,13 +7,11 @@ from numba import cuda  # noqa: E402, I001
 from factorgraph.kernels import leaky_cpu, scalar
 from factorgraph.kernels.leaky_cpu import L_BWD_CLAMP, L_BWD_FALLBACK, L_FWD_FALLBACK, L_MIN_RHO, L_U_FLOOR
 
-_D = device_functions([scalar, leaky_cpu], ["log_ndtr", "continued_fraction", "shift_and_factor_log",
-                                            "shift_and_factor", "shift_and_factor_from", "block52_prep",
-                                            "block52_log_weight", "block52_parts", "block52_moments",
-                                            "mixture_exponent", "mixture_with", "mixture", "moment_match_t",
-                                            "moment_match_from", "moment_match_one",
-                                            "fwd_from_mixture", "fwd_marginal_one", "bwd_from_mixture",
-                                            "bwd_marginal_one"])
+_D = device_functions([scalar, leaky_cpu], [
+    "log_ndtr", "continued_fraction", "shift_and_factor_log", "shift_and_factor", "shift_and_factor_from",
+    "block52_prep", "block52_log_weight", "block52_parts", "block52_moments", "mixture_exponent", "mixture_with",
+    "mixture", "moment_match_t", "moment_match_from", "moment_match_one", "fwd_needs_fallback", "fwd_from_mixture",
+    "fwd_marginal_one", "bwd_from_mixture", "bwd_marginal_one"])
 _mm, _fwd, _bwd = _D["moment_match_one"], _D["fwd_marginal_one"], _D["bwd_marginal_one"]
 
 

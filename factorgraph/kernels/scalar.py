@@ -90,7 +90,7 @@ NEGLIGIBLE_LOG_WEIGHT = 50.0
 
 #: the smallest normal float64: below it a product loses digits (and ``log`` of it is no longer exact)
 MIN_NORMAL = 2.2250738585072014e-308
-#: below this ``t`` the mass ``erfc(-t / sqrt 2) / 2`` leaves erfc's normal range; the log-cdf takes its series
+#: below this ``t`` the mass ``erfc(-t / sqrt 2) / 2`` leaves erfc's normal range (the log-cdf's series)
 ERFC_T_MIN = -35.0
 
 
