@@ -5,8 +5,9 @@ on the development machine), and without Intel's SVML it cannot vectorise them. 
 in ``libmvec`` (``_ZGVdN4v_erfc`` etc.: four doubles in one AVX2 register, erfc since glibc 2.35); where the
 CPU has AVX2 and ``libmvec`` has them, :func:`erfc_map` and friends call those through a Numba intrinsic
 (3.4 ns per erfc), else the scalar functions.  ``AVAILABLE`` says which.  Accuracy: special values (0, +-inf,
-NaN, overflow, underflow) as the scalar functions; within 2 ulp of them, erfc within 6e-14 relative in its
-far tail (arguments 20-27, values below 1e-170), checked by ``tests/test_vecmath.py``.
+NaN, overflow, underflow) exactly as the scalar functions; elsewhere within 4 eps relative of them, erfc
+within 1e-13 relative in its far tail (arguments beyond 20, values below 1e-170), as ``tests/test_vecmath.py``
+checks.
 
 The maps take ``(x, out, n)`` with ``n`` a multiple of 4 (callers pad their scratch arrays).
 """
