@@ -18,8 +18,8 @@ from factorgraph import config
 from factorgraph.gaussian import CF_T
 from factorgraph.kernels import use_threads
 from factorgraph.kernels.scalar import (
-    ERFC_T_MIN, LOG_SQRT_2PI, MIN_NORMAL, MIN_U, NEGLIGIBLE_LOG_WEIGHT, SQRT1_2, block52_log_weight,
-    block52_moments, block52_parts, block52_prep, mixture, mixture_exponent, mixture_with,
+    LOG_SQRT_2PI, MIN_NORMAL, MIN_U, NEGLIGIBLE_LOG_WEIGHT, SQRT1_2, block52_log_weight, block52_moments,
+    block52_parts, block52_prep, erfc_log_weight_ok, mixture, mixture_exponent, mixture_with,
     shift_and_factor_from)
 from factorgraph.kernels.vecmath import erfc_map, exp_map, log1p_map, log_map
 
@@ -266,7 +266,7 @@ def _marginal_serial(backward, a_t, a_r, z_t, z_r, slope, out_t, out_r):
                 shift = t + v
                 u = 1.0 - v * shift
                 tail = t < -CF_T
-                if tail | (t < ERFC_T_MIN) | (math.sqrt(w[_H + o, i]) * mass < MIN_NORMAL):
+                if tail | (not erfc_log_weight_ok(t, math.sqrt(w[_H + o, i]) * mass)):
                     w[_RARE, i] = 1.0
                 floored = u < MIN_U
                 floors += floored & (not tail) & (i < m)

@@ -111,11 +111,17 @@ def block52_prep(tau1, rho1, tau2, rho2):
 
 
 @njit(cache=True, inline="always")
+def erfc_log_weight_ok(t, sqrt_h_mass):
+    """True where ``log(sqrt_h_mass)`` gives the log-weight: erfc gives ``Phi(t)`` (``t >= ERFC_T_MIN``)
+    and the product ``sqrt(h) Phi(t)`` is a normal number."""
+    return (t >= ERFC_T_MIN) & (sqrt_h_mass >= MIN_NORMAL)
+
+
+@njit(cache=True, inline="always")
 def block52_log_weight(t, h, quad, sqrt_h_mass, log_sqrt_h_mass):
     """``log B0 = quad + log(sqrt(h) Phi(t))`` given ``sqrt_h_mass = sqrt(h) erfc(-t / sqrt 2) / 2`` and its
-    log; where erfc cannot give ``Phi(t)`` (``t < ERFC_T_MIN``) or the product is not a normal number,
-    ``quad + log(h) / 2 + log_ndtr(t)``."""
-    if t >= ERFC_T_MIN and sqrt_h_mass >= MIN_NORMAL:
+    log; elsewhere (:func:`erfc_log_weight_ok`) ``quad + log(h) / 2 + log_ndtr(t)``."""
+    if erfc_log_weight_ok(t, sqrt_h_mass):
         return quad + log_sqrt_h_mass
     return quad + 0.5 * math.log(h) + log_ndtr(t)
 
