@@ -16,6 +16,7 @@ from factorgraph.backend import get_array_module
 from factorgraph.equations import s1_reduce_backward, s1_reduce_forward
 from factorgraph.factor import Factor
 from factorgraph.gaussian import Gaussian, clamp_min_rho
+from factorgraph.kernels import pool_cpu
 
 
 def _check_k(kind, k):
@@ -108,12 +109,69 @@ class MaxPool(_WindowPool):
             raise ValueError(f"MaxPool noise must be >= 0, got {noise!r}")
         self.noise = float(noise)
 
+    def build(self, input_shape, batch_size, *, dtype, rng, constant_input):
+        super().build(input_shape, batch_size, dtype=dtype, rng=rng, constant_input=constant_input)
+        self._guards = kernels.GuardCounts(pool_cpu.GUARD_NAMES)
+
+    def flush_guards(self):
+        self._guards.flush()
+
     def weights(self, win):
         return kernels.argmax_probs(win, self.noise)
 
     def predict(self, m_in):
         out = kernels.maxpool_predict(m_in, self.k, self.noise)  # fused kernel; None: the generic path
         return super().predict(m_in) if out is None else out
+
+    # --- training by the fused kernels of :mod:`factorgraph.kernels.pool_cpu` / ``pool_cuda`` -----------
+    def _kernels(self, m):
+        """The pool kernel module of ``m``'s device, or ``None`` (kernels off, or a window larger than
+        the device kernel's scratch): the generic path."""
+        mod = kernels.module(m.tau, "pool")
+        return mod if mod is not None and self.k * self.k <= mod.MAX_POOL_WINDOW else None
+
+    def _forward_kernel(self, mod, m_in):
+        """Training forward of images ``m_in`` (..., H, W, C): output messages, and the input messages,
+        argmax probabilities and outputs kept for the backward."""
+        xp = m_in.xp
+        lead = m_in.shape[:-3]
+        shape = (-1,) + self.input_shape
+        tau, rho = (xp.ascontiguousarray(a).reshape(shape) for a in (m_in.tau, m_in.rho))
+        N = tau.shape[0]
+        out = Gaussian(*(xp.empty((N,) + self.output_shape_, m_in.dtype) for _ in range(2)))
+        P = xp.zeros(tau.shape, m_in.dtype)
+        mod.maxpool_fwd(tau, rho, self.k, self.noise, out.tau, out.rho, P)
+        self._kept = (tau, rho, P, out)
+        return out.reshape(lead + self.output_shape_)
+
+    def _backward_kernel(self, mod, m_out):
+        tau, rho, P, f = self._kept
+        xp = m_out.xp
+        lead = m_out.shape[:-3]
+        r_t, r_r = (xp.ascontiguousarray(a).reshape(f.shape) for a in (m_out.tau, m_out.rho))
+        out = Gaussian(xp.zeros(tau.shape, tau.dtype), xp.zeros(tau.shape, tau.dtype))
+        counts = self._guards.array(out.tau)
+        mod.maxpool_bwd(tau, rho, P, f.tau, f.rho, r_t, r_r, self.k, out.tau, out.rho, counts)
+        self._guards.after_call(out.tau)
+        return out.reshape(lead + self.input_shape)
+
+    def forward(self, m_in, i):
+        mod = self._kernels(m_in)
+        return super().forward(m_in, i) if mod is None else self._forward_kernel(mod, m_in)
+
+    def forward_chunk(self, m_in, idx, site):
+        mod = self._kernels(m_in)
+        return super().forward_chunk(m_in, idx, site) if mod is None else self._forward_kernel(mod, m_in)
+
+    def backward(self, m_out, i):
+        mod = self._kernels(m_out)
+        return super().backward(m_out, i) if mod is None else self._backward_kernel(mod, m_out)
+
+    def backward_chunk(self, m_out, idx, site, damping, expansion):
+        mod = self._kernels(m_out)
+        if mod is None:
+            return super().backward_chunk(m_out, idx, site, damping, expansion)
+        return self._backward_kernel(mod, m_out)
 
 
 class AvgPool(_WindowPool):

@@ -20,7 +20,7 @@ def main():
 
     dispatcher.get_current_device = lambda: _Sm90()
 
-    from factorgraph.kernels import leaky_cuda, linear_cuda, patches_cuda, signals_cuda, sites_cuda
+    from factorgraph.kernels import leaky_cuda, linear_cuda, patches_cuda, pool_cuda, signals_cuda, sites_cuda
 
     def sig(*args):
         return tuple(numba.typeof(a) for a in args)
@@ -30,6 +30,7 @@ def main():
         v, m = np.zeros(3, dt), np.zeros((3, 2), dt)
         i64, c = np.zeros(3, np.int64), np.zeros(7, np.int64)
         s = dt(0.1)
+        img, win = np.zeros((1, 4, 4, 2), dt), np.zeros((1, 2, 2, 2), dt)
         specs = {
             linear_cuda.KERNELS["linear_const_fwd"]: sig(v, m, m, m, m, v, v, v, v, v, v, c),
             linear_cuda.KERNELS["linear_s1_rows"]: sig(v, m, m, m, m, m, m, s, v, v, v, v, c),
@@ -49,8 +50,8 @@ def main():
             signals_cuda.KERNELS["softmax_bwd"]: sig(m, m, i64, np.zeros(12), np.zeros(12), m, m, c),
             signals_cuda.KERNELS["argmax_probs"]: sig(m, m, s, m),
             sites_cuda.KERNELS["replace_site"]: sig(v, v, v, v, v, v, s, s, i64),
-            signals_cuda.KERNELS["maxpool_predict"]: sig(np.zeros((1, 4, 4, 2), dt), np.zeros((1, 4, 4, 2), dt), 2, s,
-                                                         np.zeros((1, 2, 2, 2), dt), np.zeros((1, 2, 2, 2), dt)),
+            pool_cuda.KERNELS["maxpool_fwd"]: sig(img, img, 2, s, win, win, img, True),
+            pool_cuda.KERNELS["maxpool_bwd"]: sig(img, img, img, win, win, win, win, 2, img, img, c),
         }
         for kernel, types in specs.items():
             ptx, _ = cuda.compile_ptx(kernel.py_func, types, cc=(9, 0))

@@ -389,6 +389,63 @@ def test_maxpool_prediction_kernel_equals_the_layer_reference(k, threaded, dtype
     record_cases("kernel maxpool predict", got.tau.size)
 
 
+def _pool_training(layer, m, r, on, threaded):
+    """Training forward and backward of a max-pool layer with the kernels ``on`` or off (its NumPy path);
+    the guard counts the pair added."""
+    prev = kernels.set_enabled(on)
+    before = guards.counts()
+    try:
+        with kernels.threaded() if threaded else contextlib.nullcontext():
+            if m.tau.ndim == 3:
+                f = layer.forward(m, 0)
+                b = layer.backward(r, 0)
+            else:
+                f = layer.forward_chunk(m, np.arange(m.shape[0]), 0)
+                b = layer.backward_chunk(r, np.arange(m.shape[0]), 0, None, None)
+        layer.flush_guards()
+    finally:
+        kernels.set_enabled(prev)
+    after = guards.counts()
+    return f, b, {k: after.get(k, 0) - before.get(k, 0) for k in ("s1_small_cavity", "s1_rest_variance_clamp")}
+
+
+@pytest.mark.parametrize("k, lead, threaded", [(2, (3,), False), (3, (2,), False), (2, (), False), (2, (40,), True)])
+def test_maxpool_training_kernels_equal_the_layer_reference(k, lead, threaded, dtype, record_cases):
+    """The fused max-pool training kernels (forward with the argmax probabilities kept, S1 backward to
+    every pixel) equal the layer's NumPy path (windows, ``argmax_probs``, ``s1_reduce_forward`` /
+    ``s1_reduce_backward``, scatter), one image or a chunk, with incomplete border windows (their pixels
+    get G(0, 0)), a tie, tiny and huge variances (a cavity precision below ``MIN_CAVITY_PRECISION``: the
+    same small-cavity guard count), a uniform backward message and the threaded path."""
+    from layers.pool import MaxPool
+
+    rng = np.random.default_rng(41 + k + len(lead))
+    shape = lead + (7, 8, 3)
+    m = Gaussian.from_mean_var(rng.normal(0, 2, shape), 10 ** rng.uniform(-4, 1, shape))
+    img = m if lead else m.reshape((1,) + shape)
+    img.tau[0, :2, :2, 0] = 0.0  # a tie
+    img.rho[0, 2, 2, 1] = 1e-9  # variance 1e9: below MIN_CAVITY_PRECISION
+    layer = MaxPool(k)
+    layer.build(shape[-3:], 4, dtype=dtype, rng=rng, constant_input=False)
+    out_shape = lead + layer.output_shape_
+    r = Gaussian(rng.normal(0, 1, out_shape), rng.uniform(0, 3, out_shape))
+    r.tau.reshape(-1)[:2] = 0.0
+    r.rho.reshape(-1)[:2] = 0.0  # uniform backward messages
+    m, r = m.astype(dtype), r.astype(dtype)
+    f_ref, b_ref, g_ref = _pool_training(layer, m, r, False, False)
+    f, b, g = _pool_training(layer, m, r, True, threaded)
+    assert f.shape == f_ref.shape == out_shape and b.shape == b_ref.shape == shape
+    assert_messages_close(f.tau, f.rho, f_ref.tau, f_ref.rho, KTOL[dtype], what="maxpool forward")
+    assert_messages_close(b.tau, b.rho, b_ref.tau, b_ref.rho, KTOL[dtype], m.tau, m.rho, what="maxpool backward")
+    # the rest-variance floor fires only on round-off (rest = var_s - p^2 var >= 0 exactly), where two
+    # evaluation orders may disagree; the small-cavity count depends on the inputs alone
+    assert g["s1_small_cavity"] == g_ref["s1_small_cavity"] >= 1
+    outside = np.ones(shape[-3:], bool)
+    outside[:7 // k * k, :8 // k * k] = False
+    img_b = b.reshape((-1,) + shape[-3:])
+    assert outside.any() and not img_b.tau[:, outside].any() and not img_b.rho[:, outside].any()
+    record_cases("kernel maxpool training", b.tau.size)
+
+
 def test_argmax_probs_fall_back_to_log_space_where_the_products_underflow():
     """1100 tied candidates: every product is 2^-1099 = 0 in float64, so the row is redone in log space
     and gives the reference's uniform probabilities; a row beside it takes the direct products."""

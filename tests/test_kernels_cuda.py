@@ -205,20 +205,35 @@ def test_signal_kernels_cuda_equal_cpu(cuda_mods, record_cases):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_maxpool_prediction_cuda_equals_cpu(cuda_mods, dtype, record_cases):
-    from factorgraph.kernels import signals_cpu
+def test_maxpool_cuda_equals_cpu(dtype, record_cases):
+    """Max-pool prediction, training forward (with the argmax probabilities) and backward (with the
+    guard counts) on the CUDA kernels equal the CPU kernels."""
+    from factorgraph.kernels import pool_cpu, pool_cuda
 
-    signals_cuda = cuda_mods[3]
     rng = np.random.default_rng(7)
-    shape = (2, 5, 4, 2)  # an incomplete border row of windows
+    shape, out_shape = (2, 5, 4, 2), (2, 2, 2, 2)  # an incomplete border row of windows
     m = Gaussian.from_mean_var(rng.normal(0, 2, shape), 10 ** rng.uniform(-3, 1, shape)).astype(dtype)
+    m.rho[0, 0, 0, 0] = 1e-9  # below MIN_CAVITY_PRECISION
+    r = Gaussian(rng.normal(0, 1, out_shape), rng.uniform(0, 3, out_shape)).astype(dtype)
     outs = []
-    for mod in (signals_cpu, signals_cuda):
-        out_t, out_r = np.zeros((2, 2, 2, 2), dtype), np.zeros((2, 2, 2, 2), dtype)
-        mod.maxpool_predict(m.tau, m.rho, 2, 0.3, out_t, out_r)
-        outs.append((out_t, out_r))
-    assert_messages_close(*outs[1], *outs[0], SIGNAL_RTOL if dtype == np.float64 else KTOL[dtype], what="maxpool")
-    record_cases("cuda maxpool predict", 8)
+    for mod in (pool_cpu, pool_cuda):
+        pred = [np.zeros(out_shape, dtype) for _ in range(2)]
+        mod.maxpool_predict(m.tau, m.rho, 2, 0.3, *pred)
+        f = [np.zeros(out_shape, dtype) for _ in range(2)]
+        P = np.zeros(shape, dtype)
+        mod.maxpool_fwd(m.tau, m.rho, 2, 0.3, *f, P)
+        b, counts = [np.zeros(shape, dtype) for _ in range(2)], np.zeros(2, np.int64)
+        mod.maxpool_bwd(m.tau, m.rho, P, *f, r.tau, r.rho, 2, *b, counts)
+        outs.append((pred, f, P, b, counts))
+    rtol = SIGNAL_RTOL if dtype == np.float64 else KTOL[dtype]
+    (pred0, f0, P0, b0, c0), (pred1, f1, P1, b1, c1) = outs
+    assert_messages_close(*pred1, *pred0, rtol, what="maxpool predict")
+    assert_messages_close(*f1, *f0, rtol, what="maxpool forward")
+    np.testing.assert_allclose(P1, P0, rtol=rtol, atol=0)
+    assert_messages_close(*b1, *b0, rtol, m.tau, m.rho, what="maxpool backward")
+    np.testing.assert_array_equal(c1, c0)
+    assert c0[pool_cpu.P_SMALL] == 1
+    record_cases("cuda maxpool", 3 * 8)
 
 
 @pytest.mark.parametrize("damping, kappa", [(1.0, -1.0), (0.4, -1.0), (1.0, 0.5), (0.6, 1.5)])

@@ -134,7 +134,7 @@ def maxpool_predict(m, k, beta2):
     """Max-pool prediction of images ``m`` (N, H, W, C) over k x k windows (stride k) by the fused kernel
     of its device: argmax probabilities of each window, then their weighted sum (S1).  ``None`` where no
     kernel takes it (kernels off, or a window larger than the device kernel's scratch)."""
-    mod = module(m.tau, "signals")
+    mod = module(m.tau, "pool")
     if mod is None or k * k > mod.MAX_POOL_WINDOW or m.tau.ndim != 4:
         return None
     from factorgraph.gaussian import Gaussian

@@ -346,64 +346,6 @@ def _probs_threads(tau, rho, beta2, out):
         argmax_probs_row(tau[n], rho[n], beta2, out[n])
 
 
-# ----- max-pool prediction: argmax weights and the weighted sum of each window, fused -------------------
-#: largest window (k * k) the kernels take
-MAX_POOL_WINDOW = 1 << 20
-
-
-@njit(cache=True, inline="always")
-def pool_window(tau, rho, n, i0, j0, c, k, beta2, wt, wr, p):
-    """Max-pool output (tau, rho) of the k x k window at (i0, j0) of channel c of image n: the window's
-    messages copied to ``wt``, ``wr`` (float64 scratch), argmax probabilities ``p`` by
-    :func:`argmax_probs_row`, then S1 with constants ``p``: ``mu = sum p mu_a``, ``var = sum p^2 var_a``
-    (mean 0 and variance inf where rho = 0, as :func:`factorgraph.equations.s1_reduce_forward`)."""
-    kk = k * k
-    for a in range(kk):
-        wt[a] = tau[n, i0 + a // k, j0 + a % k, c]
-        wr[a] = rho[n, i0 + a // k, j0 + a % k, c]
-    argmax_probs_row(wt[:kk], wr[:kk], beta2, p[:kk])
-    mu = 0.0
-    var = 0.0
-    for a in range(kk):
-        if wr[a] > 0:
-            mu += p[a] * (wt[a] / wr[a])
-            var += p[a] * p[a] / wr[a]
-        else:
-            var += p[a] * p[a] * math.inf
-    return mu / var, 1.0 / var
-
-
-@njit(cache=True)
-def _pool_serial(tau, rho, k, beta2, out_t, out_r):
-    N, h, w, C = out_t.shape
-    wt, wr, p = np.empty(k * k), np.empty(k * k), np.empty(k * k)
-    for n in range(N):
-        for i in range(h):
-            for j in range(w):
-                for c in range(C):
-                    out_t[n, i, j, c], out_r[n, i, j, c] = pool_window(tau, rho, n, i * k, j * k, c, k, beta2,
-                                                                       wt, wr, p)
-
-
-@njit(cache=True, parallel=True)
-def _pool_threads(tau, rho, k, beta2, out_t, out_r):
-    N, h, w, C = out_t.shape
-    for n in prange(N):
-        wt, wr, p = np.empty(k * k), np.empty(k * k), np.empty(k * k)
-        for i in range(h):
-            for j in range(w):
-                for c in range(C):
-                    out_t[n, i, j, c], out_r[n, i, j, c] = pool_window(tau, rho, n, i * k, j * k, c, k, beta2,
-                                                                       wt, wr, p)
-
-
-def maxpool_predict(tau, rho, k, beta2, out_t, out_r):
-    """Max-pool prediction of images (N, H, W, C) into (N, H // k, W // k, C); on all threads inside
-    :func:`factorgraph.kernels.threaded` from ``THREADS_MIN_ROWS`` windows."""
-    fn = _pool_threads if use_threads(out_t.size, THREADS_MIN_ROWS) and out_t.shape[0] > 1 else _pool_serial
-    fn(tau, rho, k, beta2, out_t, out_r)
-
-
 def argmax_probs(tau, rho, beta2, out):
     """Argmax probabilities over the last axis of (N, C) messages into ``out`` (N, C); on all threads
     inside :func:`factorgraph.kernels.threaded` from ``THREADS_MIN_ROWS`` rows."""

@@ -3,7 +3,7 @@ per logit (softmax), on device copies of the CPU per-class functions of
 :mod:`factorgraph.kernels.signals_cpu` (same numbers, same guards)."""
 
 from factorgraph.kernels._device import device_functions, grid  # first: carries a NumPy shim for numba.cuda
-from numba import cuda, float64  # noqa: E402, I001
+from numba import cuda  # noqa: E402, I001
 
 from factorgraph.kernels import scalar, signals_cpu
 from factorgraph.kernels.signals_cpu import A_U_FLOOR, GL_W, GL_X, S_CLAMP, S_IMPROPER, S_LOW, S_NONFINITE
@@ -12,11 +12,8 @@ _D = device_functions([scalar, signals_cpu], [
     "log_ndtr", "continued_fraction", "shift_and_factor_log", "shift_and_factor", "argmax_pair_one", "_edge", "_q",
     "_panel", "_node",
     "softmax_one", "softmax_message_one", "_t", "softmax_setup", "softmax_logit", "log_ndtr_pair",
-    "_pairwise", "argmax_probs_row", "pool_window"])
+    "_pairwise", "argmax_probs_row"])
 _pair, _logit, _probs_row = _D["argmax_pair_one"], _D["softmax_logit"], _D["argmax_probs_row"]
-_pool_window = _D["pool_window"]
-#: largest window (k * k) of the max-pool kernel (per-thread scratch); larger windows take the generic path
-MAX_POOL_WINDOW = 64
 
 
 @cuda.jit
@@ -71,23 +68,6 @@ def _argmax_probs_kernel(tau, rho, beta2, out):
         _probs_row(tau[n], rho[n], beta2, out[n])
 
 
-@cuda.jit
-def _maxpool_kernel(tau, rho, k, beta2, out_t, out_r):
-    g = cuda.grid(1)
-    N, h, w, C = out_t.shape
-    if g < N * h * w * C:
-        c = g % C
-        rest = g // C
-        j = rest % w
-        rest //= w
-        i = rest % h
-        n = rest // h
-        wt = cuda.local.array(MAX_POOL_WINDOW, float64)
-        wr = cuda.local.array(MAX_POOL_WINDOW, float64)
-        p = cuda.local.array(MAX_POOL_WINDOW, float64)
-        out_t[n, i, j, c], out_r[n, i, j, c] = _pool_window(tau, rho, n, i * k, j * k, c, k, beta2, wt, wr, p)
-
-
 _GL = {}
 
 
@@ -115,11 +95,4 @@ def argmax_probs(tau, rho, beta2, out):
     _argmax_probs_kernel[grid(tau.shape[0])](tau, rho, beta2, out)
 
 
-def maxpool_predict(tau, rho, k, beta2, out_t, out_r):
-    """Same signature as the CPU kernel; ``k * k <= MAX_POOL_WINDOW``."""
-    _maxpool_kernel[grid(out_t.size)](tau, rho, k, beta2, out_t, out_r)
-
-
-
-KERNELS = {"argmax_bwd": _argmax_kernel, "softmax_bwd": _softmax_kernel, "argmax_probs": _argmax_probs_kernel,
-           "maxpool_predict": _maxpool_kernel}
+KERNELS = {"argmax_bwd": _argmax_kernel, "softmax_bwd": _softmax_kernel, "argmax_probs": _argmax_probs_kernel}

@@ -1,0 +1,175 @@
+"""Numba CPU kernels of max pooling over k x k windows (stride k) of images (N, H, W, C) (SPEC 5.5).
+
+Each complete window's output is S1 with constant coefficients ``p``, the argmax probabilities of the
+window's messages (:func:`factorgraph.kernels.signals_cpu.argmax_probs_row`, noise variance ``beta2``)::
+
+    forward:   mu_s = sum_a p_a mu_a,   var_s = sum_a p_a^2 var_a
+    backward:  S1 to every pixel a of the window with coefficient p_a (see
+               :func:`factorgraph.equations.s1_term_message`), p held constant
+
+so one pass per window replaces the layer's NumPy path (window copies, ``argmax_probs``,
+``s1_reduce_forward`` / ``s1_reduce_backward`` and the scatter back to the image).  Pixels outside the
+complete windows get ``p = 0`` and the backward message ``G(0, 0)``.  The per-window functions are shared
+with :mod:`factorgraph.kernels.pool_cuda`.  ``tests/test_kernels_cpu.py`` asserts equality with the
+layer's NumPy path.
+"""
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from factorgraph import config
+from factorgraph.kernels import use_threads
+from factorgraph.kernels.signals_cpu import THREADS_MIN_ROWS, argmax_probs_row
+
+#: largest window (k * k) the kernels take
+MAX_POOL_WINDOW = 1 << 20
+P_SMALL, P_CLAMP = range(2)
+GUARD_NAMES = ("s1_small_cavity", "s1_rest_variance_clamp")
+MIN_CAVITY_PRECISION = config.MIN_CAVITY_PRECISION
+
+
+@njit(cache=True, inline="always")
+def pool_window(tau, rho, n, i0, j0, c, k, beta2, wt, wr, p):
+    """Max-pool output (tau, rho) of the k x k window at (i0, j0) of channel c of image n: the window's
+    messages copied to ``wt``, ``wr`` (float64 scratch), argmax probabilities ``p`` by
+    :func:`argmax_probs_row`, then S1 with constants ``p``: ``mu = sum p mu_a``, ``var = sum p^2 var_a``
+    (mean 0 and variance inf where rho = 0, as :func:`factorgraph.equations.s1_reduce_forward`)."""
+    kk = k * k
+    for a in range(kk):
+        wt[a] = tau[n, i0 + a // k, j0 + a % k, c]
+        wr[a] = rho[n, i0 + a // k, j0 + a % k, c]
+    argmax_probs_row(wt[:kk], wr[:kk], beta2, p[:kk])
+    mu = 0.0
+    var = 0.0
+    for a in range(kk):
+        if wr[a] > 0:
+            mu += p[a] * (wt[a] / wr[a])
+            var += p[a] * p[a] / wr[a]
+        else:
+            var += p[a] * p[a] * math.inf
+    return mu / var, 1.0 / var
+
+
+@njit(cache=True, inline="always")
+def window_fwd(tau, rho, n, i, j, c, k, beta2, wt, wr, p, out_t, out_r, P, keep_p):
+    """:func:`pool_window` into output pixel (n, i, j, c), and (``keep_p``) the probabilities into ``P``
+    at the window's input pixels."""
+    out_t[n, i, j, c], out_r[n, i, j, c] = pool_window(tau, rho, n, i * k, j * k, c, k, beta2, wt, wr, p)
+    if keep_p:
+        for a in range(k * k):
+            P[n, i * k + a // k, j * k + a % k, c] = p[a]
+
+
+@njit(cache=True, inline="always")
+def window_bwd(tau, rho, P, f_t, f_r, r_t, r_r, n, i, j, c, k, out_t, out_r):
+    """S1 backward messages to the pixels of window (i, j) of channel c of image n, given the output's
+    forward message ``f`` and backward message ``r`` at (n, i, j, c), into ``out`` at the input pixels.
+    Returns (pixels with a cavity precision below ``MIN_CAVITY_PRECISION``, rest variances floored at 0),
+    the guards of :func:`factorgraph.equations.s1_reduce_backward`."""
+    ft = f_t[n, i, j, c]
+    fr = f_r[n, i, j, c]
+    mu_s = ft / fr if fr > 0 else 0.0
+    var_s = 1.0 / fr if fr > 0 else math.inf
+    tr = r_t[n, i, j, c]
+    rr = r_r[n, i, j, c]
+    small = 0
+    clamp = 0
+    for a in range(k * k):
+        y = i * k + a // k
+        x = j * k + a % k
+        b = P[n, y, x, c]
+        bt = tau[n, y, x, c]
+        br = rho[n, y, x, c]
+        small += br < MIN_CAVITY_PRECISION
+        mu_b = bt / br if br > 0 else 0.0
+        var_b = 1.0 / br if br > 0 else math.inf
+        rest = var_s - b * b * var_b
+        if rest < 0:
+            clamp += 1
+            rest = 0.0
+        d = 1.0 + rr * rest
+        out_r[n, y, x, c] = b * b * rr / d
+        out_t[n, y, x, c] = b * (tr - rr * (mu_s - b * mu_b)) / d
+    return small, clamp
+
+
+@njit(cache=True)
+def _fwd_images(tau, rho, k, beta2, out_t, out_r, P, keep_p, n0, n1):
+    wt, wr, p = np.empty(k * k), np.empty(k * k), np.empty(k * k)
+    _, h, w, C = out_t.shape
+    for n in range(n0, n1):
+        for i in range(h):
+            for j in range(w):
+                for c in range(C):
+                    window_fwd(tau, rho, n, i, j, c, k, beta2, wt, wr, p, out_t, out_r, P, keep_p)
+
+
+@njit(cache=True)
+def _fwd_serial(tau, rho, k, beta2, out_t, out_r, P, keep_p):
+    _fwd_images(tau, rho, k, beta2, out_t, out_r, P, keep_p, 0, out_t.shape[0])
+
+
+@njit(cache=True, parallel=True)
+def _fwd_threads(tau, rho, k, beta2, out_t, out_r, P, keep_p):
+    for n in prange(out_t.shape[0]):
+        _fwd_images(tau, rho, k, beta2, out_t, out_r, P, keep_p, n, n + 1)
+
+
+@njit(cache=True)
+def _bwd_images(tau, rho, P, f_t, f_r, r_t, r_r, k, out_t, out_r, n0, n1):
+    _, h, w, C = f_t.shape
+    small = 0
+    clamp = 0
+    for n in range(n0, n1):
+        for i in range(h):
+            for j in range(w):
+                for c in range(C):
+                    s, cl = window_bwd(tau, rho, P, f_t, f_r, r_t, r_r, n, i, j, c, k, out_t, out_r)
+                    small += s
+                    clamp += cl
+    return small, clamp
+
+
+@njit(cache=True)
+def _bwd_serial(tau, rho, P, f_t, f_r, r_t, r_r, k, out_t, out_r):
+    return _bwd_images(tau, rho, P, f_t, f_r, r_t, r_r, k, out_t, out_r, 0, f_t.shape[0])
+
+
+@njit(cache=True, parallel=True)
+def _bwd_threads(tau, rho, P, f_t, f_r, r_t, r_r, k, out_t, out_r):
+    N = f_t.shape[0]
+    acc = np.zeros((N, 2), np.int64)
+    for n in prange(N):
+        acc[n, 0], acc[n, 1] = _bwd_images(tau, rho, P, f_t, f_r, r_t, r_r, k, out_t, out_r, n, n + 1)
+    return acc[:, 0].sum(), acc[:, 1].sum()
+
+
+def _threads(out):
+    return use_threads(out.size, THREADS_MIN_ROWS) and out.shape[0] > 1
+
+
+def maxpool_predict(tau, rho, k, beta2, out_t, out_r):
+    """Max-pool prediction of images (N, H, W, C) into (N, H // k, W // k, C); on all threads inside
+    :func:`factorgraph.kernels.threaded` from ``THREADS_MIN_ROWS`` windows."""
+    no_p = np.empty((1, 1, 1, 1), out_t.dtype)  # not written (keep_p False)
+    (_fwd_threads if _threads(out_t) else _fwd_serial)(tau, rho, k, beta2, out_t, out_r, no_p, False)
+
+
+def maxpool_fwd(tau, rho, k, beta2, out_t, out_r, P):
+    """Training forward: :func:`maxpool_predict`, and the argmax probabilities of every window's pixels
+    into ``P`` (N, H, W, C) for the backward; pixels outside complete windows are left as they are
+    (the caller zeroes ``P``)."""
+    (_fwd_threads if _threads(out_t) else _fwd_serial)(tau, rho, k, beta2, out_t, out_r, P, True)
+
+
+def maxpool_bwd(tau, rho, P, f_t, f_r, r_t, r_r, k, out_t, out_r, counts):
+    """Training backward: S1 messages to the pixels of every complete window (input messages ``tau``,
+    ``rho`` and probabilities ``P`` as in the forward, output forward ``f`` and backward ``r`` messages
+    (N, H // k, W // k, C)) into ``out`` (N, H, W, C; the caller zeroes the pixels outside windows).
+    Adds the guard counts (:data:`GUARD_NAMES`) to ``counts``."""
+    fn = _bwd_threads if _threads(f_t) else _bwd_serial
+    small, clamp = fn(tau, rho, P, f_t, f_r, r_t, r_r, k, out_t, out_r)
+    counts[P_SMALL] += small
+    counts[P_CLAMP] += clamp
