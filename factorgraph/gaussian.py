@@ -39,6 +39,11 @@ class Gaussian:
     __array_priority__ = 1000
 
     def __init__(self, tau, rho, check=False):
+        if type(tau) is np.ndarray and type(rho) is np.ndarray and tau.shape == rho.shape:  # the common case
+            self.tau, self.rho = tau, rho
+            if check:
+                self.validate()
+            return
         xp = get_array_module(tau, rho)
         tau = xp.asarray(tau)
         rho = xp.asarray(rho)
@@ -287,9 +292,10 @@ def divide(num, den, tol=None):
 def clamp_min_rho(g, m):
     """Keep each mean and set ``rho := max(rho, m)``; ``G(tau, 0)`` becomes ``G(0, m)`` (SPEC 1.4)."""
     xp = g.xp
-    mu = mean_of(g.tau, g.rho)
     low = g.rho < m
-    guards.record("min_rho_clamp", low)
+    if guards.record("min_rho_clamp", low) == 0:  # counted on the CPU: nothing to clamp (same arrays)
+        return Gaussian(g.tau, g.rho)
+    mu = mean_of(g.tau, g.rho)
     rho = xp.where(low, xp.asarray(m, g.dtype), g.rho)
     return Gaussian(xp.where(low, mu * rho, g.tau), rho)
 

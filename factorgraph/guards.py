@@ -27,7 +27,8 @@ def record(name, mask_or_count):
     if isinstance(mask_or_count, (int, np.integer)):
         n = int(mask_or_count)
     elif isinstance(mask_or_count, (np.ndarray, np.generic)):  # NumPy arrays and scalars (np.bool_)
-        n = int(np.sum(mask_or_count))
+        # a mask is counted without np.sum's Python-level dispatch (guards run several times per chunk)
+        n = int(np.count_nonzero(mask_or_count) if mask_or_count.dtype == np.bool_ else np.sum(mask_or_count))
     else:
         _DEFERRED.append((name, mask_or_count.sum(dtype=np.int64)))
         return None

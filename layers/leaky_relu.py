@@ -6,6 +6,8 @@ yet (the first iteration after a batch reset).  Training backward: marginal appr
 ``min_rho(MIN_PRECISION)``.  Prediction: moment matching.
 """
 
+import numpy as np
+
 from factorgraph import config, kernels
 from factorgraph.backend import get_array_module
 from factorgraph.equations import leaky_backward_marginal, leaky_forward_marginal, leaky_forward_moment_match
@@ -34,19 +36,19 @@ class LeakyReLU(Factor):
         shape = (batch_size,) + self.input_shape
         self.m_in = Gaussian.uniform(shape, dtype)
         self.m_back = Gaussian.uniform(shape, dtype)
-        self._seen_back = [False] * batch_size
+        self._seen_back = np.zeros(batch_size, bool)  # per slot: has a backward message arrived?
         self._guards = kernels.GuardCounts(leaky_cpu.GUARD_NAMES)
 
     def flush_guards(self):
         self._guards.flush()
 
     def forward(self, m_in, i):
-        return self._forward(m_in, i, self._seen_back[i])
+        return self._forward(m_in, i, bool(self._seen_back[i]))
 
     def forward_chunk(self, m_in, idx, site):
-        seen = [self._seen_back[i] for i in idx]
-        if all(seen) or not any(seen):
-            return self._forward(m_in, idx, seen[0])
+        seen = self._seen_back[idx]
+        if seen.all() or not seen.any():
+            return self._forward(m_in, idx, bool(seen[0]))
         first, later = self._forward(m_in, idx, False), self._forward(m_in, idx, True)
         mask = m_in.xp.asarray(seen).reshape((-1,) + (1,) * (m_in.tau.ndim - 1))
         return Gaussian(m_in.xp.where(mask, later.tau, first.tau), m_in.xp.where(mask, later.rho, first.rho))
@@ -68,8 +70,7 @@ class LeakyReLU(Factor):
         return self._backward(m_out, i)
 
     def backward_chunk(self, m_out, idx, site, damping, expansion):
-        for i in idx:
-            self._seen_back[int(i)] = True
+        self._seen_back[idx] = True
         return self._backward(m_out, idx)
 
     def _backward(self, m_out, i):
@@ -99,18 +100,16 @@ class LeakyReLU(Factor):
 
     def warm_start(self, name, g):
         super().warm_start(name, g)
-        self._seen_back = [True] * self.batch_size
+        self._seen_back[:] = True
 
     def reset_batch_caches(self):
         self.m_back.tau[...] = 0
         self.m_back.rho[...] = 0
-        self._seen_back = [False] * self.batch_size
+        self._seen_back[:] = False
 
     def state(self):
-        import numpy as np
-
-        return dict(super().state(), seen_back=np.asarray(self._seen_back))
+        return dict(super().state(), seen_back=self._seen_back.copy())
 
     def load_state(self, arrays):
         super().load_state(arrays)
-        self._seen_back = [bool(v) for v in arrays["seen_back"]]
+        self._seen_back = np.array(arrays["seen_back"], bool)

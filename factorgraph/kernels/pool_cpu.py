@@ -21,7 +21,9 @@ from numba import njit, prange
 
 from factorgraph import config
 from factorgraph.kernels import use_threads
+from factorgraph.kernels.scalar import SQRT1_2
 from factorgraph.kernels.signals_cpu import THREADS_MIN_ROWS, argmax_probs_row
+from factorgraph.kernels.vecmath import erfc_map
 
 #: largest window (k * k) the kernels take
 MAX_POOL_WINDOW = 1 << 20
@@ -31,16 +33,10 @@ MIN_CAVITY_PRECISION = config.MIN_CAVITY_PRECISION
 
 
 @njit(cache=True, inline="always")
-def pool_window(tau, rho, n, i0, j0, c, k, beta2, wt, wr, p):
-    """Max-pool output (tau, rho) of the k x k window at (i0, j0) of channel c of image n: the window's
-    messages copied to ``wt``, ``wr`` (float64 scratch), argmax probabilities ``p`` by
-    :func:`argmax_probs_row`, then S1 with constants ``p``: ``mu = sum p mu_a``, ``var = sum p^2 var_a``
-    (mean 0 and variance inf where rho = 0, as :func:`factorgraph.equations.s1_reduce_forward`)."""
-    kk = k * k
-    for a in range(kk):
-        wt[a] = tau[n, i0 + a // k, j0 + a % k, c]
-        wr[a] = rho[n, i0 + a // k, j0 + a % k, c]
-    argmax_probs_row(wt[:kk], wr[:kk], beta2, p[:kk])
+def window_moments(wt, wr, p, kk):
+    """S1 with constants ``p`` over the window's messages ``wt``, ``wr``: the output (tau, rho) from
+    ``mu = sum p mu_a``, ``var = sum p^2 var_a`` (mean 0 and variance inf where rho = 0, as
+    :func:`factorgraph.equations.s1_reduce_forward`)."""
     mu = 0.0
     var = 0.0
     for a in range(kk):
@@ -50,6 +46,19 @@ def pool_window(tau, rho, n, i0, j0, c, k, beta2, wt, wr, p):
         else:
             var += p[a] * p[a] * math.inf
     return mu / var, 1.0 / var
+
+
+@njit(cache=True, inline="always")
+def pool_window(tau, rho, n, i0, j0, c, k, beta2, wt, wr, p):
+    """Max-pool output (tau, rho) of the k x k window at (i0, j0) of channel c of image n: the window's
+    messages copied to ``wt``, ``wr`` (float64 scratch), argmax probabilities ``p`` by
+    :func:`argmax_probs_row`, then :func:`window_moments`."""
+    kk = k * k
+    for a in range(kk):
+        wt[a] = tau[n, i0 + a // k, j0 + a % k, c]
+        wr[a] = rho[n, i0 + a // k, j0 + a % k, c]
+    argmax_probs_row(wt[:kk], wr[:kk], beta2, p[:kk])
+    return window_moments(wt, wr, p, kk)
 
 
 @njit(cache=True, inline="always")
@@ -95,15 +104,79 @@ def window_bwd(tau, rho, P, f_t, f_r, r_t, r_r, n, i, j, c, k, out_t, out_r):
     return small, clamp
 
 
-@njit(cache=True)
+#: windows per tile of :func:`_fwd_images`
+TILE = 32
+
+
+@njit(cache=True, error_model="numpy")
 def _fwd_images(tau, rho, k, beta2, out_t, out_r, P, keep_p, n0, n1):
-    wt, wr, p = np.empty(k * k), np.empty(k * k), np.empty(k * k)
+    """:func:`window_fwd` for every window of images ``n0 .. n1 - 1``, in tiles of ``TILE`` windows so the
+    pairs' erfc calls go four lanes at a time (:func:`factorgraph.kernels.vecmath.erfc_map`): per tile the
+    window messages, every pair's ``z`` and ``|z| / sqrt 2``, erfc, then per window the products of
+    :func:`factorgraph.kernels.signals_cpu.argmax_probs_row` (redone by it in log space where their sum
+    is not a positive finite number) and :func:`window_moments`."""
     _, h, w, C = out_t.shape
+    kk = k * k
+    npair = kk * (kk - 1) // 2
+    per = h * w * C
+    wt, wr = np.empty(TILE * kk), np.empty(TILE * kk)
+    p = np.empty(TILE * kk)
+    z = np.empty(TILE * npair + 4)
+    e = np.empty(TILE * npair + 4)
     for n in range(n0, n1):
-        for i in range(h):
-            for j in range(w):
-                for c in range(C):
-                    window_fwd(tau, rho, n, i, j, c, k, beta2, wt, wr, p, out_t, out_r, P, keep_p)
+        for g0 in range(0, per, TILE):
+            m = min(TILE, per - g0)
+            for q in range(m):
+                g = g0 + q
+                c = g % C
+                j = (g // C) % w
+                i = g // (C * w)
+                for a in range(kk):
+                    wt[q * kk + a] = tau[n, i * k + a // k, j * k + a % k, c]
+                    wr[q * kk + a] = rho[n, i * k + a // k, j * k + a % k, c]
+            for q in range(m):
+                o, pi = q * kk, q * npair
+                for a in range(kk):
+                    mu_a = wt[o + a] / wr[o + a]
+                    var_a = 1.0 / wr[o + a]
+                    for b in range(a + 1, kk):
+                        zz = (mu_a - wt[o + b] / wr[o + b]) / math.sqrt(var_a + 1.0 / wr[o + b] + beta2)
+                        z[pi] = zz
+                        e[pi] = abs(zz) * SQRT1_2
+                        pi += 1
+            used = m * npair
+            padded = (used + 3) // 4 * 4
+            for x in range(used, padded):
+                e[x] = 0.0
+            erfc_map(e, e, padded)
+            for q in range(m):
+                o, pi = q * kk, q * npair
+                for a in range(kk):
+                    p[o + a] = 1.0
+                for a in range(kk):
+                    for b in range(a + 1, kk):
+                        tail = 0.5 * e[pi]
+                        up = z[pi] >= 0
+                        p[o + a] *= 1.0 - tail if up else tail
+                        p[o + b] *= tail if up else 1.0 - tail
+                        pi += 1
+                total = 0.0
+                for a in range(kk):
+                    total += p[o + a]
+                if total > 0.0 and total < math.inf:
+                    for a in range(kk):
+                        p[o + a] /= total
+                else:
+                    argmax_probs_row(wt[o:o + kk], wr[o:o + kk], beta2, p[o:o + kk])
+                g = g0 + q
+                c = g % C
+                j = (g // C) % w
+                i = g // (C * w)
+                f_t, f_r = window_moments(wt[o:o + kk], wr[o:o + kk], p[o:o + kk], kk)
+                out_t[n, i, j, c], out_r[n, i, j, c] = f_t, f_r
+                if keep_p:
+                    for a in range(kk):
+                        P[n, i * k + a // k, j * k + a % k, c] = p[o + a]
 
 
 @njit(cache=True)

@@ -13,6 +13,7 @@ fixed cost per chunk):
 
 import math
 
+import numpy as np
 from numba import njit
 
 
@@ -67,24 +68,31 @@ def replace_site(q_t, q_r, s_t, s_r, new_t, new_r, damping, kappa):
 
 
 @njit(cache=True, error_model="numpy")
-def cavity_moments(q_t, q_r, s_t, s_r, rtol, out_t, out_r, out_mu, out_var):
-    """Strict division ``q / s`` (flat arrays) into ``out_t, out_r`` with the mean (0 where the precision
-    is 0) and variance (inf there) of the result.  A precision deficit down to ``rtol |q_r|`` is round-off
-    (set to 0); returns ``(round-off count, count beyond it)``; the caller raises when the second is
-    non-zero.  Branch-free, so that it vectorises."""
+def _cavity_loop(q_t, q_r, s_t, s_r, rtol, zero, one, inf, out_t, out_r, out_mu, out_var):
+    """The loop of :func:`cavity_moments`, its constants in the arrays' dtype (a float64 literal would
+    make a float32 loop compute in float64, at twice the cost)."""
     roundoff = 0
     bad = 0
     for j in range(q_t.shape[0]):
         d = q_r[j] - s_r[j]
         t = q_t[j] - s_t[j]
-        neg = d < 0
+        neg = d < zero
         beyond = d < -rtol * abs(q_r[j])
         bad += beyond
         roundoff += neg & ~beyond
-        d = max(d, 0.0)
-        pos = d > 0
+        d = max(d, zero)
+        pos = d > zero
         out_t[j] = t
         out_r[j] = d
-        out_mu[j] = t / d if pos else 0.0
-        out_var[j] = 1.0 / d if pos else math.inf
+        out_mu[j] = t / d if pos else zero
+        out_var[j] = one / d if pos else inf
     return roundoff, bad
+
+
+def cavity_moments(q_t, q_r, s_t, s_r, rtol, out_t, out_r, out_mu, out_var):
+    """Strict division ``q / s`` (flat arrays) into ``out_t, out_r`` with the mean (0 where the precision
+    is 0) and variance (inf there) of the result.  A precision deficit down to ``rtol |q_r|`` is round-off
+    (set to 0); returns ``(round-off count, count beyond it)``; the caller raises when the second is
+    non-zero.  Branch-free, so that it vectorises; computed in the arrays' dtype."""
+    dt = q_t.dtype.type
+    return _cavity_loop(q_t, q_r, s_t, s_r, dt(rtol), dt(0), dt(1), dt(np.inf), out_t, out_r, out_mu, out_var)
