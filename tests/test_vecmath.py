@@ -1,5 +1,5 @@
-"""The four-lane transcendental maps (glibc libmvec where available) and the tiled LeakyReLU kernels built
-on them, against the scalar functions they replace."""
+"""The four- and eight-lane transcendental maps (glibc libmvec where available) and the tiled LeakyReLU
+kernels built on them, against the scalar functions they replace."""
 
 import math
 
@@ -9,8 +9,6 @@ from numba import njit
 
 from factorgraph.kernels import leaky_cpu, vecmath
 
-MAPS = [("erfc", vecmath.erfc_map, math.erfc), ("exp", vecmath.exp_map, math.exp),
-        ("log", vecmath.log_map, math.log), ("log1p", vecmath.log1p_map, math.log1p)]
 #: values whose results the maps must give exactly as libm (zeros, infinities, NaN, overflow and underflow)
 SPECIAL = [0.0, -0.0, math.inf, -math.inf, math.nan, 1e308, -1e308, 800.0, -800.0]
 #: ordinary edge values (subnormal inputs, the ends of exp's range, erfc near underflow), within ulps
@@ -46,24 +44,33 @@ def _inputs(name, rng):
     return np.concatenate([x, np.zeros(-len(x) % 4)])
 
 
-@pytest.mark.parametrize("name, vec, scalar", MAPS, ids=[m[0] for m in MAPS])
-def test_vector_maps_equal_the_scalar_functions(name, vec, scalar):
-    """Special values exactly as libm (NaN, +-inf, 0, overflow, underflow); elsewhere within 4 ulp, erfc
-    within 1e-13 relative where its value is below 1e-170 (arguments beyond 20)."""
+WIDE_MAPS = [(w, name) for w in sorted(vecmath.WIDTHS) for name in vecmath._FUNCTIONS]
+
+
+@pytest.mark.parametrize("width, name", WIDE_MAPS, ids=[f"{n}-{w}lanes" for w, n in WIDE_MAPS])
+@pytest.mark.parametrize("tail", [0, 4], ids=["n%8=0", "n%8=4"])
+def test_vector_maps_equal_the_scalar_functions(width, name, tail):
+    """Every width this machine has (four lanes; eight where ``vecmath.WIDE``), with and without a last
+    group of four: where libm's result is special (NaN, +-inf, 0: also overflow and underflow) exactly
+    that; elsewhere within 4 eps relative, erfc within 1e-13 relative where its value is below 1e-170
+    (arguments beyond 20)."""
+    vec = vecmath.WIDTHS[width][name]
     x = _inputs(name, np.random.default_rng(3))
+    x = np.concatenate([x, np.zeros((tail - len(x)) % 8)])
+    assert len(x) % 8 == tail
     got, want = np.empty_like(x), np.empty_like(x)
     with np.errstate(all="ignore"):
-        vec(x, got, len(x))
+        njit(lambda x, out: vec(x, out, x.shape[0]))(x, got)
         _scalar_map(name, x, want)
     same = (got == want) | (np.isnan(got) & np.isnan(want))
-    k = len(SPECIAL)
-    assert same[:k].all(), [(x[i], got[i], want[i]) for i in range(k) if not same[i]]
     ok = np.isfinite(want) & (want != 0)
+    special = ~ok
+    special[:len(SPECIAL)] |= ~np.isfinite(x[:len(SPECIAL)])  # NaN and infinite inputs always
+    assert same[special].all(), [(x[i], got[i], want[i]) for i in np.flatnonzero(special & ~same)]
     rel = np.abs(got[ok] - want[ok]) / np.abs(want[ok])
-    tail = (x[ok] > 20) if name == "erfc" else np.zeros(ok.sum(), bool)
-    assert rel[~tail].max() <= 4 * np.finfo(float).eps, rel[~tail].max()
+    far = (x[ok] > 20) if name == "erfc" else np.zeros(ok.sum(), bool)
+    assert rel[~far].max() <= 4 * np.finfo(float).eps, rel[~far].max()
     assert rel.max() <= 1e-13
-    assert same[~ok].all()
 
 
 @pytest.mark.parametrize("name, fn", list(vecmath._FUNCTIONS.items()))
@@ -81,8 +88,9 @@ def test_scalar_fallback_maps_equal_the_scalar_functions_exactly(name, fn):
 
 
 def test_vector_maps_use_libmvec_where_the_machine_has_it():
-    """On an x86-64 Linux machine with AVX2 and glibc >= 2.35 the maps call libmvec; elsewhere they fall
-    back to the scalar functions (the equality test above holds either way)."""
+    """On an x86-64 Linux machine with AVX2 and glibc >= 2.35 the maps call libmvec, eight lanes at a time
+    where the CPU also has AVX-512; elsewhere they fall back to the scalar functions (the equality test
+    above holds either way)."""
     import ctypes.util
 
     import llvmlite.binding as llb
@@ -96,6 +104,17 @@ def test_vector_maps_use_libmvec_where_the_machine_has_it():
         except (OSError, AttributeError):
             has = False
     assert vecmath.AVAILABLE == has
+    avx512 = "+avx512f" in llb.get_host_cpu_features().flatten().split(",")
+    wide = False
+    if has and avx512:
+        try:
+            ctypes.CDLL(ctypes.util.find_library("mvec"))._ZGVeN8v_erfc  # noqa: B018
+            wide = True
+        except (OSError, AttributeError):
+            wide = False
+    assert vecmath.WIDE == wide
+    assert sorted(vecmath.WIDTHS) == ([4, 8] if wide else [4])
+    assert vecmath.erfc_map is vecmath.WIDTHS[8 if wide else 4]["erfc"]
 
 
 @njit
