@@ -211,6 +211,19 @@ class WeightSlots:
         self.msgs.tau[i] = new.tau
         self.msgs.rho[i] = new.rho
 
+    def fused_site(self, i, damping=None):
+        """``(q_tau, q_rho, s_tau, s_rho, damping, kappa)`` for a compiled kernel that computes slot ``i``'s
+        new message and replaces it in place as :meth:`replace` does (``kappa = -1``: no step bound), or
+        ``None`` where only :meth:`replace` can (deferred, device arrays, kernels off).  The kernel's
+        caller calls :meth:`touch` first."""
+        q = self.q
+        if (self.pending is not None or type(q.tau) is not np.ndarray or not kernels.enabled()
+                or not q.tau.flags.c_contiguous or not q.rho.flags.c_contiguous):
+            return None
+        damping = self.damping if damping is None else damping
+        return (q.tau, q.rho, self.msgs.tau[i], self.msgs.rho[i], damping,
+                -1.0 if self.max_step is None else self.max_step)
+
     def _limit_step(self, old_tau, old_rho, new):
         """Scale the step ``new - old`` per weight so the marginal mean moves at most ``max_step`` of the
         marginal's standard deviation: with ``d_tau, d_rho`` the step, ``A = d_tau - mu d_rho`` and

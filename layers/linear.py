@@ -14,6 +14,10 @@ messages are matrix products with the cavities ``q / m_site`` (first layer, bias
 (hidden layers); the chunk's joint weight message comes from
 :func:`~factorgraph.equations.s1_backward_to_b_gemm` / :func:`~factorgraph.equations.s2_backward_gemm`
 (or, with ``expansion=None``, from the product of the per-example messages) and replaces slot ``site``.
+On NumPy arrays with the compiled kernels on, the GEMM forms (the hidden layers' to order 0) run fused
+with the cavity or marginal moments and the site replacement, one pass over the weights in blocks of rows
+(:mod:`factorgraph.kernels.chunk_cpu`); the exact product, order 1 for hidden layers, deferred slots and
+device arrays take the equations.
 """
 
 import numpy as np
@@ -29,8 +33,8 @@ from factorgraph.equations import (
     s2_forward,
 )
 from factorgraph.factor import Factor, WeightSlots
-from factorgraph.gaussian import Gaussian, clamp_min_rho
-from factorgraph.kernels import linear_cpu
+from factorgraph.gaussian import Gaussian, WithMoments, clamp_min_rho
+from factorgraph.kernels import chunk_cpu, linear_cpu
 from layers.priors import bias_prior, weight_prior
 
 OPTIONS = ("prior_mean", "prior_var", "bias_prior_mean", "bias_prior_var", "prior")
@@ -144,15 +148,50 @@ class Linear(Factor):
         W, c = self.params["W"], self.params["c"]
         # messages the backward reads again keep their moments (computed once per chunk)
         self._cav_c = c.cavity_moments(site)
+        self._cav_w = self._qw = None
+        fused = self._fused(m_in, site)
         if self.constant_input:
             self._x = m_in
+            if fused is not None and self._fused_s1_forward(fused):
+                return self._out
             self._cav_w = W.cavity_moments(site)
             self._out = s1_forward(m_in, self._cav_w, self._cav_c).with_moments()
         else:
             self._x = clamp_min_rho(m_in * self.m_to_x[idx], config.MIN_PRECISION).with_moments()
+            if fused is not None:
+                mu, var = np.empty((2, len(m_in), self.d_out), self._x.dtype)
+                chunk_cpu.s2_chunk_forward(self._x.mean, self._x.var, fused[0], fused[1], mu, var)
+                self._out = self._with_bias(mu, var)
+                return self._out
             self._qw = W.q.with_moments()  # W.q changes only in the backward's replace, after its last use
             self._out = s2_forward(self._x, self._qw, self._cav_c).with_moments()
         return self._out
+
+    def _fused(self, m_in, site):
+        """The weight site's arrays for the fused chunk kernels (:mod:`factorgraph.kernels.chunk_cpu`), or
+        ``None`` where the NumPy equations run (kernels off, device arrays, a single example, deferred
+        updates, another dtype)."""
+        fused = self.params["W"].fused_site(site)
+        x = m_in if self.constant_input else m_in.tau
+        if fused is None or type(x) is not np.ndarray or x.ndim != 2 or x.dtype != fused[0].dtype:
+            return None
+        return fused
+
+    def _with_bias(self, mu, var):
+        mu += self._cav_c.mean
+        var += self._cav_c.var
+        return WithMoments.of(mu / var, 1 / var, mu, var)
+
+    def _fused_s1_forward(self, fused):
+        """The first layer's chunk forward by the fused kernel; ``False`` (nothing changed) where a cavity
+        has zero precision: the NumPy form's zero-coefficient rule handles it."""
+        mu, var = np.empty((2, len(self._x), self.d_out), fused[0].dtype)
+        counts = chunk_cpu.s1_chunk_forward(self._x, *fused[:4], config.STRICT_DIVISION_RTOL, mu, var)
+        if counts[chunk_cpu.BAD] or counts[chunk_cpu.ZERO]:
+            return False  # W.cavity_moments raises on the first, the NumPy form takes the second
+        guards.record("strict_division_roundoff", int(counts[chunk_cpu.ROUNDOFF]))
+        self._out = self._with_bias(mu, var)
+        return True
 
     def backward_chunk(self, m_out, idx, site, damping, expansion):
         """``damping=None``: the weight slots' own (deferred) damping; ``expansion=None``: the product of the
@@ -160,12 +199,33 @@ class Linear(Factor):
         W, c = self.params["W"], self.params["c"]
         to_c = s1_backward_to_bias(self._cav_c, self._out, m_out)
         to_x = None
+        fused = None if expansion is None else W.fused_site(site, damping)
         if self.constant_input:
-            args = (self._x, self._cav_w, self._out, m_out)
-            to_w = s1_backward_to_b(*args) if expansion is None else s1_backward_to_b_gemm(*args, expansion)
+            if fused is not None and self._cav_w is None:
+                W.touch(site)
+                g, h = self._gh(m_out)
+                hits = chunk_cpu.s1_chunk_backward(self._x, g, h, *fused[:4], config.STRICT_DIVISION_RTOL,
+                                                   *fused[4:], expansion)
+                guards.record("parallel_step_limit", hits)
+                to_w = None
+            else:
+                if self._cav_w is None:
+                    self._cav_w = W.cavity_moments(site)
+                args = (self._x, self._cav_w, self._out, m_out)
+                to_w = (s1_backward_to_b(*args) if expansion is None
+                        else s1_backward_to_b_gemm(*args, expansion))
         else:
-            args = (self._x, self._qw, self._out, m_out)
-            to_x, to_w = s2_backward(*args) if expansion is None else s2_backward_gemm(*args, expansion)
+            if fused is not None and expansion == 0 and self._qw is None:
+                W.touch(site)
+                g, h = self._gh(m_out)
+                tau_a, rho_a, hits = chunk_cpu.s2_chunk_backward(self._x.mean, self._x.var, g, h, *fused)
+                guards.record("parallel_step_limit", hits)
+                to_x, to_w = Gaussian(np.ascontiguousarray(tau_a), np.ascontiguousarray(rho_a)), None
+            else:
+                if self._qw is None:
+                    self._qw = W.q.with_moments()
+                args = (self._x, self._qw, self._out, m_out)
+                to_x, to_w = s2_backward(*args) if expansion is None else s2_backward_gemm(*args, expansion)
             xp = to_x.xp
             flat = xp.all(self._out.rho <= config.TINY_PRECISION, axis=-1) & \
                 xp.all(m_out.rho <= config.TINY_PRECISION, axis=-1)
@@ -175,9 +235,16 @@ class Linear(Factor):
                                 xp.where(flat[..., None], config.MIN_PRECISION, to_x.rho))
             to_x = clamp_min_rho(to_x, config.MIN_PRECISION)
             self.m_to_x[idx] = to_x
-        W.replace(site, to_w, damping)
+        if to_w is not None:
+            W.replace(site, to_w, damping)
         c.replace(site, to_c, damping)
         return to_x
+
+    def _gh(self, m_out):
+        """``h = rho_r / d``, ``g = (tau_r - rho_r mu_z) / d`` with ``d = 1 + rho_r var_z`` (U, J): the
+        backward message and the forward moments of the GEMM forms."""
+        d = 1 + m_out.rho * self._out.var
+        return (m_out.tau - m_out.rho * self._out.mean) / d, m_out.rho / d
 
     def reset_batch_caches(self):
         if not self.constant_input:

@@ -38,6 +38,7 @@ def _blas_limit(threads):
     """A context that limits the BLAS thread pools to ``threads`` (threadpoolctl)."""
     global _POOLS
     if _POOLS is None:
+        import scipy.linalg.cython_blas  # noqa: F401  the BLAS of Numba's np.dot (chunk_cpu), a second library
         from threadpoolctl import ThreadpoolController
 
         _POOLS = ThreadpoolController()
@@ -51,7 +52,8 @@ def threaded(blas_threads=None):
     (``schedules.Parallel``) sweeps with ``blas_threads=1``: BLAS threads that spin between the chunk's
     matrix products and Numba's threads contend for the same cores (threading the kernels next to
     multi-threaded BLAS doubled a sweep's time on 2 cores; with BLAS on one thread it saved 10-25 %).
-    ``blas_threads`` limits the BLAS thread pools for the block (threadpoolctl)."""
+    ``blas_threads`` limits the BLAS thread pools for the block (threadpoolctl): NumPy's and SciPy's, which
+    Numba's ``np.dot`` calls from inside the threaded chunk kernels (:mod:`factorgraph.kernels.chunk_cpu`)."""
     global _THREADED
     prev, _THREADED = _THREADED, True
     limits = contextlib.nullcontext() if blas_threads is None else _blas_limit(blas_threads)

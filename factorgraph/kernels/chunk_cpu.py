@@ -1,0 +1,302 @@
+"""Numba CPU kernels of a chunk of examples through a dense layer (:class:`schedules.Parallel`).
+
+The NumPy form of a chunk (:func:`~factorgraph.equations.s1_forward`,
+:func:`~factorgraph.equations.s1_backward_to_b_gemm`, :func:`~factorgraph.equations.s2_forward`,
+:func:`~factorgraph.equations.s2_backward_gemm`, then :meth:`factorgraph.factor.WeightSlots.replace`) makes
+many passes over the (K, J) weight arrays: the cavity or marginal moments, each matrix product's output,
+each elementwise term, the site replacement.  These kernels go over the weights once, in blocks of
+``ROWS`` input rows: per block the weights' moments are computed into a small scratch, the block's matrix
+products are BLAS calls (``np.dot``, one BLAS thread each) on that scratch, and the block's new site
+messages are formed and replace the old ones (:func:`factorgraph.kernels.sites_cpu.step_one`) while the
+block is in cache.  Inside :func:`factorgraph.kernels.threaded` the blocks are split over all Numba
+threads (the forward's partial sums over the rows are added at the end).
+
+Same equations, same dtype: the messages equal the NumPy path's up to the order of the sums in the
+matrix products (``tests/test_chunk_kernels.py``).
+"""
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from factorgraph.kernels import use_threads
+from factorgraph.kernels.sites_cpu import step_one
+
+#: input rows per block: a (ROWS, J) scratch per array stays in the L2 cache
+ROWS = 64
+#: from this many weights on, the kernels use all threads inside :func:`factorgraph.kernels.threaded`
+THREADS_MIN = 16384
+
+# counts returned by the forward kernels: strict-division round-off, beyond tolerance, zero precision
+ROUNDOFF, BAD, ZERO = 0, 1, 2
+
+
+@njit(cache=True, error_model="numpy")
+def _cavity_block(q_t, q_r, s_t, s_r, lo, hi, rtol, mu, var, counts):
+    """Cavity ``q / s`` of rows ``lo:hi`` (strict division, a deficit down to ``rtol |q_r|`` is
+    round-off and set to 0) into ``mu, var`` (mean 0 and variance inf where the precision is 0)."""
+    dt = q_t.dtype.type
+    zero, one, inf = dt(0), dt(1), dt(np.inf)
+    roundoff = bad = nzero = 0
+    for k in range(lo, hi):
+        for j in range(q_t.shape[1]):
+            d = q_r[k, j] - s_r[k, j]
+            t = q_t[k, j] - s_t[k, j]
+            neg = d < zero
+            beyond = d < -rtol * abs(q_r[k, j])
+            bad += beyond
+            roundoff += neg & ~beyond
+            d = max(d, zero)
+            pos = d > zero
+            nzero += ~pos
+            mu[k - lo, j] = t / d if pos else zero
+            var[k - lo, j] = one / d if pos else inf
+    counts[ROUNDOFF] += roundoff
+    counts[BAD] += bad
+    counts[ZERO] += nzero
+
+
+@njit(cache=True, error_model="numpy")
+def _marginal_block(q_t, q_r, lo, hi, mu, var):
+    """Mean and variance of the marginal rows ``lo:hi`` (0 and inf where the precision is not > 0)."""
+    dt = q_t.dtype.type
+    zero, one, inf = dt(0), dt(1), dt(np.inf)
+    for k in range(lo, hi):
+        for j in range(q_t.shape[1]):
+            r = q_r[k, j]
+            pos = r > zero
+            mu[k - lo, j] = q_t[k, j] / r if pos else zero
+            var[k - lo, j] = one / r if pos else inf
+
+
+@njit(cache=True, error_model="numpy")
+def _replace(q_t, q_r, s_t, s_r, k, j, nt, nr, damping, kappa, damp, bound):
+    """Replace site weight ``(k, j)`` by ``(nt, nr)`` as :func:`factorgraph.kernels.sites_cpu.replace_site`;
+    returns whether the step bound limited it."""
+    ot = s_t[k, j]
+    orr = s_r[k, j]
+    nt, nr, hit = step_one(q_t[k, j], q_r[k, j], ot, orr, nt, nr, damping, kappa, damp, bound)
+    q_t[k, j] += nt - ot
+    q_r[k, j] += nr - orr
+    s_t[k, j] = nt
+    s_r[k, j] = nr
+    return hit
+
+
+def _parts(K, threads):
+    """Row ranges of the blocks each part runs: ``threads`` parts of whole blocks."""
+    blocks = (K + ROWS - 1) // ROWS
+    per = (blocks + threads - 1) // threads
+    return per * ROWS
+
+
+# --- S1: constant inputs (the first weighted layer), weights' cavities ------------------------------
+
+@njit(cache=True, error_model="numpy")
+def _s1_fwd_rows(xT, x2T, q_t, q_r, s_t, s_r, rtol, lo, hi, out_mu, out_var, counts):
+    mu = np.empty((ROWS, q_t.shape[1]), q_t.dtype)
+    var = np.empty((ROWS, q_t.shape[1]), q_t.dtype)
+    for b in range(lo, hi, ROWS):
+        e = min(hi, b + ROWS)
+        _cavity_block(q_t, q_r, s_t, s_r, b, e, rtol, mu, var, counts)
+        out_mu += np.dot(xT[b:e].T, mu[:e - b])
+        out_var += np.dot(x2T[b:e].T, var[:e - b])
+
+
+@njit(cache=True, parallel=True)
+def _s1_fwd_threads(xT, x2T, q_t, q_r, s_t, s_r, rtol, size, out_mu, out_var, counts):
+    K = q_t.shape[0]
+    P = (K + size - 1) // size
+    mus = np.zeros((P,) + out_mu.shape, out_mu.dtype)
+    vars_ = np.zeros((P,) + out_mu.shape, out_mu.dtype)
+    cnt = np.zeros((P, 3), np.int64)
+    for p in prange(P):
+        _s1_fwd_rows(xT, x2T, q_t, q_r, s_t, s_r, rtol, p * size, min(K, (p + 1) * size), mus[p], vars_[p],
+                     cnt[p])
+    out_mu[...] = mus.sum(axis=0)
+    out_var[...] = vars_.sum(axis=0)
+    counts += cnt.sum(axis=0)
+
+
+def s1_chunk_forward(x, q_t, q_r, s_t, s_r, rtol, out_mu, out_var):
+    """``out_mu = x @ mu_cav``, ``out_var = (x * x) @ var_cav`` for the chunk's inputs ``x`` (U, K) and the
+    cavity ``q / s`` of the (K, J) weights, without forming the cavity.  Returns the counts
+    (round-off, beyond tolerance, zero precision) of the strict division: the caller raises on the second
+    and takes the NumPy form on the third (a uniform cavity needs the zero-coefficient rule)."""
+    xT = np.ascontiguousarray(x.T)
+    x2T = xT * xT
+    counts = np.zeros(3, np.int64)
+    dt = q_t.dtype.type
+    if use_threads(q_t.size, THREADS_MIN):
+        size = _parts(q_t.shape[0], numba.get_num_threads())
+        _s1_fwd_threads(xT, x2T, q_t, q_r, s_t, s_r, dt(rtol), size, out_mu, out_var, counts)
+    else:
+        out_mu[...] = 0
+        out_var[...] = 0
+        _s1_fwd_rows(xT, x2T, q_t, q_r, s_t, s_r, dt(rtol), 0, q_t.shape[0], out_mu, out_var, counts)
+    return counts
+
+
+@njit(cache=True, error_model="numpy")
+def _s1_bwd_rows(aT, a2T, a3T, a4T, g, h, gh, hh, q_t, q_r, s_t, s_r, rtol, damping, kappa, expansion, lo,
+                 hi):
+    J = q_t.shape[1]
+    damp = damping != 1.0
+    bound = kappa > 0
+    mu = np.empty((ROWS, J), q_t.dtype)
+    var = np.empty((ROWS, J), q_t.dtype)
+    counts = np.zeros(3, np.int64)
+    hits = 0
+    for b in range(lo, hi, ROWS):
+        e = min(hi, b + ROWS)
+        _cavity_block(q_t, q_r, s_t, s_r, b, e, rtol, mu, var, counts)
+        rho = np.dot(a2T[b:e], h)
+        tau = np.dot(aT[b:e], g)
+        if expansion == 1:
+            rho += var[:e - b] * np.dot(a4T[b:e], hh)
+            tau += var[:e - b] * np.dot(a3T[b:e], gh)
+        for k in range(b, e):
+            for j in range(J):
+                r = rho[k - b, j]
+                nt = tau[k - b, j] + mu[k - b, j] * r
+                hits += _replace(q_t, q_r, s_t, s_r, k, j, nt, r, damping, kappa, damp, bound)
+    return hits
+
+
+@njit(cache=True, parallel=True)
+def _s1_bwd_threads(aT, a2T, a3T, a4T, g, h, gh, hh, q_t, q_r, s_t, s_r, rtol, damping, kappa, expansion,
+                    size):
+    K = q_t.shape[0]
+    P = (K + size - 1) // size
+    hits = np.zeros(P, np.int64)
+    for p in prange(P):
+        hits[p] = _s1_bwd_rows(aT, a2T, a3T, a4T, g, h, gh, hh, q_t, q_r, s_t, s_r, rtol, damping, kappa,
+                               expansion, p * size, min(K, (p + 1) * size))
+    return hits.sum()
+
+
+def s1_chunk_backward(a, g, h, q_t, q_r, s_t, s_r, rtol, damping, kappa, expansion):
+    """The chunk's joint S1 message to the (K, J) weights
+    (:func:`~factorgraph.equations.s1_backward_to_b_gemm` to order ``expansion`` with the cavity
+    ``q / s``, ``g, h`` (U, J) as there) replacing site ``s`` in place (damping, step bound ``kappa``
+    when > 0, marginal ``q`` updated: :func:`factorgraph.kernels.sites_cpu.replace_site`).  Returns how
+    many weights the bound limited."""
+    aT = np.ascontiguousarray(a.T)
+    a2T = aT * aT
+    if expansion == 1:
+        a3T, a4T, gh, hh = a2T * aT, a2T * a2T, g * h, h * h
+    else:
+        a3T = a4T = aT[:0]
+        gh = hh = g[:0]
+    dt = q_t.dtype.type
+    args = (aT, a2T, a3T, a4T, g, h, gh, hh, q_t, q_r, s_t, s_r, dt(rtol), dt(damping), dt(kappa), expansion)
+    if use_threads(q_t.size, THREADS_MIN):
+        return _s1_bwd_threads(*args, _parts(q_t.shape[0], numba.get_num_threads()))
+    return _s1_bwd_rows(*args, 0, q_t.shape[0])
+
+
+# --- S2: variable inputs (hidden layers), weights' marginals --------------------------------------
+
+@njit(cache=True, error_model="numpy")
+def _s2_fwd_rows(muaT, varaT, mua2T, q_t, q_r, lo, hi, out_mu, out_var):
+    mu = np.empty((ROWS, q_t.shape[1]), q_t.dtype)
+    var = np.empty((ROWS, q_t.shape[1]), q_t.dtype)
+    for b in range(lo, hi, ROWS):
+        e = min(hi, b + ROWS)
+        n = e - b
+        _marginal_block(q_t, q_r, b, e, mu, var)
+        out_mu += np.dot(muaT[b:e].T, mu[:n])
+        out_var += np.dot(mua2T[b:e].T, var[:n])
+        m2 = var[:n] + mu[:n] * mu[:n]
+        out_var += np.dot(varaT[b:e].T, m2)
+
+
+@njit(cache=True, parallel=True)
+def _s2_fwd_threads(muaT, varaT, mua2T, q_t, q_r, size, out_mu, out_var):
+    K = q_t.shape[0]
+    P = (K + size - 1) // size
+    mus = np.zeros((P,) + out_mu.shape, out_mu.dtype)
+    vars_ = np.zeros((P,) + out_mu.shape, out_mu.dtype)
+    for p in prange(P):
+        _s2_fwd_rows(muaT, varaT, mua2T, q_t, q_r, p * size, min(K, (p + 1) * size), mus[p], vars_[p])
+    out_mu[...] = mus.sum(axis=0)
+    out_var[...] = vars_.sum(axis=0)
+
+
+def s2_chunk_forward(mu_a, var_a, q_t, q_r, out_mu, out_var):
+    """``out_mu = mu_a @ mu_b``, ``out_var = var_a @ m2_b + mu_a^2 @ var_b`` (:func:`s2_forward` without
+    the bias) for the chunk's input moments (U, K) and the (K, J) weight marginal ``q``, without forming
+    its moments."""
+    muaT = np.ascontiguousarray(mu_a.T)
+    varaT = np.ascontiguousarray(var_a.T)
+    mua2T = muaT * muaT
+    if use_threads(q_t.size, THREADS_MIN):
+        size = _parts(q_t.shape[0], numba.get_num_threads())
+        _s2_fwd_threads(muaT, varaT, mua2T, q_t, q_r, size, out_mu, out_var)
+    else:
+        out_mu[...] = 0
+        out_var[...] = 0
+        _s2_fwd_rows(muaT, varaT, mua2T, q_t, q_r, 0, q_t.shape[0], out_mu, out_var)
+
+
+@njit(cache=True, error_model="numpy")
+def _s2_bwd_rows(muaT, m2aT, mua2T, mu_a, g, h, q_t, q_r, s_t, s_r, damping, kappa, lo, hi, ta_T, ra_T):
+    J = q_t.shape[1]
+    damp = damping != 1.0
+    bound = kappa > 0
+    mu = np.empty((ROWS, J), q_t.dtype)
+    var = np.empty((ROWS, J), q_t.dtype)
+    hT = np.ascontiguousarray(h.T)
+    gT = np.ascontiguousarray(g.T)
+    hits = 0
+    for b in range(lo, hi, ROWS):
+        e = min(hi, b + ROWS)
+        n = e - b
+        _marginal_block(q_t, q_r, b, e, mu, var)
+        mub, varb = mu[:n], var[:n]
+        mub2 = mub * mub
+        m2b = varb + mub2
+        # to the inputs (K-block of the (U, K) messages, stored transposed)
+        ra_T[b:e] = np.dot(m2b, hT)
+        ta_T[b:e] = np.dot(mub, gT) + mu_a[:, b:e].T * np.dot(mub2, hT)
+        # to the weights
+        rho = np.dot(m2aT[b:e], h)
+        tau = np.dot(muaT[b:e], g) + mub * np.dot(mua2T[b:e], h)
+        for k in range(b, e):
+            for j in range(J):
+                hits += _replace(q_t, q_r, s_t, s_r, k, j, tau[k - b, j], rho[k - b, j], damping, kappa, damp,
+                                 bound)
+    return hits
+
+
+@njit(cache=True, parallel=True)
+def _s2_bwd_threads(muaT, m2aT, mua2T, mu_a, g, h, q_t, q_r, s_t, s_r, damping, kappa, size, ta_T, ra_T):
+    K = q_t.shape[0]
+    P = (K + size - 1) // size
+    hits = np.zeros(P, np.int64)
+    for p in prange(P):
+        hits[p] = _s2_bwd_rows(muaT, m2aT, mua2T, mu_a, g, h, q_t, q_r, s_t, s_r, damping, kappa, p * size,
+                               min(K, (p + 1) * size), ta_T, ra_T)
+    return hits.sum()
+
+
+def s2_chunk_backward(mu_a, var_a, g, h, q_t, q_r, s_t, s_r, damping, kappa):
+    """The chunk's S2 messages to order 0 (:func:`~factorgraph.equations.s2_backward_gemm` with
+    ``expansion=0``, the weights' marginal ``q``): returns ``(tau_a, rho_a, hits)``, the (U, K) messages to
+    the inputs and how many weights the step bound limited; the joint weight message replaces site ``s``
+    in place as in :func:`s1_chunk_backward`.  The marginal ``q`` a block reads is its value before the
+    replacement (each weight's new marginal is written after its block's products)."""
+    muaT = np.ascontiguousarray(mu_a.T)
+    mua2T = muaT * muaT
+    m2aT = np.ascontiguousarray(var_a.T) + mua2T
+    K = q_t.shape[0]
+    U = mu_a.shape[0]
+    ta_T = np.empty((K, U), q_t.dtype)
+    ra_T = np.empty((K, U), q_t.dtype)
+    dt = q_t.dtype.type
+    args = (muaT, m2aT, mua2T, np.ascontiguousarray(mu_a), g, h, q_t, q_r, s_t, s_r, dt(damping), dt(kappa))
+    if use_threads(q_t.size, THREADS_MIN):
+        hits = _s2_bwd_threads(*args, _parts(K, numba.get_num_threads()), ta_T, ra_T)
+    else:
+        hits = _s2_bwd_rows(*args, 0, K, ta_T, ra_T)
+    return ta_T.T, ra_T.T, hits

@@ -1,0 +1,179 @@
+"""The fused chunk kernels of a dense layer (:mod:`factorgraph.kernels.chunk_cpu`) against the NumPy
+equations they replace: one chunk's forward and backward through a :class:`layers.linear.Linear`
+layer with the kernels on and off, from the same state, give the same output message, messages to the
+inputs, weight marginal, site message and guard counts (to the order of the sums: 1e-10 in float64,
+1e-4 in float32), serial and on all threads, with partial blocks of rows; edge cases take the NumPy
+form or raise before any change."""
+
+import contextlib
+
+import numpy as np
+import pytest
+
+from factorgraph import guards, kernels
+from factorgraph.gaussian import Gaussian
+from factorgraph.guards import ImproperMessageError
+from factorgraph.kernels import chunk_cpu
+from layers.linear import Linear
+
+U, K, J, B, SITE = 7, 150, 120, 5, 2  # K * J above chunk_cpu.THREADS_MIN: threaded parts, a partial block
+
+
+def _layer(constant, dtype, seed=0):
+    """A built layer with messages in every slot (the site's included) and the exact marginal."""
+    rng = np.random.default_rng(seed)
+    layer = Linear(J)
+    layer.build((K,), B, dtype=dtype, rng=np.random.default_rng(1), constant_input=constant)
+    for slots in layer.params.values():
+        shape = slots.shape
+        for i in range(B):
+            slots.msgs.tau[i] = rng.normal(0, 1, shape)
+            slots.msgs.rho[i] = rng.uniform(0.1, 3, shape)
+        slots.used = B
+        slots.recompute()
+    if not constant:
+        layer.m_to_x.tau[:] = rng.normal(0, 1, (B, K))
+        layer.m_to_x.rho[:] = rng.uniform(0.1, 2, (B, K))
+    return layer
+
+
+def _inputs(constant, dtype, seed=5):
+    rng = np.random.default_rng(seed)
+    if constant:
+        x = rng.normal(0, 1, (U, K)).astype(dtype)
+        x[:, :3] = 0  # zero coefficients
+    else:
+        x = Gaussian(rng.normal(0, 1, (U, K)), rng.uniform(0.5, 4, (U, K))).astype(dtype)
+    r = Gaussian(rng.normal(0, 2, (U, J)), rng.uniform(0, 3, (U, J))).astype(dtype)
+    r.rho[0, :5] = 0  # uniform backward messages
+    return x, r
+
+
+def _chunk(layer, x, r, idx, damping, expansion):
+    out = layer.forward_chunk(x, idx, SITE)
+    to_x = layer.backward_chunk(r, idx, SITE, damping, expansion)
+    return out, to_x
+
+
+def _run(compiled, constant, dtype, damping, max_step, expansion, threaded, monkeypatch, layer=None):
+    monkeypatch.setattr(kernels, "_ENABLED", compiled)
+    layer = _layer(constant, dtype) if layer is None else layer
+    for slots in layer.params.values():
+        slots.max_step = max_step
+    x, r = _inputs(constant, dtype)
+    idx = np.arange(U) % B
+    guards.reset()
+    with kernels.threaded(blas_threads=1) if threaded else contextlib.nullcontext():
+        out, to_x = _chunk(layer, x, r, idx, damping, expansion)
+    return layer, out, to_x, guards.counts()
+
+
+def _close(a, b, dtype):
+    tol = 1e-10 if dtype == np.float64 else 1e-4
+    for u, v in ((a.tau, b.tau), (a.rho, b.rho)):
+        np.testing.assert_allclose(u, v, rtol=tol, atol=tol * (np.abs(v).max() + 1e-300))
+
+
+class _Spy:
+    def __init__(self, monkeypatch):
+        self.calls = []
+        for name in ("s1_chunk_forward", "s1_chunk_backward", "s2_chunk_forward", "s2_chunk_backward"):
+            fn = getattr(chunk_cpu, name)
+            monkeypatch.setattr(chunk_cpu, name, self._wrap(name, fn))
+
+    def _wrap(self, name, fn):
+        def call(*args):
+            self.calls.append(name)
+            return fn(*args)
+        return call
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+@pytest.mark.parametrize("damping, max_step", [(1.0, None), (0.5, 0.2)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("constant, expansion", [(True, 0), (True, 1), (False, 0), (False, 1)])
+def test_fused_chunk_equals_the_numpy_equations(constant, expansion, dtype, damping, max_step, threaded,
+                                                monkeypatch):
+    spy = _Spy(monkeypatch)
+    ref = _run(False, constant, dtype, damping, max_step, expansion, threaded, monkeypatch)
+    assert spy.calls == []
+    got = _run(True, constant, dtype, damping, max_step, expansion, threaded, monkeypatch)
+    kind = "s1" if constant else "s2"
+    fused_backward = constant or expansion == 0  # S2 to first order keeps the NumPy form
+    assert spy.calls == [f"{kind}_chunk_forward"] + ([f"{kind}_chunk_backward"] if fused_backward else [])
+    (la, out_a, to_a, counts_a), (lb, out_b, to_b, counts_b) = ref, got
+    _close(out_b, out_a, dtype)
+    if not constant:
+        _close(to_b, to_a, dtype)
+        _close(lb.m_to_x, la.m_to_x, dtype)
+    for name in ("W", "c"):
+        sa, sb = la.params[name], lb.params[name]
+        _close(sb.q, sa.q, dtype)
+        _close(sb.msgs[SITE], sa.msgs[SITE], dtype)
+        np.testing.assert_array_equal(sb.msgs.tau[SITE + 1:], sa.msgs.tau[SITE + 1:])
+        assert sb.used == sa.used
+    assert counts_b == counts_a
+    if max_step is not None:
+        assert counts_a.get("parallel_step_limit", 0) > 0  # the bound is exercised
+
+
+def test_thread_parts_cover_every_row_once():
+    """The threaded kernels' parts are whole blocks of rows that tile the weights, one part per thread at most."""
+    for K_, threads in ((150, 2), (64, 2), (65, 2), (1000, 3), (1, 4)):
+        size = chunk_cpu._parts(K_, threads)
+        parts = [(p * size, min(K_, (p + 1) * size)) for p in range((K_ + size - 1) // size)]
+        assert parts[0][0] == 0 and parts[-1][1] == K_ and len(parts) <= threads
+        assert all(a[1] == b[0] for a, b in zip(parts, parts[1:])) and size % chunk_cpu.ROWS == 0
+
+
+def test_a_uniform_cavity_takes_the_numpy_form(monkeypatch):
+    """A weight whose cavity has zero precision (no prior there) needs the zero-coefficient rule (its input
+    is 0 in every example): the fused forward sees it, changes nothing, and the NumPy equations run the
+    chunk."""
+    spy = _Spy(monkeypatch)
+    results = []
+    for compiled in (False, True):
+        layer = _layer(True, np.float64)
+        W = layer.params["W"]
+        W.msgs.tau[B, 1, :4] = 0  # no prior on these weights: their cavity of the site is uniform
+        W.msgs.rho[B, 1, :4] = 0
+        for i in range(B):
+            if i != SITE:
+                W.msgs.tau[i, 1, :4] = W.msgs.rho[i, 1, :4] = 0
+        W.recompute()
+        results.append(_run(compiled, True, np.float64, 1.0, None, 0, False, monkeypatch, layer))
+    assert spy.calls == ["s1_chunk_forward"]
+    (la, out_a, _, counts_a), (lb, out_b, _, counts_b) = results
+    assert np.isfinite(out_a.rho).all() and np.isfinite(la.params["W"].q.tau).all()
+    _close(out_b, out_a, np.float64)
+    _close(lb.params["W"].q, la.params["W"].q, np.float64)
+    np.testing.assert_array_equal(la.params["W"].q.rho[1, :4], 0)  # zero inputs: still uniform
+    assert counts_b == counts_a
+
+
+def test_an_improper_cavity_raises_before_any_change(monkeypatch):
+    monkeypatch.setattr(kernels, "_ENABLED", True)
+    layer = _layer(True, np.float64)
+    W = layer.params["W"]
+    W.msgs.rho[SITE, 3, 3] = W.q.rho[3, 3] * 2  # the site claims more precision than the marginal holds
+    before = {k: v.copy() for k, v in W.state().items()}
+    x, _ = _inputs(True, np.float64)
+    with pytest.raises(ImproperMessageError, match="negative precision"):
+        layer.forward_chunk(x, np.arange(U) % B, SITE)
+    for k, v in W.state().items():
+        np.testing.assert_array_equal(v, before[k])
+
+
+def test_deferred_slots_and_single_examples_keep_the_numpy_form(monkeypatch):
+    monkeypatch.setattr(kernels, "_ENABLED", True)
+    layer = _layer(True, np.float64)
+    W = layer.params["W"]
+    assert W.fused_site(SITE) is not None
+    W.defer(0.5)
+    assert W.fused_site(SITE) is None
+    W.commit()
+    x, _ = _inputs(True, np.float64)
+    assert layer._fused(x[0], SITE) is None  # one example (1-D): the per-example path
+    assert layer._fused(x.astype(np.float32), SITE) is None  # another dtype than the weights'
+    monkeypatch.setattr(kernels, "_ENABLED", False)
+    assert W.fused_site(SITE) is None
