@@ -170,6 +170,9 @@ def main(argv=None):
     p.add_argument("--torch", action="store_true", help="time PyTorch SGD epochs in the same run")
     p.add_argument("--throughput", action="store_true",
                    help="only time one sweep over one batch per order (median of 5) and exit")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="with --throughput: repeat the timings (and PyTorch's) this many times, alternating, "
+                        "and report the median round with the range")
     p.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     p.add_argument("--seed", type=int, default=98)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
@@ -178,20 +181,32 @@ def main(argv=None):
     args = p.parse_args(argv)
     data = load(args.n, args.arch, args.seed)
     if args.throughput:
-        res = throughput(args.arch, data, args.orders, args.batch, args.dtype, device=args.device)
+        # rounds alternate the orders and PyTorch, so a slow phase of a shared machine hits them alike
+        runs, torch_runs = [], []
+        for _ in range(args.rounds):
+            runs.append(throughput(args.arch, data, args.orders, args.batch, args.dtype, device=args.device))
+            if args.torch:
+                torch_runs.append(torch_epochs(args.arch, data, args.batch, 5, args.seed, args.device)[0] / args.n)
+        res = {spec: float(np.median([r[spec] for r in runs])) for spec in args.orders}
         base = res.get("Shuffled()")
-        print(f"| order ({args.arch}, {args.dtype}, {args.device}, one sweep over {args.batch} examples, median of 5) | "
+        spread = args.rounds > 1
+        what = f"median of 5, {args.rounds} rounds: median [min - max]" if spread else "median of 5"
+        print(f"| order ({args.arch}, {args.dtype}, {args.device}, one sweep over {args.batch} examples, {what}) | "
               f"us / example-pass | "
               f"speed-up vs Shuffled() |\n|---|---|---|")
         for spec, t in res.items():
             if np.isnan(t):
                 print(f"| {spec} | diverged | |")
-            else:
-                print(f"| {spec} | {1e6 * t:.0f} | {base / t if base else float('nan'):.1f}x |")
+                continue
+            ts = [1e6 * r[spec] for r in runs]
+            span = f" [{min(ts):.0f} - {max(ts):.0f}]" if spread else ""
+            print(f"| {spec} | {1e6 * t:.0f}{span} | {base / t if base else float('nan'):.1f}x |")
         if args.torch:
-            t, _ = torch_epochs(args.arch, data, args.batch, 5, args.seed, args.device)
-            print(f"PyTorch SGD epoch over n = {args.n} (batch {args.batch}): {t:.3f} s = "
-                  f"{1e6 * t / args.n:.1f} us / example")
+            t = float(np.median(torch_runs))
+            span = f" [{1e6 * min(torch_runs):.1f} - {1e6 * max(torch_runs):.1f}]" if spread else ""
+            print(f"PyTorch SGD epoch over n = {args.n} (batch {args.batch}): {t * args.n:.3f} s = "
+                  f"{1e6 * t:.1f}{span} us / example"
+                  + "".join(f"; {spec}: {res[spec] / t:.1f}x PyTorch" for spec in args.orders if spec != "Shuffled()"))
         return
     os.makedirs(args.out, exist_ok=True)
     tag = f"{args.arch}_n{args.n}" + ("_cuda" if args.device == "cuda" else "") + ("_warm" if args.warm else "") + ("_mix" if args.mix else "")
