@@ -10,11 +10,15 @@ each pixel by a deterministic fold (sum of natural parameters), then ``min_rho(M
 Options: ``padding`` (default 0), ``stride`` (1), ``padding_mode`` ("zeros", what PyTorch does, or
 "mirror", the thesis code), and the prior overrides of :class:`layers.linear.Linear`.  Padding works for
 hidden convolutions too; odd and even kernels are supported.
+
+Batched schedules: every position of every example of a chunk is a use of the kernel; on NumPy arrays
+with the compiled kernels on, the forward and the order-0 backward run on the fused kernels of
+:mod:`factorgraph.kernels.chunk_cpu` (blocks of patch rows, bias message in the same pass).
 """
 
 import numpy as np
 
-from factorgraph import config, kernels
+from factorgraph import config, guards, kernels
 from factorgraph.backend import get_array_module
 from factorgraph.equations import (
     fold_messages,
@@ -32,7 +36,8 @@ from factorgraph.equations import (
     s2_forward_moments,
 )
 from factorgraph.factor import Factor, WeightSlots
-from factorgraph.gaussian import Gaussian, clamp_min_rho
+from factorgraph.gaussian import Gaussian, WithMoments, clamp_min_rho
+from factorgraph.kernels import chunk_cpu
 from layers.linear import OPTIONS as LINEAR_OPTIONS
 from layers.priors import bias_prior, weight_prior
 
@@ -215,15 +220,31 @@ class Conv(Factor):
     def forward_chunk(self, m_in, idx, site):
         W, c = self.params["W"], self.params["c"]
         self._cav_c = c.cavity_moments(site)  # the backward reads these again
+        fused = type(self._cav_c.tau) is np.ndarray and kernels.enabled()
+        cav_c = self._cav_c
         if self.constant_input:
             self._a = self._gather(m_in, True)
-            self._cav_w = W.cavity_moments(site)
-            self._f = s1_forward(self._a, self._cav_w, self._cav_c).with_moments()
+            self._cav_w = w = W.cavity_moments(site)
+            if fused and not np.isinf(w.var).any():
+                a = self._a.reshape(-1, self._a.shape[-1])
+                f = chunk_cpu.uses_forward(a, None, w.mean, w.var, cav_c.mean, cav_c.var)
+            else:
+                self._f = s1_forward(self._a, w, cav_c).with_moments()
+                return self._out(self._f, m_in.shape[:-3])
         else:
             x_hat = clamp_min_rho(m_in * self.m_to_x[idx], config.MIN_PRECISION)
-            self._a = self._gather(x_hat, False).with_moments()  # the backward reads the moments again
+            g = self._gather(x_hat, False)
+            # the backward reads the moments again: gathered from the image's, which equal the patches'
+            self._a = WithMoments.of(g.tau, g.rho, *self._gather(x_hat, False, moments=True))
             self._qw = W.q.with_moments()  # W.q changes only in the backward's replace, after its last use
-            self._f = s2_forward(self._a, self._qw, self._cav_c).with_moments()
+            if not fused:
+                self._f = s2_forward(self._a, self._qw, cav_c).with_moments()
+                return self._out(self._f, m_in.shape[:-3])
+            D = self._a.shape[-1]
+            f = chunk_cpu.uses_forward(self._a.mean.reshape(-1, D), self._a.var.reshape(-1, D), self._qw.mean,
+                                       self._qw.var, cav_c.mean, cav_c.var)
+        mu, var = (v.reshape(self._a.shape[:-1] + (self.filters,)) for v in f)
+        self._f = WithMoments.of(mu / var, 1 / var, mu, var)
         return self._out(self._f, m_in.shape[:-3])
 
     def backward_chunk(self, m_out, idx, site, damping, expansion):
@@ -232,8 +253,10 @@ class Conv(Factor):
         P, D = self.src.shape
         r = m_out.reshape(n * P, self.filters)
         f = self._f.reshape(n * P, self.filters)
-        to_c = s1_backward_to_bias(self._cav_c, f, r)
         a = self._a.reshape(n * P, D)
+        if expansion == 0 and type(r.tau) is np.ndarray and kernels.enabled():
+            return self._backward_uses(a, f, r, n, idx, site, damping)
+        to_c = s1_backward_to_bias(self._cav_c, f, r)
         if self.constant_input:
             to_w = (s1_backward_to_b(a, self._cav_w, f, r) if expansion is None
                     else s1_backward_to_b_gemm(a, self._cav_w, f, r, expansion))
@@ -241,6 +264,22 @@ class Conv(Factor):
         to_a, to_w = (s2_backward(a, self._qw, f, r) if expansion is None
                       else s2_backward_gemm(a, self._qw, f, r, expansion))
         return self._store(to_w, to_c, to_a.reshape(n, P, D), idx, site, damping)
+
+    def _backward_uses(self, a, f, r, n, idx, site, damping):
+        """The chunk's kernel, bias and patch messages to order 0 by the fused CPU kernels of
+        :mod:`factorgraph.kernels.chunk_cpu` (one pass over blocks of patch rows)."""
+        r_t, r_r = np.ascontiguousarray(r.tau), np.ascontiguousarray(r.rho)
+        cav_c = self._cav_c
+        if self.constant_input:
+            tau_w, rho_w, tau_c, rho_c, clamps = chunk_cpu.s1_uses_backward(
+                a, f.mean, f.var, r_t, r_r, self._cav_w.mean, cav_c.mean, cav_c.var)
+            to_a = None
+        else:
+            ta, ra, tau_w, rho_w, tau_c, rho_c, clamps = chunk_cpu.s2_uses_backward(
+                a.mean, a.var, f.mean, f.var, r_t, r_r, self._qw.mean, self._qw.var, cav_c.mean, cav_c.var)
+            to_a = Gaussian(ta, ra).reshape(n, *self.src.shape)
+        guards.record("s1_rest_variance_clamp", clamps)
+        return self._store(Gaussian(tau_w, rho_w), Gaussian(tau_c, rho_c), to_a, idx, site, damping)
 
     def reset_batch_caches(self):
         if not self.constant_input:

@@ -1,9 +1,9 @@
-"""The fused chunk kernels of a dense layer (:mod:`factorgraph.kernels.chunk_cpu`) against the NumPy
-equations they replace: one chunk's forward and backward through a :class:`layers.linear.Linear`
-layer with the kernels on and off, from the same state, give the same output message, messages to the
-inputs, weight marginal, site message and guard counts (to the order of the sums: 1e-10 in float64,
-1e-4 in float32), serial and on all threads, with partial blocks of rows; edge cases take the NumPy
-form or raise before any change."""
+"""The fused chunk kernels (:mod:`factorgraph.kernels.chunk_cpu`) against the NumPy equations they
+replace: one chunk's forward and backward through a :class:`layers.linear.Linear` or
+:class:`layers.conv.Conv` layer with the kernels on and off, from the same state, give the same output
+message, messages to the inputs, weight and bias marginals, site messages and guard counts (to the order
+of the sums: 1e-10 in float64, 1e-4 in float32), serial and on all threads, with partial blocks of rows;
+edge cases take the NumPy form or raise before any change."""
 
 import contextlib
 
@@ -13,7 +13,8 @@ import pytest
 from factorgraph import guards, kernels
 from factorgraph.gaussian import Gaussian
 from factorgraph.guards import ImproperMessageError
-from factorgraph.kernels import chunk_cpu
+from factorgraph.kernels import chunk_cpu, patches_cpu
+from layers.conv import Conv
 from layers.linear import Linear
 
 U, K, J, B, SITE = 7, 150, 120, 5, 2  # K * J above chunk_cpu.THREADS_MIN: threaded parts, a partial block
@@ -118,7 +119,7 @@ def test_fused_chunk_equals_the_numpy_equations(constant, expansion, dtype, damp
 
 
 def test_thread_parts_cover_every_row_once():
-    """The threaded kernels' parts are whole blocks of rows that tile the weights, one part per thread at most."""
+    """The threaded kernels' parts are whole blocks of rows that tile the weights, one per thread at most."""
     for K_, threads in ((150, 2), (64, 2), (65, 2), (1000, 3), (1, 4)):
         size = chunk_cpu._parts(K_, threads)
         parts = [(p * size, min(K_, (p + 1) * size)) for p in range((K_ + size - 1) // size)]
@@ -177,3 +178,127 @@ def test_deferred_slots_and_single_examples_keep_the_numpy_form(monkeypatch):
     assert layer._fused(x.astype(np.float32), SITE) is None  # another dtype than the weights'
     monkeypatch.setattr(kernels, "_ENABLED", False)
     assert W.fused_site(SITE) is None
+
+
+# --- convolutions: many uses (patch rows) of a small kernel ------------------------------------------
+
+IMG, N_CHUNK = (12, 12, 3), 6  # 6 * 144 patch rows: three whole blocks of chunk_cpu.USES and a partial one
+
+
+def _conv(constant, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    layer = Conv(4, 3, padding=1)
+    layer.build(IMG, B, dtype=dtype, rng=np.random.default_rng(1), constant_input=constant)
+    for slots in layer.params.values():
+        for i in range(B):
+            slots.msgs.tau[i] = rng.normal(0, 1, slots.shape)
+            slots.msgs.rho[i] = rng.uniform(0.1, 3, slots.shape)
+        slots.used = B
+        slots.recompute()
+    if not constant:
+        layer.m_to_x.tau[:] = rng.normal(0, 1, (B,) + IMG)
+        layer.m_to_x.rho[:] = rng.uniform(0.1, 2, (B,) + IMG)
+    return layer
+
+
+def _conv_run(compiled, constant, dtype, expansion, threaded, monkeypatch):
+    monkeypatch.setattr(kernels, "_ENABLED", compiled)
+    layer = _conv(constant, dtype)
+    rng = np.random.default_rng(9)
+    shape = (N_CHUNK,) + IMG
+    x = (rng.normal(0, 1, shape).astype(dtype) if constant
+         else Gaussian(rng.normal(0, 1, shape), rng.uniform(0.5, 4, shape)).astype(dtype))
+    out_shape = (N_CHUNK, 12, 12, 4)
+    r = Gaussian(rng.normal(0, 2, out_shape), rng.uniform(0, 3, out_shape)).astype(dtype)
+    r.rho[0, :2] = 0
+    idx = np.arange(N_CHUNK) % B
+    guards.reset()
+    with kernels.threaded(blas_threads=1) if threaded else contextlib.nullcontext():
+        out = layer.forward_chunk(x, idx, SITE)
+        to_x = layer.backward_chunk(r, idx, SITE, 0.5, expansion)
+    return layer, out, to_x, guards.counts()
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("constant, expansion", [(True, 0), (False, 0), (False, 1)])
+def test_fused_conv_chunk_equals_the_numpy_equations(constant, expansion, dtype, threaded, monkeypatch):
+    calls = []
+    for name in ("uses_forward", "s1_uses_backward", "s2_uses_backward"):
+        fn = getattr(chunk_cpu, name)
+        monkeypatch.setattr(chunk_cpu, name, lambda *a, _f=fn, _n=name: calls.append(_n) or _f(*a))
+    used_threads = []
+    real = kernels.use_threads
+    monkeypatch.setattr(chunk_cpu, "use_threads", lambda n, m: used_threads.append(real(n, m)) or real(n, m))
+    (la, out_a, to_a, counts_a) = _conv_run(False, constant, dtype, expansion, threaded, monkeypatch)
+    assert calls == []
+    (lb, out_b, to_b, counts_b) = _conv_run(True, constant, dtype, expansion, threaded, monkeypatch)
+    backward = [] if expansion else ["s1_uses_backward" if constant else "s2_uses_backward"]
+    assert calls == ["uses_forward"] + backward
+    assert used_threads and all(t == threaded for t in used_threads)
+    _close(out_b, out_a, dtype)
+    if not constant:
+        _close(to_b, to_a, dtype)
+        _close(lb.m_to_x, la.m_to_x, dtype)
+    for name in ("W", "c"):
+        _close(lb.params[name].q, la.params[name].q, dtype)
+        _close(lb.params[name].msgs[SITE], la.params[name].msgs[SITE], dtype)
+    assert counts_b == counts_a
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_uses_kernels_equal_the_gemm_equations_and_count_the_bias_clamps(dtype, threaded, monkeypatch):
+    """The uses kernels on their own, with forward variances below the bias cavity's in some rows (the
+    bias's rest-variance clamp) and uniform backward messages: S1 and S2 weight messages to order 0,
+    messages to the inputs and the bias message equal the equations', and the clamps are counted alike."""
+    from factorgraph.equations import s1_backward_to_b_gemm, s1_backward_to_bias, s2_backward_gemm
+
+    monkeypatch.setattr(chunk_cpu, "THREADS_MIN", 1)
+    rng = np.random.default_rng(4)
+    U_, K_, J_ = 700, 9, 5
+    a = rng.normal(size=(U_, K_)).astype(dtype)
+    qa = Gaussian(rng.normal(size=(U_, K_)), rng.uniform(0.5, 4, (U_, K_))).astype(dtype)
+    qa = qa.with_moments()
+    wb = Gaussian(rng.normal(size=(K_, J_)), rng.uniform(0.5, 4, (K_, J_))).astype(dtype).with_moments()
+    c = Gaussian(rng.normal(size=J_), rng.uniform(0.5, 2, J_)).astype(dtype).with_moments()
+    f = Gaussian.from_mean_var(rng.normal(size=(U_, J_)), rng.uniform(0.1, 3, (U_, J_))).astype(dtype)
+    f = f.with_moments()
+    r = Gaussian(rng.normal(size=(U_, J_)), rng.uniform(0, 2, (U_, J_))).astype(dtype)
+    r.rho[:3] = 0
+    with kernels.threaded() if threaded else contextlib.nullcontext():
+        s1 = chunk_cpu.s1_uses_backward(a, f.mean, f.var, r.tau, r.rho, wb.mean, c.mean, c.var)
+        s2 = chunk_cpu.s2_uses_backward(qa.mean, qa.var, f.mean, f.var, r.tau, r.rho, wb.mean, wb.var, c.mean,
+                                        c.var)
+    guards.reset()
+    to_c = s1_backward_to_bias(c, f, r)
+    clamps = guards.get("s1_rest_variance_clamp")
+    assert 0 < clamps < U_ * J_ and s1[4] == clamps and s2[6] == clamps
+    to_w1 = s1_backward_to_b_gemm(a, wb, f, r, 0)
+    to_a, to_w2 = s2_backward_gemm(qa, wb, f, r, 0)
+    for got, want in ((s1[0:2], to_w1), (s1[2:4], to_c), (s2[0:2], to_a), (s2[2:4], to_w2), (s2[4:6], to_c)):
+        _close(Gaussian(*got), want, dtype)
+
+
+def test_threaded_gather_and_fold_equal_the_serial_kernels(monkeypatch):
+    """The examples of im2col and of the fold on all threads give the serial kernels' arrays bit for bit."""
+    from factorgraph.equations import fold_plan, patch_index
+
+    rng = np.random.default_rng(2)
+    src, _ = patch_index(IMG, 3, 1, 1, "zeros")
+    L, n = 7, int(np.prod(IMG))
+    values = rng.normal(size=(L, n))
+    msg_t, msg_r = rng.normal(size=(L, src.size)), rng.uniform(0, 1, (L, src.size))
+    offsets, entries = fold_plan(src, n)
+    results = []
+    for threaded, minimum in ((False, patches_cpu.THREADS_MIN), (True, 1)):
+        monkeypatch.setattr(patches_cpu, "THREADS_MIN", minimum)
+        with kernels.threaded() if threaded else contextlib.nullcontext():
+            out = np.full((L,) + src.shape, np.nan)
+            patches_cpu.gather(values, src, 0.0, out)
+            out_t, out_r = np.zeros((L, n)), np.zeros((L, n))
+            patches_cpu.fold(msg_t, msg_r, offsets, entries, out_t, out_r)
+        results.append((out, out_t, out_r))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+    assert not np.isnan(results[0][0]).any()

@@ -11,6 +11,12 @@ messages are formed and replace the old ones (:func:`factorgraph.kernels.sites_c
 block is in cache.  Inside :func:`factorgraph.kernels.threaded` the blocks are split over all Numba
 threads (the forward's partial sums over the rows are added at the end).
 
+Convolutions use few weights many times (every patch row of every example): their kernels
+(:func:`uses_forward`, :func:`s1_uses_backward`, :func:`s2_uses_backward`) go over blocks of ``USES``
+patch rows instead, forming ``g, h`` and the bias message per block, the messages to the patches block by
+block, and the weight messages as per-thread partial sums, without the (U, K) and (U, J) temporaries of
+the equations.
+
 Same equations, same dtype: the messages equal the NumPy path's up to the order of the sums in the
 matrix products (``tests/test_chunk_kernels.py``).
 """
@@ -300,3 +306,163 @@ def s2_chunk_backward(mu_a, var_a, g, h, q_t, q_r, s_t, s_r, damping, kappa):
     else:
         hits = _s2_bwd_rows(*args, 0, K, ta_T, ra_T)
     return ta_T.T, ra_T.T, hits
+
+
+# --- many uses of few weights (im2col convolutions): blocks of rows of uses ------------------------
+
+#: uses (patch rows) per block of the convolution kernels
+USES = 256
+
+
+@njit(cache=True, error_model="numpy")
+def _gh_block(f_mu, f_var, r_t, r_r, b, e, c_mu, c_var, g, h, bias):
+    """``g, h`` of the GEMM forms (:func:`~factorgraph.equations.s1_backward_to_b_gemm`) for the uses
+    ``b:e`` into rows ``0:e-b`` of ``g, h``, and the S1 messages to the bias (coefficient 1, cavity
+    ``c_mu, c_var``) summed into ``bias[0], bias[1]`` (tau, rho); returns the rest-variance clamps."""
+    dt = f_mu.dtype.type
+    zero, one = dt(0), dt(1)
+    clamps = 0
+    for u in range(b, e):
+        for j in range(f_mu.shape[1]):
+            rr = r_r[u, j]
+            d = one + rr * f_var[u, j]
+            h[u - b, j] = rr / d
+            g[u - b, j] = (r_t[u, j] - rr * f_mu[u, j]) / d
+            rest = f_var[u, j] - c_var[j]
+            neg = rest < zero
+            clamps += neg
+            rest = zero if neg else rest
+            dc = one + rr * rest
+            bias[0, j] += (r_t[u, j] - rr * (f_mu[u, j] - c_mu[j])) / dc
+            bias[1, j] += rr / dc
+    return clamps
+
+
+@njit(cache=True, error_model="numpy")
+def _uses_bwd_rows(mu_a, var_a, f_mu, f_var, r_t, r_r, c_mu, c_var, mu_bT, mu_b2T, m2_bT, lo, hi, to_a_t,
+                   to_a_r, w_parts, bias):
+    """Uses ``lo:hi`` of :func:`s1_uses_backward` (``var_a`` empty: ``mu_a`` are constants; sums
+    ``a^T g``, ``(a^2)^T h`` into ``w_parts[0:2]``) or :func:`s2_uses_backward` (also ``m2_a^T h`` into
+    ``w_parts[2]`` and the messages to the inputs); returns the bias's clamps."""
+    g = np.empty((USES, f_mu.shape[1]), f_mu.dtype)
+    h = np.empty((USES, f_mu.shape[1]), f_mu.dtype)
+    s2 = var_a.shape[0] > 0
+    clamps = 0
+    for b in range(lo, hi, USES):
+        e = min(hi, b + USES)
+        n = e - b
+        clamps += _gh_block(f_mu, f_var, r_t, r_r, b, e, c_mu, c_var, g, h, bias)
+        gb, hb = g[:n], h[:n]
+        mua = mu_a[b:e]
+        mua2 = mua * mua
+        w_parts[0] += np.dot(mua.T, gb)
+        w_parts[1] += np.dot(mua2.T, hb)
+        if s2:
+            w_parts[2] += np.dot((var_a[b:e] + mua2).T, hb)
+            to_a_r[b:e] = np.dot(hb, m2_bT)
+            to_a_t[b:e] = np.dot(gb, mu_bT) + mua * np.dot(hb, mu_b2T)
+    return clamps
+
+
+@njit(cache=True, parallel=True)
+def _uses_bwd_threads(mu_a, var_a, f_mu, f_var, r_t, r_r, c_mu, c_var, mu_bT, mu_b2T, m2_bT, size, to_a_t,
+                      to_a_r, w_parts, bias):
+    U = mu_a.shape[0]
+    P = (U + size - 1) // size
+    parts = np.zeros((P,) + w_parts.shape, w_parts.dtype)
+    biases = np.zeros((P,) + bias.shape, bias.dtype)
+    clamps = np.zeros(P, np.int64)
+    for p in prange(P):
+        clamps[p] = _uses_bwd_rows(mu_a, var_a, f_mu, f_var, r_t, r_r, c_mu, c_var, mu_bT, mu_b2T, m2_bT,
+                                   p * size, min(U, (p + 1) * size), to_a_t, to_a_r, parts[p], biases[p])
+    w_parts[...] = parts.sum(axis=0)
+    bias[...] = biases.sum(axis=0)
+    return clamps.sum()
+
+
+def _uses_size(U):
+    return ((U + USES - 1) // USES + numba.get_num_threads() - 1) // numba.get_num_threads() * USES
+
+
+def _uses_backward(mu_a, var_a, f_mu, f_var, r_t, r_r, b_mu, b_var, c_mu, c_var):
+    U, K = mu_a.shape
+    J = f_mu.shape[1]
+    dt = f_mu.dtype
+    s2 = var_a is not None
+    if s2:
+        mu_b2 = b_mu * b_mu
+        trans = tuple(np.ascontiguousarray(v.T) for v in (b_mu, mu_b2, b_var + mu_b2))
+        to_a_t, to_a_r = np.empty((U, K), dt), np.empty((U, K), dt)
+    else:
+        var_a = mu_a[:0]
+        trans = (b_mu[:0],) * 3
+        to_a_t = to_a_r = mu_a[:0]
+    w_parts = np.zeros((3 if s2 else 2, K, J), dt)
+    bias = np.zeros((2, J), dt)
+    args = (mu_a, var_a, f_mu, f_var, r_t, r_r, c_mu, c_var, *trans)
+    if use_threads(U * K, THREADS_MIN) and U > USES:
+        clamps = _uses_bwd_threads(*args, _uses_size(U), to_a_t, to_a_r, w_parts, bias)
+    else:
+        clamps = _uses_bwd_rows(*args, 0, U, to_a_t, to_a_r, w_parts, bias)
+    tau_w = w_parts[0] + b_mu * w_parts[1]
+    rho_w = w_parts[2] if s2 else w_parts[1]
+    return to_a_t, to_a_r, tau_w, rho_w, bias[0], bias[1], clamps
+
+
+def s1_uses_backward(a, f_mu, f_var, r_t, r_r, b_mu, c_mu, c_var):
+    """:func:`~factorgraph.equations.s1_backward_to_b_gemm` to order 0 and
+    :func:`~factorgraph.equations.s1_backward_to_bias` for ``U`` uses (rows of ``a`` (U, K), of the forward
+    moments ``f_mu, f_var`` and the backward message ``r_t, r_r`` (U, J)) in one pass over blocks of
+    ``USES`` rows, without (U, J) or (U, K) temporaries: returns ``(tau_w, rho_w, tau_c, rho_c, clamps)``,
+    ``b_mu`` the weights' cavity means, ``c_mu, c_var`` the bias cavity's moments, ``clamps`` the bias's
+    rest-variance clamps."""
+    return _uses_backward(a, None, f_mu, f_var, r_t, r_r, b_mu, None, c_mu, c_var)[2:]
+
+
+def s2_uses_backward(mu_a, var_a, f_mu, f_var, r_t, r_r, b_mu, b_var, c_mu, c_var):
+    """:func:`~factorgraph.equations.s2_backward_gemm` to order 0 and the bias message of
+    :func:`s1_uses_backward` for ``U`` uses with input moments ``mu_a, var_a`` (U, K) and the weights'
+    marginal moments ``b_mu, b_var`` (K, J): returns
+    ``(tau_a, rho_a, tau_w, rho_w, tau_c, rho_c, clamps)``."""
+    return _uses_backward(mu_a, var_a, f_mu, f_var, r_t, r_r, b_mu, b_var, c_mu, c_var)
+
+
+@njit(cache=True, error_model="numpy")
+def _uses_fwd_rows(mu_a, var_a, mu_b, var_b, m2_b, c_mu, c_var, lo, hi, out_mu, out_var):
+    """Forward moments of the uses ``lo:hi``: S2 (``var_a`` (U, K) given) or S1 (``var_a`` empty: ``mu_a``
+    are constants), plus the bias message's moments."""
+    for b in range(lo, hi, USES):
+        e = min(hi, b + USES)
+        mua = mu_a[b:e]
+        out_mu[b:e] = np.dot(mua, mu_b) + c_mu
+        if var_a.shape[0]:
+            out_var[b:e] = np.dot(var_a[b:e], m2_b) + np.dot(mua * mua, var_b) + c_var
+        else:
+            out_var[b:e] = np.dot(mua * mua, var_b) + c_var
+
+
+@njit(cache=True, parallel=True)
+def _uses_fwd_threads(mu_a, var_a, mu_b, var_b, m2_b, c_mu, c_var, size, out_mu, out_var):
+    U = mu_a.shape[0]
+    for p in prange((U + size - 1) // size):
+        _uses_fwd_rows(mu_a, var_a, mu_b, var_b, m2_b, c_mu, c_var, p * size, min(U, (p + 1) * size), out_mu,
+                       out_var)
+
+
+def uses_forward(mu_a, var_a, mu_b, var_b, c_mu, c_var):
+    """Forward moments ``(mu, var)`` (U, J) of ``U`` uses of the weights (K, J) with their bias:
+    :func:`~factorgraph.equations.s2_forward_moments` for inputs with means and variances ``mu_a, var_a``
+    (U, K), or with ``var_a=None`` :func:`~factorgraph.equations.s1_forward` for constant inputs
+    ``mu_a`` (finite weight variances only: a uniform weight needs the zero-coefficient rule), in blocks
+    of ``USES`` rows (on all threads inside :func:`factorgraph.kernels.threaded`)."""
+    U, K = mu_a.shape
+    dt = mu_a.dtype
+    out_mu, out_var = np.empty((U, mu_b.shape[1]), dt), np.empty((U, mu_b.shape[1]), dt)
+    m2_b = var_b + mu_b * mu_b if var_a is not None else var_b
+    var_a = mu_a[:0] if var_a is None else var_a
+    args = (mu_a, var_a, mu_b, var_b, m2_b, c_mu, c_var)
+    if use_threads(U * K, THREADS_MIN) and U > USES:
+        _uses_fwd_threads(*args, _uses_size(U), out_mu, out_var)
+    else:
+        _uses_fwd_rows(*args, 0, U, out_mu, out_var)
+    return out_mu, out_var

@@ -9,9 +9,14 @@ product over a pixel's copies, walking the CSR plan of :func:`factorgraph.equati
 move messages between images and patch matrices, with a leading example axis.
 """
 
-from numba import njit
+from numba import njit, prange
 
+from factorgraph.kernels import use_threads
 from factorgraph.kernels.scalar import s1_term, s2_terms
+
+#: inside :func:`factorgraph.kernels.threaded`, ``gather`` and ``fold`` over at least this many patch entries
+#: split the examples over all threads
+THREADS_MIN = 65536
 
 
 @njit(cache=True)
@@ -67,14 +72,31 @@ def s2_patches_bwd(a_mu, a_var, b_mu, b_var, f_mu, f_var, r_t, r_r, to_a_t, to_a
 
 
 @njit(cache=True)
-def gather(values, src, pad, out):
-    """im2col: ``out[e, p, d] = values[e, src[p, d]]``, ``pad`` where ``src[p, d] < 0``; values (L, n)."""
+def _gather_rows(values, src, pad, out, e):
     P, D = src.shape
+    for p in range(P):
+        for d in range(D):
+            s = src[p, d]
+            out[e, p, d] = values[e, s] if s >= 0 else pad
+
+
+@njit(cache=True)
+def _gather_serial(values, src, pad, out):
     for e in range(out.shape[0]):
-        for p in range(P):
-            for d in range(D):
-                s = src[p, d]
-                out[e, p, d] = values[e, s] if s >= 0 else pad
+        _gather_rows(values, src, pad, out, e)
+
+
+@njit(cache=True, parallel=True)
+def _gather_threads(values, src, pad, out):
+    for e in prange(out.shape[0]):
+        _gather_rows(values, src, pad, out, e)
+
+
+def gather(values, src, pad, out):
+    """im2col: ``out[e, p, d] = values[e, src[p, d]]``, ``pad`` where ``src[p, d] < 0``; values (L, n).
+    Examples on all threads inside :func:`factorgraph.kernels.threaded` (from ``THREADS_MIN`` entries)."""
+    threads = use_threads(out.size, THREADS_MIN) and out.shape[0] > 1
+    (_gather_threads if threads else _gather_serial)(values, src, pad, out)
 
 
 @njit(cache=True, inline="always")
@@ -89,9 +111,22 @@ def fold_one(msg_t, msg_r, offsets, entries, e, i):
 
 
 @njit(cache=True)
-def fold(msg_t, msg_r, offsets, entries, out_t, out_r):
-    """Sum the patch-entry messages (L, P * D) into the input messages (L, n), each pixel's copies in
-    increasing entry order (deterministic)."""
+def _fold_serial(msg_t, msg_r, offsets, entries, out_t, out_r):
     for e in range(out_t.shape[0]):
         for i in range(out_t.shape[1]):
             out_t[e, i], out_r[e, i] = fold_one(msg_t, msg_r, offsets, entries, e, i)
+
+
+@njit(cache=True, parallel=True)
+def _fold_threads(msg_t, msg_r, offsets, entries, out_t, out_r):
+    for e in prange(out_t.shape[0]):
+        for i in range(out_t.shape[1]):
+            out_t[e, i], out_r[e, i] = fold_one(msg_t, msg_r, offsets, entries, e, i)
+
+
+def fold(msg_t, msg_r, offsets, entries, out_t, out_r):
+    """Sum the patch-entry messages (L, P * D) into the input messages (L, n), each pixel's copies in
+    increasing entry order (deterministic, threads or not: examples on all threads inside
+    :func:`factorgraph.kernels.threaded`, from ``THREADS_MIN`` entries)."""
+    threads = use_threads(msg_t.size, THREADS_MIN) and out_t.shape[0] > 1
+    (_fold_threads if threads else _fold_serial)(msg_t, msg_r, offsets, entries, out_t, out_r)
