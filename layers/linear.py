@@ -157,12 +157,18 @@ class Linear(Factor):
             self._cav_w = W.cavity_moments(site)
             self._out = s1_forward(m_in, self._cav_w, self._cav_c).with_moments()
         else:
-            self._x = clamp_min_rho(m_in * self.m_to_x[idx], config.MIN_PRECISION).with_moments()
             if fused is not None:
+                t, r, mu, var = np.empty((4,) + m_in.shape, m_in.dtype)
+                low = chunk_cpu.input_marginal(m_in.tau, m_in.rho, self.m_to_x.tau, self.m_to_x.rho,
+                                               np.asarray(idx), m_in.dtype.type(config.MIN_PRECISION), t, r,
+                                               mu, var)
+                guards.record("min_rho_clamp", low)
+                self._x = WithMoments.of(t, r, mu, var)
                 mu, var = np.empty((2, len(m_in), self.d_out), self._x.dtype)
                 chunk_cpu.s2_chunk_forward(self._x.mean, self._x.var, fused[0], fused[1], mu, var)
                 self._out = self._with_bias(mu, var)
                 return self._out
+            self._x = clamp_min_rho(m_in * self.m_to_x[idx], config.MIN_PRECISION).with_moments()
             self._qw = W.q.with_moments()  # W.q changes only in the backward's replace, after its last use
             self._out = s2_forward(self._x, self._qw, self._cav_c).with_moments()
         return self._out
@@ -197,35 +203,23 @@ class Linear(Factor):
         """``damping=None``: the weight slots' own (deferred) damping; ``expansion=None``: the product of the
         per-use messages, else the GEMM form to that order."""
         W, c = self.params["W"], self.params["c"]
+        fused = None if expansion is None else W.fused_site(site, damping)
+        ready = self._cav_w is None if self.constant_input else expansion == 0 and self._qw is None
+        if fused is not None and ready:
+            return self._fused_backward(m_out, idx, site, damping, expansion, fused)
         to_c = s1_backward_to_bias(self._cav_c, self._out, m_out)
         to_x = None
         fused = None if expansion is None else W.fused_site(site, damping)
         if self.constant_input:
-            if fused is not None and self._cav_w is None:
-                W.touch(site)
-                g, h = self._gh(m_out)
-                hits = chunk_cpu.s1_chunk_backward(self._x, g, h, *fused[:4], config.STRICT_DIVISION_RTOL,
-                                                   *fused[4:], expansion)
-                guards.record("parallel_step_limit", hits)
-                to_w = None
-            else:
-                if self._cav_w is None:
-                    self._cav_w = W.cavity_moments(site)
-                args = (self._x, self._cav_w, self._out, m_out)
-                to_w = (s1_backward_to_b(*args) if expansion is None
-                        else s1_backward_to_b_gemm(*args, expansion))
+            if self._cav_w is None:
+                self._cav_w = W.cavity_moments(site)
+            args = (self._x, self._cav_w, self._out, m_out)
+            to_w = s1_backward_to_b(*args) if expansion is None else s1_backward_to_b_gemm(*args, expansion)
         else:
-            if fused is not None and expansion == 0 and self._qw is None:
-                W.touch(site)
-                g, h = self._gh(m_out)
-                tau_a, rho_a, hits = chunk_cpu.s2_chunk_backward(self._x.mean, self._x.var, g, h, *fused)
-                guards.record("parallel_step_limit", hits)
-                to_x, to_w = Gaussian(np.ascontiguousarray(tau_a), np.ascontiguousarray(rho_a)), None
-            else:
-                if self._qw is None:
-                    self._qw = W.q.with_moments()
-                args = (self._x, self._qw, self._out, m_out)
-                to_x, to_w = s2_backward(*args) if expansion is None else s2_backward_gemm(*args, expansion)
+            if self._qw is None:
+                self._qw = W.q.with_moments()
+            args = (self._x, self._qw, self._out, m_out)
+            to_x, to_w = s2_backward(*args) if expansion is None else s2_backward_gemm(*args, expansion)
             xp = to_x.xp
             flat = xp.all(self._out.rho <= config.TINY_PRECISION, axis=-1) & \
                 xp.all(m_out.rho <= config.TINY_PRECISION, axis=-1)
@@ -235,16 +229,35 @@ class Linear(Factor):
                                 xp.where(flat[..., None], config.MIN_PRECISION, to_x.rho))
             to_x = clamp_min_rho(to_x, config.MIN_PRECISION)
             self.m_to_x[idx] = to_x
-        if to_w is not None:
-            W.replace(site, to_w, damping)
+        W.replace(site, to_w, damping)
         c.replace(site, to_c, damping)
         return to_x
 
-    def _gh(self, m_out):
-        """``h = rho_r / d``, ``g = (tau_r - rho_r mu_z) / d`` with ``d = 1 + rho_r var_z`` (U, J): the
-        backward message and the forward moments of the GEMM forms."""
-        d = 1 + m_out.rho * self._out.var
-        return (m_out.tau - m_out.rho * self._out.mean) / d, m_out.rho / d
+    def _fused_backward(self, m_out, idx, site, damping, expansion, fused):
+        """:meth:`backward_chunk` by the fused kernels (:mod:`factorgraph.kernels.chunk_cpu`): ``g, h`` and
+        the bias message in one pass, the weight message formed and put in place block by block, the
+        messages to the inputs (edge rule and ``min_rho``) stored in one pass."""
+        W, c = self.params["W"], self.params["c"]
+        out, cav_c, dt = self._out, self._cav_c, fused[0].dtype.type
+        r_t, r_r = np.ascontiguousarray(m_out.tau), np.ascontiguousarray(m_out.rho)
+        g, h, tau_c, rho_c, clamps = chunk_cpu.gh_bias(out.mean, out.var, r_t, r_r, cav_c.mean, cav_c.var)
+        guards.record("s1_rest_variance_clamp", clamps)
+        W.touch(site)
+        to_x = None
+        if self.constant_input:
+            hits = chunk_cpu.s1_chunk_backward(self._x, g, h, *fused[:4], config.STRICT_DIVISION_RTOL,
+                                               *fused[4:], expansion)
+        else:
+            ta_T, ra_T, hits = chunk_cpu.s2_chunk_backward(self._x.mean, self._x.var, g, h, *fused)
+            to_x = Gaussian(np.empty(self._x.shape, self._x.dtype), np.empty(self._x.shape, self._x.dtype))
+            flats, low = chunk_cpu.store_input_messages(ta_T, ra_T, out.rho, r_r, dt(config.TINY_PRECISION),
+                                                        dt(config.MIN_PRECISION), to_x.tau, to_x.rho,
+                                                        self.m_to_x.tau, self.m_to_x.rho, np.asarray(idx))
+            guards.record("linear_all_tiny_precision", flats)
+            guards.record("min_rho_clamp", low)
+        guards.record("parallel_step_limit", hits)
+        c.replace(site, Gaussian(tau_c, rho_c), damping)
+        return to_x
 
     def reset_batch_caches(self):
         if not self.constant_input:

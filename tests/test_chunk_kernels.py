@@ -35,6 +35,7 @@ def _layer(constant, dtype, seed=0):
     if not constant:
         layer.m_to_x.tau[:] = rng.normal(0, 1, (B, K))
         layer.m_to_x.rho[:] = rng.uniform(0.1, 2, (B, K))
+        layer.m_to_x.tau[1] = layer.m_to_x.rho[1] = 0  # nothing sent back to example 1 yet
     return layer
 
 
@@ -45,8 +46,11 @@ def _inputs(constant, dtype, seed=5):
         x[:, :3] = 0  # zero coefficients
     else:
         x = Gaussian(rng.normal(0, 1, (U, K)), rng.uniform(0.5, 4, (U, K))).astype(dtype)
+        x.tau[1], x.rho[1] = 1e-10, 1e-9  # example 1 nearly unknown: input marginals raised to min_rho
     r = Gaussian(rng.normal(0, 2, (U, J)), rng.uniform(0, 3, (U, J))).astype(dtype)
     r.rho[0, :5] = 0  # uniform backward messages
+    if not constant:  # example 1: nothing known either way (SPEC 4.3 edge rule); 2: min_rho on its messages
+        r.rho[1:3] = 0
     return x, r
 
 
@@ -114,6 +118,8 @@ def test_fused_chunk_equals_the_numpy_equations(constant, expansion, dtype, damp
         np.testing.assert_array_equal(sb.msgs.tau[SITE + 1:], sa.msgs.tau[SITE + 1:])
         assert sb.used == sa.used
     assert counts_b == counts_a
+    if not constant:
+        assert counts_a["linear_all_tiny_precision"] == 1 and counts_a["min_rho_clamp"] > K
     if max_step is not None:
         assert counts_a.get("parallel_step_limit", 0) > 0  # the bound is exercised
 

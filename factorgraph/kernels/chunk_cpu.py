@@ -288,10 +288,10 @@ def _s2_bwd_threads(muaT, m2aT, mua2T, mu_a, g, h, q_t, q_r, s_t, s_r, damping, 
 
 def s2_chunk_backward(mu_a, var_a, g, h, q_t, q_r, s_t, s_r, damping, kappa):
     """The chunk's S2 messages to order 0 (:func:`~factorgraph.equations.s2_backward_gemm` with
-    ``expansion=0``, the weights' marginal ``q``): returns ``(tau_a, rho_a, hits)``, the (U, K) messages to
-    the inputs and how many weights the step bound limited; the joint weight message replaces site ``s``
-    in place as in :func:`s1_chunk_backward`.  The marginal ``q`` a block reads is its value before the
-    replacement (each weight's new marginal is written after its block's products)."""
+    ``expansion=0``, the weights' marginal ``q``): returns ``(tau_a, rho_a, hits)``, the messages to the
+    inputs transposed (K, U) and how many weights the step bound limited; the joint weight message replaces
+    site ``s`` in place as in :func:`s1_chunk_backward`.  The marginal ``q`` a block reads is its value
+    before the replacement (each weight's new marginal is written after its block's products)."""
     muaT = np.ascontiguousarray(mu_a.T)
     mua2T = muaT * muaT
     m2aT = np.ascontiguousarray(var_a.T) + mua2T
@@ -305,7 +305,77 @@ def s2_chunk_backward(mu_a, var_a, g, h, q_t, q_r, s_t, s_r, damping, kappa):
         hits = _s2_bwd_threads(*args, _parts(K, numba.get_num_threads()), ta_T, ra_T)
     else:
         hits = _s2_bwd_rows(*args, 0, K, ta_T, ra_T)
-    return ta_T.T, ra_T.T, hits
+    return ta_T, ra_T, hits
+
+
+# --- the chunk's messages around a dense layer's weights (U rows: few, one pass each) ----------------
+
+@njit(cache=True, error_model="numpy")
+def input_marginal(in_t, in_r, mx_t, mx_r, idx, m, out_t, out_r, out_mu, out_var):
+    """Input marginals of a hidden dense layer's chunk, ``min_rho(m_in * m_to_x[idx], m)`` (the mean kept
+    where the precision is raised, SPEC 1.4), with their means and variances; returns how many were
+    raised (``min_rho_clamp``)."""
+    dt = in_t.dtype.type
+    zero, one = dt(0), dt(1)
+    clamps = 0
+    for u in range(in_t.shape[0]):
+        i = idx[u]
+        for k in range(in_t.shape[1]):
+            t = in_t[u, k] + mx_t[i, k]
+            r = in_r[u, k] + mx_r[i, k]
+            if r < m:
+                clamps += 1
+                t = (t / r if r > zero else zero) * m
+                r = m
+            out_t[u, k] = t
+            out_r[u, k] = r
+            out_mu[u, k] = t / r if r > zero else zero
+            out_var[u, k] = one / r if r > zero else dt(np.inf)
+    return clamps
+
+
+@njit(cache=True, error_model="numpy")
+def store_input_messages(ta_T, ra_T, f_r, r_r, tiny, m, out_t, out_r, mx_t, mx_r, idx):
+    """The messages to a hidden dense layer's inputs ``ta_T, ra_T`` (K, U) into ``out`` (U, K) and
+    ``m_to_x[idx]``: an example whose forward and backward precisions are all ``<= tiny`` sends
+    ``G(0, m)`` (SPEC 4.3 edge rule), then ``min_rho(m)``.  Returns the counts
+    (``linear_all_tiny_precision``, ``min_rho_clamp``)."""
+    dt = out_t.dtype.type
+    zero = dt(0)
+    flats = clamps = 0
+    for u in range(out_t.shape[0]):
+        flat = True
+        for j in range(f_r.shape[1]):
+            flat = flat and f_r[u, j] <= tiny and r_r[u, j] <= tiny
+        flats += flat
+        i = idx[u]
+        for k in range(out_t.shape[1]):
+            t = zero if flat else ta_T[k, u]
+            r = m if flat else ra_T[k, u]
+            if r < m:
+                clamps += 1
+                t = (t / r if r > zero else zero) * m
+                r = m
+            out_t[u, k] = t
+            out_r[u, k] = r
+            mx_t[i, k] = t
+            mx_r[i, k] = r
+    return flats, clamps
+
+
+@njit(cache=True, error_model="numpy")
+def _gh_bias(f_mu, f_var, r_t, r_r, c_mu, c_var, g, h, bias):
+    return _gh_block(f_mu, f_var, r_t, r_r, 0, f_mu.shape[0], c_mu, c_var, g, h, bias)
+
+
+def gh_bias(f_mu, f_var, r_t, r_r, c_mu, c_var):
+    """``g, h`` (U, J) of the GEMM forms and the bias's S1 message summed over the uses
+    (:func:`~factorgraph.equations.s1_backward_to_bias`) in one pass: returns
+    ``(g, h, tau_c, rho_c, clamps)``, ``clamps`` the bias's rest-variance clamps."""
+    g, h = np.empty(f_mu.shape, f_mu.dtype), np.empty(f_mu.shape, f_mu.dtype)
+    bias = np.zeros((2, f_mu.shape[1]), f_mu.dtype)
+    clamps = _gh_bias(f_mu, f_var, r_t, r_r, c_mu, c_var, g, h, bias)
+    return g, h, bias[0], bias[1], clamps
 
 
 # --- many uses of few weights (im2col convolutions): blocks of rows of uses ------------------------
