@@ -310,6 +310,17 @@ def s2_chunk_backward(mu_a, var_a, g, h, q_t, q_r, s_t, s_r, damping, kappa):
 
 # --- the chunk's messages around a dense layer's weights (U rows: few, one pass each) ----------------
 
+@njit(cache=True, inline="always")
+def _min_rho(t, r, m, zero):
+    """SPEC 1.4 ``min_rho``: the precision raised to ``m`` keeping the mean (0 for ``r = 0``); and whether
+    it was raised."""
+    low = r < m
+    if low:
+        t = (t / r if r > zero else zero) * m
+        r = m
+    return t, r, low
+
+
 @njit(cache=True, error_model="numpy")
 def input_marginal(in_t, in_r, mx_t, mx_r, idx, m, out_t, out_r, out_mu, out_var):
     """Input marginals of a hidden dense layer's chunk, ``min_rho(m_in * m_to_x[idx], m)`` (the mean kept
@@ -321,12 +332,8 @@ def input_marginal(in_t, in_r, mx_t, mx_r, idx, m, out_t, out_r, out_mu, out_var
     for u in range(in_t.shape[0]):
         i = idx[u]
         for k in range(in_t.shape[1]):
-            t = in_t[u, k] + mx_t[i, k]
-            r = in_r[u, k] + mx_r[i, k]
-            if r < m:
-                clamps += 1
-                t = (t / r if r > zero else zero) * m
-                r = m
+            t, r, low = _min_rho(in_t[u, k] + mx_t[i, k], in_r[u, k] + mx_r[i, k], m, zero)
+            clamps += low
             out_t[u, k] = t
             out_r[u, k] = r
             out_mu[u, k] = t / r if r > zero else zero
@@ -350,12 +357,8 @@ def store_input_messages(ta_T, ra_T, f_r, r_r, tiny, m, out_t, out_r, mx_t, mx_r
         flats += flat
         i = idx[u]
         for k in range(out_t.shape[1]):
-            t = zero if flat else ta_T[k, u]
-            r = m if flat else ra_T[k, u]
-            if r < m:
-                clamps += 1
-                t = (t / r if r > zero else zero) * m
-                r = m
+            t, r, low = _min_rho(zero if flat else ta_T[k, u], m if flat else ra_T[k, u], m, zero)
+            clamps += low
             out_t[u, k] = t
             out_r[u, k] = r
             mx_t[i, k] = t
