@@ -6,6 +6,7 @@ of the sums: 1e-10 in float64, 1e-4 in float32), serial and on all threads, with
 edge cases take the NumPy form or raise before any change."""
 
 import contextlib
+import sys
 
 import numpy as np
 import pytest
@@ -93,12 +94,15 @@ class _Spy:
         return call
 
 
+@pytest.mark.parametrize("shape", [(K, J), (40, 10)])  # blocks of ROWS rows; one block (a small layer)
 @pytest.mark.parametrize("threaded", [False, True])
 @pytest.mark.parametrize("damping, max_step", [(1.0, None), (0.5, 0.2)])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("constant, expansion", [(True, 0), (True, 1), (False, 0), (False, 1)])
 def test_fused_chunk_equals_the_numpy_equations(constant, expansion, dtype, damping, max_step, threaded,
-                                                monkeypatch):
+                                                shape, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "K", shape[0])
+    monkeypatch.setattr(sys.modules[__name__], "J", shape[1])
     spy = _Spy(monkeypatch)
     ref = _run(False, constant, dtype, damping, max_step, expansion, threaded, monkeypatch)
     assert spy.calls == []

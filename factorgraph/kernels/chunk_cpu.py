@@ -89,6 +89,12 @@ def _replace(q_t, q_r, s_t, s_r, k, j, nt, nr, damping, kappa, damp, bound):
     return hit
 
 
+@njit(cache=True, inline="always")
+def _block_rows(n, J):
+    """Rows per block: ``ROWS``, or all ``n`` rows of a small weight tensor (fewer, larger BLAS calls)."""
+    return max(n, 1) if n * J < THREADS_MIN else ROWS
+
+
 def _parts(K, threads):
     """Row ranges of the blocks each part runs: ``threads`` parts of whole blocks."""
     blocks = (K + ROWS - 1) // ROWS
@@ -100,10 +106,11 @@ def _parts(K, threads):
 
 @njit(cache=True, error_model="numpy")
 def _s1_fwd_rows(xT, x2T, q_t, q_r, s_t, s_r, rtol, lo, hi, out_mu, out_var, counts):
-    mu = np.empty((ROWS, q_t.shape[1]), q_t.dtype)
-    var = np.empty((ROWS, q_t.shape[1]), q_t.dtype)
-    for b in range(lo, hi, ROWS):
-        e = min(hi, b + ROWS)
+    rows = _block_rows(hi - lo, q_t.shape[1])
+    mu = np.empty((rows, q_t.shape[1]), q_t.dtype)
+    var = np.empty((rows, q_t.shape[1]), q_t.dtype)
+    for b in range(lo, hi, rows):
+        e = min(hi, b + rows)
         _cavity_block(q_t, q_r, s_t, s_r, b, e, rtol, mu, var, counts)
         out_mu += np.dot(xT[b:e].T, mu[:e - b])
         out_var += np.dot(x2T[b:e].T, var[:e - b])
@@ -149,12 +156,13 @@ def _s1_bwd_rows(aT, a2T, a3T, a4T, g, h, gh, hh, q_t, q_r, s_t, s_r, rtol, damp
     J = q_t.shape[1]
     damp = damping != 1.0
     bound = kappa > 0
-    mu = np.empty((ROWS, J), q_t.dtype)
-    var = np.empty((ROWS, J), q_t.dtype)
+    rows = _block_rows(hi - lo, J)
+    mu = np.empty((rows, J), q_t.dtype)
+    var = np.empty((rows, J), q_t.dtype)
     counts = np.zeros(3, np.int64)
     hits = 0
-    for b in range(lo, hi, ROWS):
-        e = min(hi, b + ROWS)
+    for b in range(lo, hi, rows):
+        e = min(hi, b + rows)
         _cavity_block(q_t, q_r, s_t, s_r, b, e, rtol, mu, var, counts)
         rho = np.dot(a2T[b:e], h)
         tau = np.dot(aT[b:e], g)
@@ -205,10 +213,11 @@ def s1_chunk_backward(a, g, h, q_t, q_r, s_t, s_r, rtol, damping, kappa, expansi
 
 @njit(cache=True, error_model="numpy")
 def _s2_fwd_rows(muaT, varaT, mua2T, q_t, q_r, lo, hi, out_mu, out_var):
-    mu = np.empty((ROWS, q_t.shape[1]), q_t.dtype)
-    var = np.empty((ROWS, q_t.shape[1]), q_t.dtype)
-    for b in range(lo, hi, ROWS):
-        e = min(hi, b + ROWS)
+    rows = _block_rows(hi - lo, q_t.shape[1])
+    mu = np.empty((rows, q_t.shape[1]), q_t.dtype)
+    var = np.empty((rows, q_t.shape[1]), q_t.dtype)
+    for b in range(lo, hi, rows):
+        e = min(hi, b + rows)
         n = e - b
         _marginal_block(q_t, q_r, b, e, mu, var)
         out_mu += np.dot(muaT[b:e].T, mu[:n])
@@ -250,13 +259,14 @@ def _s2_bwd_rows(muaT, m2aT, mua2T, mu_a, g, h, q_t, q_r, s_t, s_r, damping, kap
     J = q_t.shape[1]
     damp = damping != 1.0
     bound = kappa > 0
-    mu = np.empty((ROWS, J), q_t.dtype)
-    var = np.empty((ROWS, J), q_t.dtype)
+    rows = _block_rows(hi - lo, J)
+    mu = np.empty((rows, J), q_t.dtype)
+    var = np.empty((rows, J), q_t.dtype)
     hT = np.ascontiguousarray(h.T)
     gT = np.ascontiguousarray(g.T)
     hits = 0
-    for b in range(lo, hi, ROWS):
-        e = min(hi, b + ROWS)
+    for b in range(lo, hi, rows):
+        e = min(hi, b + rows)
         n = e - b
         _marginal_block(q_t, q_r, b, e, mu, var)
         mub, varb = mu[:n], var[:n]
