@@ -7,7 +7,7 @@ many passes over the (K, J) weight arrays: the cavity or marginal moments, each 
 each elementwise term, the site replacement.  These kernels go over the weights once, in blocks of
 ``ROWS`` input rows: per block the weights' moments are computed into a small scratch, the block's matrix
 products are BLAS calls (``np.dot``, one BLAS thread each) on that scratch, and the block's new site
-messages are formed and replace the old ones (:func:`factorgraph.kernels.sites_cpu.step_one`) while the
+messages are formed and replace the old ones (:func:`factorgraph.kernels.sites_cpu.replace_one`) while the
 block is in cache.  Inside :func:`factorgraph.kernels.threaded` the blocks are split over all Numba
 threads (the forward's partial sums over the rows are added at the end).
 
@@ -26,7 +26,9 @@ import numpy as np
 from numba import njit, prange
 
 from factorgraph.kernels import use_threads
-from factorgraph.kernels.sites_cpu import step_one
+from factorgraph.kernels.moments_cpu import moments_one
+from factorgraph.kernels.scalar import s1_term
+from factorgraph.kernels.sites_cpu import cavity_one, replace_one
 
 #: input rows per block: a (ROWS, J) scratch per array stays in the L2 cache
 ROWS = 64
@@ -39,24 +41,18 @@ ROUNDOFF, BAD, ZERO = 0, 1, 2
 
 @njit(cache=True, error_model="numpy")
 def _cavity_block(q_t, q_r, s_t, s_r, lo, hi, rtol, mu, var, counts):
-    """Cavity ``q / s`` of rows ``lo:hi`` (strict division, a deficit down to ``rtol |q_r|`` is
-    round-off and set to 0) into ``mu, var`` (mean 0 and variance inf where the precision is 0)."""
+    """Moments of the cavity ``q / s`` of rows ``lo:hi`` (strict division, :func:`sites_cpu.cavity_one`)
+    into ``mu, var`` (mean 0 and variance inf where the precision is 0)."""
     dt = q_t.dtype.type
     zero, one, inf = dt(0), dt(1), dt(np.inf)
     roundoff = bad = nzero = 0
     for k in range(lo, hi):
         for j in range(q_t.shape[1]):
-            d = q_r[k, j] - s_r[k, j]
-            t = q_t[k, j] - s_t[k, j]
-            neg = d < zero
-            beyond = d < -rtol * abs(q_r[k, j])
+            t, d, rounded, beyond = cavity_one(q_t[k, j], q_r[k, j], s_t[k, j], s_r[k, j], rtol, zero)
             bad += beyond
-            roundoff += neg & ~beyond
-            d = max(d, zero)
-            pos = d > zero
-            nzero += ~pos
-            mu[k - lo, j] = t / d if pos else zero
-            var[k - lo, j] = one / d if pos else inf
+            roundoff += rounded
+            nzero += ~(d > zero)
+            mu[k - lo, j], var[k - lo, j] = moments_one(t, d, zero, one, inf)
     counts[ROUNDOFF] += roundoff
     counts[BAD] += bad
     counts[ZERO] += nzero
@@ -69,24 +65,7 @@ def _marginal_block(q_t, q_r, lo, hi, mu, var):
     zero, one, inf = dt(0), dt(1), dt(np.inf)
     for k in range(lo, hi):
         for j in range(q_t.shape[1]):
-            r = q_r[k, j]
-            pos = r > zero
-            mu[k - lo, j] = q_t[k, j] / r if pos else zero
-            var[k - lo, j] = one / r if pos else inf
-
-
-@njit(cache=True, error_model="numpy")
-def _replace(q_t, q_r, s_t, s_r, k, j, nt, nr, damping, kappa, damp, bound):
-    """Replace site weight ``(k, j)`` by ``(nt, nr)`` as :func:`factorgraph.kernels.sites_cpu.replace_site`;
-    returns whether the step bound limited it."""
-    ot = s_t[k, j]
-    orr = s_r[k, j]
-    nt, nr, hit = step_one(q_t[k, j], q_r[k, j], ot, orr, nt, nr, damping, kappa, damp, bound)
-    q_t[k, j] += nt - ot
-    q_r[k, j] += nr - orr
-    s_t[k, j] = nt
-    s_r[k, j] = nr
-    return hit
+            mu[k - lo, j], var[k - lo, j] = moments_one(q_t[k, j], q_r[k, j], zero, one, inf)
 
 
 @njit(cache=True, inline="always")
@@ -173,7 +152,7 @@ def _s1_bwd_rows(aT, a2T, a3T, a4T, g, h, gh, hh, q_t, q_r, s_t, s_r, rtol, damp
             for j in range(J):
                 r = rho[k - b, j]
                 nt = tau[k - b, j] + mu[k - b, j] * r
-                hits += _replace(q_t, q_r, s_t, s_r, k, j, nt, r, damping, kappa, damp, bound)
+                hits += replace_one(q_t, q_r, s_t, s_r, (k, j), nt, r, damping, kappa, damp, bound)
     return hits
 
 
@@ -280,8 +259,8 @@ def _s2_bwd_rows(muaT, m2aT, mua2T, mu_a, g, h, q_t, q_r, s_t, s_r, damping, kap
         tau = np.dot(muaT[b:e], g) + mub * np.dot(mua2T[b:e], h)
         for k in range(b, e):
             for j in range(J):
-                hits += _replace(q_t, q_r, s_t, s_r, k, j, tau[k - b, j], rho[k - b, j], damping, kappa, damp,
-                                 bound)
+                hits += replace_one(q_t, q_r, s_t, s_r, (k, j), tau[k - b, j], rho[k - b, j], damping, kappa,
+                                    damp, bound)
     return hits
 
 
@@ -337,7 +316,7 @@ def input_marginal(in_t, in_r, mx_t, mx_r, idx, m, out_t, out_r, out_mu, out_var
     where the precision is raised, SPEC 1.4), with their means and variances; returns how many were
     raised (``min_rho_clamp``)."""
     dt = in_t.dtype.type
-    zero, one = dt(0), dt(1)
+    zero, one, inf = dt(0), dt(1), dt(np.inf)
     clamps = 0
     for u in range(in_t.shape[0]):
         i = idx[u]
@@ -346,8 +325,7 @@ def input_marginal(in_t, in_r, mx_t, mx_r, idx, m, out_t, out_r, out_mu, out_var
             clamps += low
             out_t[u, k] = t
             out_r[u, k] = r
-            out_mu[u, k] = t / r if r > zero else zero
-            out_var[u, k] = one / r if r > zero else dt(np.inf)
+            out_mu[u, k], out_var[u, k] = moments_one(t, r, zero, one, inf)
     return clamps
 
 
@@ -403,7 +381,7 @@ def _gh_block(f_mu, f_var, r_t, r_r, b, e, c_mu, c_var, g, h, bias):
     ``b:e`` into rows ``0:e-b`` of ``g, h``, and the S1 messages to the bias (coefficient 1, cavity
     ``c_mu, c_var``) summed into ``bias[0], bias[1]`` (tau, rho); returns the rest-variance clamps."""
     dt = f_mu.dtype.type
-    zero, one = dt(0), dt(1)
+    one = dt(1)
     clamps = 0
     for u in range(b, e):
         for j in range(f_mu.shape[1]):
@@ -411,13 +389,10 @@ def _gh_block(f_mu, f_var, r_t, r_r, b, e, c_mu, c_var, g, h, bias):
             d = one + rr * f_var[u, j]
             h[u - b, j] = rr / d
             g[u - b, j] = (r_t[u, j] - rr * f_mu[u, j]) / d
-            rest = f_var[u, j] - c_var[j]
-            neg = rest < zero
-            clamps += neg
-            rest = zero if neg else rest
-            dc = one + rr * rest
-            bias[0, j] += (r_t[u, j] - rr * (f_mu[u, j] - c_mu[j])) / dc
-            bias[1, j] += rr / dc
+            bt, br, clamped = s1_term(one, c_mu[j], c_var[j], f_mu[u, j], f_var[u, j], r_t[u, j], rr)
+            bias[0, j] += bt
+            bias[1, j] += br
+            clamps += clamped
     return clamps
 
 

@@ -8,11 +8,15 @@ import math
 from numba import njit
 
 
+@njit(cache=True, inline="always")
+def moments_one(t, r, zero, one, inf):
+    """``(t / r, 1 / r)``, or ``(0, inf)`` where ``r <= 0``; constants in the dtype to compute in."""
+    pos = r > zero
+    return (t / r if pos else zero), (one / r if pos else inf)
+
+
 @njit(cache=True, error_model="numpy")
 def mean_var(tau, rho, mean, var):
     """Fill ``mean`` and ``var`` (flat arrays like ``tau``, ``rho``)."""
     for j in range(tau.shape[0]):
-        r = rho[j]
-        pos = r > 0
-        mean[j] = tau[j] / r if pos else 0.0
-        var[j] = 1.0 / r if pos else math.inf
+        mean[j], var[j] = moments_one(tau[j], rho[j], 0.0, 1.0, math.inf)

@@ -16,6 +16,8 @@ import math
 import numpy as np
 from numba import njit
 
+from factorgraph.kernels.moments_cpu import moments_one
+
 
 @njit(cache=True, error_model="numpy")
 def step_one(q_t, q_r, ot, orr, nt, nr, damping, kappa, damp, bound):
@@ -38,19 +40,27 @@ def step_one(q_t, q_r, ot, orr, nt, nr, damping, kappa, damp, bound):
     return nt, nr, hit
 
 
+@njit(cache=True, inline="always")
+def replace_one(q_t, q_r, s_t, s_r, i, nt, nr, damping, kappa, damp, bound):
+    """Element ``i`` (an index or an index tuple) of :func:`replace_site`: the site message ``s[i]``
+    becomes the (damped, bounded) ``(nt, nr)`` and ``q[i]`` takes the change; returns whether the bound
+    limited it."""
+    ot = s_t[i]
+    orr = s_r[i]
+    nt, nr, hit = step_one(q_t[i], q_r[i], ot, orr, nt, nr, damping, kappa, damp, bound)
+    q_t[i] += nt - ot
+    q_r[i] += nr - orr
+    s_t[i] = nt
+    s_r[i] = nr
+    return hit
+
+
 @njit(cache=True, error_model="numpy")
 def _replace_loop(q_t, q_r, s_t, s_r, new_t, new_r, damping, kappa, damp, bound):
     """The loop of :func:`replace_site` for fixed ``damp``/``bound`` (branch-free, so that it vectorises)."""
     count = 0
     for j in range(q_t.shape[0]):
-        ot = s_t[j]
-        orr = s_r[j]
-        nt, nr, hit = step_one(q_t[j], q_r[j], ot, orr, new_t[j], new_r[j], damping, kappa, damp, bound)
-        count += hit
-        q_t[j] += nt - ot
-        q_r[j] += nr - orr
-        s_t[j] = nt
-        s_r[j] = nr
+        count += replace_one(q_t, q_r, s_t, s_r, j, new_t[j], new_r[j], damping, kappa, damp, bound)
     return count
 
 
@@ -67,6 +77,16 @@ def replace_site(q_t, q_r, s_t, s_r, new_t, new_r, damping, kappa):
     return _replace_loop(*args, False, True) if kappa > 0 else _replace_loop(*args, False, False)
 
 
+@njit(cache=True, inline="always")
+def cavity_one(q_t, q_r, s_t, s_r, rtol, zero):
+    """One element of the strict division ``q / s``: ``(tau, rho, round-off?, beyond tolerance?)``, a
+    precision deficit down to ``rtol |q_r|`` being round-off (the precision set to 0)."""
+    d = q_r - s_r
+    neg = d < zero
+    beyond = d < -rtol * abs(q_r)
+    return q_t - s_t, max(d, zero), neg & ~beyond, beyond
+
+
 @njit(cache=True, error_model="numpy")
 def _cavity_loop(q_t, q_r, s_t, s_r, rtol, zero, one, inf, out_t, out_r, out_mu, out_var):
     """The loop of :func:`cavity_moments`, its constants in the arrays' dtype (a float64 literal would
@@ -74,18 +94,12 @@ def _cavity_loop(q_t, q_r, s_t, s_r, rtol, zero, one, inf, out_t, out_r, out_mu,
     roundoff = 0
     bad = 0
     for j in range(q_t.shape[0]):
-        d = q_r[j] - s_r[j]
-        t = q_t[j] - s_t[j]
-        neg = d < zero
-        beyond = d < -rtol * abs(q_r[j])
+        t, d, rounded, beyond = cavity_one(q_t[j], q_r[j], s_t[j], s_r[j], rtol, zero)
         bad += beyond
-        roundoff += neg & ~beyond
-        d = max(d, zero)
-        pos = d > zero
+        roundoff += rounded
         out_t[j] = t
         out_r[j] = d
-        out_mu[j] = t / d if pos else zero
-        out_var[j] = one / d if pos else inf
+        out_mu[j], out_var[j] = moments_one(t, d, zero, one, inf)
     return roundoff, bad
 
 
