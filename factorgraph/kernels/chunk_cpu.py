@@ -69,6 +69,20 @@ def _marginal_block(q_t, q_r, lo, hi, mu, var):
 
 
 @njit(cache=True, inline="always")
+def _replace_block(q_t, q_r, s_t, s_r, b, tau, rho, damping, kappa):
+    """Rows ``b : b + len(tau)`` of the site take the block's new messages ``(tau, rho)``
+    (:func:`factorgraph.kernels.sites_cpu.replace_one`); returns how many the step bound limited."""
+    damp = damping != 1.0
+    bound = kappa > 0
+    hits = 0
+    for k in range(tau.shape[0]):
+        for j in range(tau.shape[1]):
+            hits += replace_one(q_t, q_r, s_t, s_r, (b + k, j), tau[k, j], rho[k, j], damping, kappa, damp,
+                                bound)
+    return hits
+
+
+@njit(cache=True, inline="always")
 def _block_rows(n, J):
     """Rows per block: ``ROWS``, or all ``n`` rows of a small weight tensor (fewer, larger BLAS calls)."""
     return max(n, 1) if n * J < THREADS_MIN else ROWS
@@ -133,8 +147,6 @@ def s1_chunk_forward(x, q_t, q_r, s_t, s_r, rtol, out_mu, out_var):
 def _s1_bwd_rows(aT, a2T, a3T, a4T, g, h, gh, hh, q_t, q_r, s_t, s_r, rtol, damping, kappa, expansion, lo,
                  hi):
     J = q_t.shape[1]
-    damp = damping != 1.0
-    bound = kappa > 0
     rows = _block_rows(hi - lo, J)
     mu = np.empty((rows, J), q_t.dtype)
     var = np.empty((rows, J), q_t.dtype)
@@ -148,11 +160,8 @@ def _s1_bwd_rows(aT, a2T, a3T, a4T, g, h, gh, hh, q_t, q_r, s_t, s_r, rtol, damp
         if expansion == 1:
             rho += var[:e - b] * np.dot(a4T[b:e], hh)
             tau += var[:e - b] * np.dot(a3T[b:e], gh)
-        for k in range(b, e):
-            for j in range(J):
-                r = rho[k - b, j]
-                nt = tau[k - b, j] + mu[k - b, j] * r
-                hits += replace_one(q_t, q_r, s_t, s_r, (k, j), nt, r, damping, kappa, damp, bound)
+        tau += mu[:e - b] * rho
+        hits += _replace_block(q_t, q_r, s_t, s_r, b, tau, rho, damping, kappa)
     return hits
 
 
@@ -236,8 +245,6 @@ def s2_chunk_forward(mu_a, var_a, q_t, q_r, out_mu, out_var):
 @njit(cache=True, error_model="numpy")
 def _s2_bwd_rows(muaT, m2aT, mua2T, mu_a, g, h, q_t, q_r, s_t, s_r, damping, kappa, lo, hi, ta_T, ra_T):
     J = q_t.shape[1]
-    damp = damping != 1.0
-    bound = kappa > 0
     rows = _block_rows(hi - lo, J)
     mu = np.empty((rows, J), q_t.dtype)
     var = np.empty((rows, J), q_t.dtype)
@@ -257,10 +264,7 @@ def _s2_bwd_rows(muaT, m2aT, mua2T, mu_a, g, h, q_t, q_r, s_t, s_r, damping, kap
         # to the weights
         rho = np.dot(m2aT[b:e], h)
         tau = np.dot(muaT[b:e], g) + mub * np.dot(mua2T[b:e], h)
-        for k in range(b, e):
-            for j in range(J):
-                hits += replace_one(q_t, q_r, s_t, s_r, (k, j), tau[k - b, j], rho[k - b, j], damping, kappa,
-                                    damp, bound)
+        hits += _replace_block(q_t, q_r, s_t, s_r, b, tau, rho, damping, kappa)
     return hits
 
 
