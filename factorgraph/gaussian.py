@@ -205,6 +205,12 @@ class WithMoments(Gaussian):
         g.tau, g.rho, g._mean, g._var = tau, rho, mean, var
         return g
 
+    @classmethod
+    def from_moments(cls, mean, var):
+        """The message with these (finite, positive) variances: ``tau = mean / var``, ``rho = 1 / var``,
+        keeping ``mean`` and ``var`` as given (the compiled chunk forwards compute them directly)."""
+        return cls.of(mean / var, 1 / var, mean, var)
+
     def reshape(self, *shape):
         """Reshaped, keeping the computed moments (views, like :meth:`Gaussian.reshape`)."""
         return WithMoments.of(self.tau.reshape(*shape), self.rho.reshape(*shape), self._mean.reshape(*shape),

@@ -244,7 +244,7 @@ class Conv(Factor):
             f = chunk_cpu.uses_forward(self._a.mean.reshape(-1, D), self._a.var.reshape(-1, D), self._qw.mean,
                                        self._qw.var, cav_c.mean, cav_c.var)
         mu, var = (v.reshape(self._a.shape[:-1] + (self.filters,)) for v in f)
-        self._f = WithMoments.of(mu / var, 1 / var, mu, var)
+        self._f = WithMoments.from_moments(mu, var)
         return self._out(self._f, m_in.shape[:-3])
 
     def backward_chunk(self, m_out, idx, site, damping, expansion):

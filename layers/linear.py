@@ -186,7 +186,7 @@ class Linear(Factor):
     def _with_bias(self, mu, var):
         mu += self._cav_c.mean
         var += self._cav_c.var
-        return WithMoments.of(mu / var, 1 / var, mu, var)
+        return WithMoments.from_moments(mu, var)
 
     def _fused_s1_forward(self, fused):
         """The first layer's chunk forward by the fused kernel; ``False`` (nothing changed) where a cavity

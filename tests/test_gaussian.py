@@ -579,6 +579,16 @@ def test_with_moments_caches_the_moments_of_the_same_message():
     assert type(w * g) is Gaussian and (w * g).mean[0] == 0.5
 
 
+def test_with_moments_from_moments_keeps_them_and_has_their_natural_parameters():
+    from factorgraph.gaussian import WithMoments
+
+    mean, var = np.array([1.5, -2.0]), np.array([0.5, 4.0])
+    w = WithMoments.from_moments(mean, var)
+    assert w.mean is mean and w.var is var
+    np.testing.assert_array_equal(w.tau, [3.0, -0.5])
+    np.testing.assert_array_equal(w.rho, [2.0, 0.25])
+
+
 class _DeviceMask:
     """Stands in for a CuPy mask: not a NumPy array, summed 'on the device' into a 0-d array."""
 
