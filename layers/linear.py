@@ -209,7 +209,6 @@ class Linear(Factor):
             return self._fused_backward(m_out, idx, site, damping, expansion, fused)
         to_c = s1_backward_to_bias(self._cav_c, self._out, m_out)
         to_x = None
-        fused = None if expansion is None else W.fused_site(site, damping)
         if self.constant_input:
             if self._cav_w is None:
                 self._cav_w = W.cavity_moments(site)
