@@ -179,6 +179,8 @@ def main(argv=None):
                    help="device of the message passing and of the PyTorch epochs")
     p.add_argument("--out", default="examples/out")
     args = p.parse_args(argv)
+    if args.rounds < 1:
+        p.error(f"--rounds must be at least 1, got {args.rounds}")
     data = load(args.n, args.arch, args.seed)
     if args.throughput:
         # rounds alternate the orders and PyTorch, so a slow phase of a shared machine hits them alike
@@ -204,9 +206,9 @@ def main(argv=None):
         if args.torch:
             t = float(np.median(torch_runs))
             span = f" [{1e6 * min(torch_runs):.1f} - {1e6 * max(torch_runs):.1f}]" if spread else ""
+            ratios = "".join(f"; {spec}: {res[spec] / t:.1f}x PyTorch" for spec in args.orders if spec != "Shuffled()")
             print(f"PyTorch SGD epoch over n = {args.n} (batch {args.batch}): {t * args.n:.3f} s = "
-                  f"{1e6 * t:.1f}{span} us / example"
-                  + "".join(f"; {spec}: {res[spec] / t:.1f}x PyTorch" for spec in args.orders if spec != "Shuffled()"))
+                  f"{1e6 * t:.1f}{span} us / example{ratios}")
         return
     os.makedirs(args.out, exist_ok=True)
     tag = f"{args.arch}_n{args.n}" + ("_cuda" if args.device == "cuda" else "") + ("_warm" if args.warm else "") + ("_mix" if args.mix else "")

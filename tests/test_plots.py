@@ -83,3 +83,15 @@ def test_schedules_experiment_plot_names_each_shown_order_once(tmp_path, monkeyp
     plot(rows, path, "title")
     assert path.read_bytes().startswith(PNG) and len(path.read_bytes()) > 1000
     assert legends == [["Shuffled()", "ByEpoch(Parallel(32, 0.5), (3, Parallel(32, 0.25)))"]]
+
+
+def test_schedules_experiment_refuses_fewer_than_one_round(capsys):
+    import pathlib
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "examples"))
+    from schedules_experiment import main
+
+    with pytest.raises(SystemExit):
+        main(["--throughput", "--rounds", "0"])  # before any data is loaded
+    assert "--rounds must be at least 1, got 0" in capsys.readouterr().err
