@@ -19,9 +19,10 @@ from factorgraph.gaussian import CF_T
 from factorgraph.kernels import use_threads
 from factorgraph.kernels.scalar import (
     LOG_SQRT_2PI, MIN_NORMAL, MIN_U, NEGLIGIBLE_LOG_WEIGHT, SQRT1_2, block52_log_weight, block52_moments,
-    block52_parts, block52_prep, erfc_log_weight_ok, mixture, mixture_exponent, mixture_with,
-    shift_and_factor_from)
-from factorgraph.kernels.vecmath import erfc_map, exp_map, log1p_map, log_map
+    block52_parts, block52_prep, erfc_log_weight_ok, mixture, mixture_exponent,
+    mixture_with, shift_and_factor_from)
+from factorgraph.kernels.vecmath import (
+    CF_LANES, continued_fraction_map, erfc_map, exp_map, log1p_map, log_map)
 
 L_FWD_FALLBACK, L_BWD_CLAMP, L_BWD_FALLBACK, L_U_FLOOR, L_MIN_RHO = range(5)
 GUARD_NAMES = ("leaky_forward_fallback", "leaky_backward_clamp", "leaky_backward_fallback",
@@ -204,8 +205,8 @@ def leaky_fwd_moment_match(a_t, a_r, slope, out_t, out_r, counts):
 # two components' moments; the mixture exponent and its log1p; the flags (rare unit, fallback); the outputs
 _TA, _RA, _TZ, _RZ = 0, 1, 2, 3
 _T, _S, _H, _Q, _MASS, _PHI, _LOG, _LW = 4, 5, 6, 7, 8, 9, 10, 11
-_M1, _V1, _M2, _V2, _X, _LP, _RARE, _FB, _OT, _OR = range(20, 30)
-_ROWS = 30
+_M1, _V1, _M2, _V2, _X, _LP, _RARE, _FB, _OT, _OR, _BAD = range(20, 31)
+_ROWS = 31
 
 
 @njit(cache=True, error_model="numpy")
@@ -223,6 +224,9 @@ def _marginal_serial(backward, a_t, a_r, z_t, z_r, slope, out_t, out_r):
     n = a_t.shape[0]
     w = np.empty((_ROWS, TILE))
     acc = np.zeros(4, np.int64)
+    cf = np.empty((3, 2 * TILE + CF_LANES))  # the continued fraction's lanes: x, K, K (L - K)
+    cf_x, cf_k, cf_v = cf[0], cf[1], cf[2]
+    cf_at = np.empty(2 * TILE, np.int64)
     inv_s2 = 1.0 / (slope * slope)
     log_slope = math.log(slope) if backward else 0.0
     for lo in range(0, n, TILE):
@@ -258,6 +262,7 @@ def _marginal_serial(backward, a_t, a_r, z_t, z_r, slope, out_t, out_r):
         rare = floors = 0
         for i in range(TILE):  # the common case: erfc gives the mass, the direct formula the moments
             w[_RARE, i] = 0.0
+            w[_BAD, i] = 0.0
             for b in range(2):
                 o = 8 * b
                 t, mass = w[_T + o, i], w[_MASS + o, i]
@@ -266,8 +271,11 @@ def _marginal_serial(backward, a_t, a_r, z_t, z_r, slope, out_t, out_r):
                 shift = t + v
                 u = 1.0 - v * shift
                 tail = t < -CF_T
-                if tail | (not erfc_log_weight_ok(t, math.sqrt(w[_H + o, i]) * mass)):
+                bad = not erfc_log_weight_ok(t, math.sqrt(w[_H + o, i]) * mass)
+                if tail | bad:
                     w[_RARE, i] = 1.0
+                if bad:
+                    w[_BAD, i] = 1.0
                 floored = u < MIN_U
                 floors += floored & (not tail) & (i < m)
                 u = MIN_U if floored else u
@@ -276,24 +284,41 @@ def _marginal_serial(backward, a_t, a_r, z_t, z_r, slope, out_t, out_r):
                 w[_V1 + 2 * b, i] = s * s * u
             rare += (w[_RARE, i] != 0.0) & (i < m)
         acc[2 if backward else 1] += floors
-        if rare:  # the tail-accurate log-cdf and the continued fraction, unit by unit
+        if rare:  # the tail-accurate log-cdf and the continued fraction
+            nq = 0
             for i in range(m):
                 if w[_RARE, i] == 0.0:
                     continue
-                for o in (0, 8):
-                    shm = math.sqrt(w[_H + o, i]) * w[_MASS + o, i]
-                    w[_LW + o, i] = block52_log_weight(w[_T + o, i], w[_H + o, i], w[_Q + o, i], shm,
-                                                       w[_LOG + o, i]) - (log_slope if o == 8 else 0.0)
+                if w[_BAD, i] != 0.0:
+                    for o in (0, 8):
+                        shm = math.sqrt(w[_H + o, i]) * w[_MASS + o, i]
+                        w[_LW + o, i] = block52_log_weight(w[_T + o, i], w[_H + o, i], w[_Q + o, i], shm,
+                                                           w[_LOG + o, i]) - (log_slope if o == 8 else 0.0)
                 lw1, lw2 = w[_LW, i], w[_LW + 8, i]
                 for b in range(2):
                     o = 8 * b
                     if w[_T + o, i] < -CF_T:
                         own, other = (lw1, lw2) if b == 0 else (lw2, lw1)
-                        mb, vb, f = block52_moments(w[_T + o, i], w[_S + o, i], math.nan,
-                                                    own < other - NEGLIGIBLE_LOG_WEIGHT)
-                        w[_M1 + 2 * b, i] = mb if b == 0 else -mb
-                        w[_V1 + 2 * b, i] = vb
-                        acc[2 if backward else 1] += f
+                        if own < other - NEGLIGIBLE_LOG_WEIGHT:
+                            mb, vb, f = block52_moments(w[_T + o, i], w[_S + o, i], math.nan, True)
+                            w[_M1 + 2 * b, i] = mb if b == 0 else -mb
+                            w[_V1 + 2 * b, i] = vb
+                            acc[2 if backward else 1] += f
+                        else:  # queued for the continued fraction, all lanes at once
+                            cf_x[nq] = -w[_T + o, i]
+                            cf_at[nq] = 2 * i + b
+                            nq += 1
+            if nq:
+                continued_fraction_map(cf_x, cf_k, cf_v, nq)
+                for k in range(nq):
+                    i, b = cf_at[k] // 2, cf_at[k] % 2
+                    u = cf_v[k]
+                    if u < MIN_U:
+                        u = MIN_U
+                        acc[2 if backward else 1] += 1
+                    s = w[_S + 8 * b, i]
+                    w[_M1 + 2 * b, i] = s * cf_k[k] if b == 0 else -s * cf_k[k]
+                    w[_V1 + 2 * b, i] = s * s * u
         for i in range(TILE):
             w[_X, i] = mixture_exponent(w[_LW, i], w[_LW + 8, i])
         exp_map(w[_X], w[_X], TILE)
