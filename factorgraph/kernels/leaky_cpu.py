@@ -205,8 +205,8 @@ def leaky_fwd_moment_match(a_t, a_r, slope, out_t, out_r, counts):
 # two components' moments; the mixture exponent and its log1p; the flags (rare unit, fallback); the outputs
 _TA, _RA, _TZ, _RZ = 0, 1, 2, 3
 _T, _S, _H, _Q, _MASS, _PHI, _LOG, _LW = 4, 5, 6, 7, 8, 9, 10, 11
-_M1, _V1, _M2, _V2, _X, _LP, _RARE, _FB, _OT, _OR, _BAD = range(20, 31)
-_ROWS = 31
+_M1, _V1, _M2, _V2, _X, _LP, _RARE, _FB, _OT, _OR = range(20, 30)
+_ROWS = 30
 
 
 @njit(cache=True, error_model="numpy")
@@ -262,7 +262,6 @@ def _marginal_serial(backward, a_t, a_r, z_t, z_r, slope, out_t, out_r):
         rare = floors = 0
         for i in range(TILE):  # the common case: erfc gives the mass, the direct formula the moments
             w[_RARE, i] = 0.0
-            w[_BAD, i] = 0.0
             for b in range(2):
                 o = 8 * b
                 t, mass = w[_T + o, i], w[_MASS + o, i]
@@ -271,11 +270,8 @@ def _marginal_serial(backward, a_t, a_r, z_t, z_r, slope, out_t, out_r):
                 shift = t + v
                 u = 1.0 - v * shift
                 tail = t < -CF_T
-                bad = not erfc_log_weight_ok(t, math.sqrt(w[_H + o, i]) * mass)
-                if tail | bad:
+                if tail | (not erfc_log_weight_ok(t, math.sqrt(w[_H + o, i]) * mass)):
                     w[_RARE, i] = 1.0
-                if bad:
-                    w[_BAD, i] = 1.0
                 floored = u < MIN_U
                 floors += floored & (not tail) & (i < m)
                 u = MIN_U if floored else u
@@ -289,11 +285,10 @@ def _marginal_serial(backward, a_t, a_r, z_t, z_r, slope, out_t, out_r):
             for i in range(m):
                 if w[_RARE, i] == 0.0:
                     continue
-                if w[_BAD, i] != 0.0:
-                    for o in (0, 8):
-                        shm = math.sqrt(w[_H + o, i]) * w[_MASS + o, i]
-                        w[_LW + o, i] = block52_log_weight(w[_T + o, i], w[_H + o, i], w[_Q + o, i], shm,
-                                                           w[_LOG + o, i]) - (log_slope if o == 8 else 0.0)
+                for o in (0, 8):
+                    shm = math.sqrt(w[_H + o, i]) * w[_MASS + o, i]
+                    w[_LW + o, i] = block52_log_weight(w[_T + o, i], w[_H + o, i], w[_Q + o, i], shm,
+                                                       w[_LOG + o, i]) - (log_slope if o == 8 else 0.0)
                 lw1, lw2 = w[_LW, i], w[_LW + 8, i]
                 for b in range(2):
                     o = 8 * b
