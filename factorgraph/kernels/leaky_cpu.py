@@ -19,7 +19,7 @@ from factorgraph.gaussian import CF_T
 from factorgraph.kernels import use_threads
 from factorgraph.kernels.scalar import (
     LOG_SQRT_2PI, MIN_NORMAL, MIN_U, NEGLIGIBLE_LOG_WEIGHT, SQRT1_2, block52_log_weight, block52_moments,
-    block52_parts, block52_prep, erfc_log_weight_ok, mixture, mixture_exponent,
+    block52_parts, block52_prep, erfc_log_weight_ok, floored_moments, mixture, mixture_exponent,
     mixture_with, shift_and_factor_from)
 from factorgraph.kernels.vecmath import (
     CF_LANES, continued_fraction_map, erfc_map, exp_map, log1p_map, log_map)
@@ -216,11 +216,12 @@ def _marginal_serial(backward, a_t, a_r, z_t, z_r, slope, out_t, out_r):
     and the transcendental calls go four lanes at a time (:mod:`factorgraph.kernels.vecmath`): per tile the
     two truncation blocks' ``block52_prep``; erfc and exp; ``log(sqrt(h) Phi)``; the log-weights and the
     direct-formula moments; then, only for the units that need them, the tail-accurate log-cdf and the
-    continued fraction (``t < -CF_T``); exp (and log1p) of the mixture exponents; the finish, and
-    moment matching for the forward's fallbacks.  The same operations as the per-unit functions, so the
-    same numbers.  Returns the guard counts (forward: fallbacks, u-floors; backward: clamps, fallbacks,
-    u-floors, min_rho); error_model "numpy": divisions by zero give inf / NaN as in the per-unit functions'
-    unused branches, never an exception."""
+    continued fraction (``t < -CF_T``; the tile's tails queued and run together by
+    :func:`~factorgraph.kernels.vecmath.continued_fraction_map`); exp (and log1p) of the mixture exponents;
+    the finish, and moment matching for the forward's fallbacks.  The same operations as the per-unit
+    functions, so the same numbers.  Returns the guard counts (forward: fallbacks, u-floors; backward:
+    clamps, fallbacks, u-floors, min_rho); error_model "numpy": divisions by zero give inf / NaN as in the
+    per-unit functions' unused branches, never an exception."""
     n = a_t.shape[0]
     w = np.empty((_ROWS, TILE))
     acc = np.zeros(4, np.int64)
@@ -307,13 +308,10 @@ def _marginal_serial(backward, a_t, a_r, z_t, z_r, slope, out_t, out_r):
                 continued_fraction_map(cf_x, cf_k, cf_v, nq)
                 for k in range(nq):
                     i, b = cf_at[k] // 2, cf_at[k] % 2
-                    u = cf_v[k]
-                    if u < MIN_U:
-                        u = MIN_U
-                        acc[2 if backward else 1] += 1
-                    s = w[_S + 8 * b, i]
-                    w[_M1 + 2 * b, i] = s * cf_k[k] if b == 0 else -s * cf_k[k]
-                    w[_V1 + 2 * b, i] = s * s * u
+                    mb, vb, f = floored_moments(w[_S + 8 * b, i], cf_k[k], cf_v[k])
+                    w[_M1 + 2 * b, i] = mb if b == 0 else -mb
+                    w[_V1 + 2 * b, i] = vb
+                    acc[2 if backward else 1] += f
         for i in range(TILE):
             w[_X, i] = mixture_exponent(w[_LW, i], w[_LW + 8, i])
         exp_map(w[_X], w[_X], TILE)

@@ -155,6 +155,13 @@ def block52_moments(t, sigma_m, v, negligible):
         shift, u = -1.0 / t, 1.0 / (t * t)
     else:
         shift, u = continued_fraction(-t)
+    return floored_moments(sigma_m, shift, u)
+
+
+@njit(cache=True, inline="always")
+def floored_moments(sigma_m, shift, u):
+    """``(mean, var, floored)`` of a truncation block from its standardised ``(shift, u)``: ``sigma_m shift``
+    and ``sigma_m^2 max(u, MIN_U)``."""
     floored = 0
     if u < MIN_U:
         u = MIN_U

@@ -12,6 +12,10 @@ overflow, underflow) exactly as the scalar functions; elsewhere within 4 eps rel
 1e-13 relative in its far tail (arguments beyond 20, values below 1e-170), as ``tests/test_vecmath.py``
 checks for every width the machine has.
 
+``continued_fraction_map`` is the one function here that is not a libm call: the continued fraction of the
+Mills ratio (:func:`factorgraph.kernels.scalar.continued_fraction`) sixteen lanes at a time as LLVM vector
+operations, with the scalar function's numbers.
+
 The maps take ``(x, out, n)`` with ``n`` a multiple of 4 (callers pad their scratch arrays); the eight-lane
 maps need C-contiguous float64 arrays (the kernels' scratch rows).
 """
