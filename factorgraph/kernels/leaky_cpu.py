@@ -340,12 +340,26 @@ def _marginal_serial(backward, a_t, a_r, z_t, z_r, slope, out_t, out_r):
             acc[0] += clamps
             acc[1] += fbs
             acc[3] += lows
-        if fallback:
+        if fallback:  # moment matching of the fallbacks, queued: erfc and exp lanes as _moment_match_serial
+            nf = 0
             for i in range(m):
                 if w[_FB, i] != 0.0:
-                    w[_OT, i], w[_OR, i], f = moment_match_one(w[_TA, i], w[_RA, i], slope)
-                    acc[0] += 1
-                    acc[1] += f
+                    t, sigma = moment_match_t(w[_TA, i], w[_RA, i])
+                    w[_T, nf], w[_S, nf] = t, sigma
+                    w[_MASS, nf], w[_PHI, nf] = abs(t) * SQRT1_2, -0.5 * t * t - LOG_SQRT_2PI
+                    cf_at[nf] = i
+                    nf += 1
+            nf4 = (nf + 3) // 4 * 4
+            for k in range(nf, nf4):
+                w[_MASS, k] = w[_PHI, k] = 0.0
+            erfc_map(w[_MASS], w[_MASS], nf4)
+            exp_map(w[_PHI], w[_PHI], nf4)
+            for k in range(nf):
+                i = cf_at[k]
+                w[_OT, i], w[_OR, i], f = moment_match_from(w[_T, k], w[_S, k], slope, 0.5 * w[_MASS, k],
+                                                            w[_PHI, k])
+                acc[1] += f
+            acc[0] += nf
         for i in range(m):
             out_t[lo + i] = w[_OT, i]
             out_r[lo + i] = w[_OR, i]
