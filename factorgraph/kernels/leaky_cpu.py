@@ -202,11 +202,37 @@ def leaky_fwd_moment_match(a_t, a_r, slope, out_t, out_r, counts):
 
 # scratch rows of _marginal_serial: the inputs; per truncation block b at offset 8 b: t, sigma_m, h, quad,
 # erfc's argument then the mass, exp's argument then phi, log's argument then the log, the log-weight; the
-# two components' moments; the mixture exponent and its log1p; the flags (rare unit, fallback); the outputs
+# two components' moments; the mixture exponent and its log1p; the flags (a tail block, a log-weight erfc
+# cannot give, fallback); the outputs
 _TA, _RA, _TZ, _RZ = 0, 1, 2, 3
 _T, _S, _H, _Q, _MASS, _PHI, _LOG, _LW = 4, 5, 6, 7, 8, 9, 10, 11
-_M1, _V1, _M2, _V2, _X, _LP, _RARE, _FB, _OT, _OR = range(20, 30)
-_ROWS = 30
+_M1, _V1, _M2, _V2, _X, _LP, _TAIL, _NOK, _FB, _OT, _OR = range(20, 31)
+_ROWS = 31
+
+
+@njit(cache=True, inline="always")
+def _tail_block(w, b, m, cf_x, cf_at, nq, floors):
+    """Truncation block ``b``'s tail units of a tile (``t < -CF_T``; :func:`block52_moments`): where the
+    component is negligible (log-weight ``NEGLIGIBLE_LOG_WEIGHT`` below the other's) its moments from the
+    leading asymptotic terms ``(-1/t, 1/t^2)``, else queued for the continued fraction (``cf_x[nq] = -t``,
+    ``cf_at[nq] = 2 i + b``).  Over all the tile's lanes with selects, the queue written branch-free (the
+    arrays have room for one entry past the queue).  Returns the queue length and the u-floor count."""
+    o = 8 * b
+    for i in range(w.shape[1]):
+        t = w[_T + o, i]
+        tail = t < -CF_T
+        negligible = w[_LW + o, i] < w[_LW + 8 - o, i] - NEGLIGIBLE_LOG_WEIGHT
+        mb, vb, f = floored_moments(w[_S + o, i], -1.0 / t, 1.0 / (t * t))
+        asymptotic = tail & negligible
+        if asymptotic:
+            w[_M1 + 2 * b, i] = mb if b == 0 else -mb
+            w[_V1 + 2 * b, i] = vb
+        valid = i < m
+        floors += f & asymptotic & valid
+        cf_x[nq] = -t
+        cf_at[nq] = 2 * i + b
+        nq += tail & (not negligible) & valid
+    return nq, floors
 
 
 @njit(cache=True, error_model="numpy")
@@ -260,9 +286,9 @@ def _marginal_serial(backward, a_t, a_r, z_t, z_r, slope, out_t, out_r):
                 w[_LOG + o, i] = shm if shm >= MIN_NORMAL else 1.0
         for o in (0, 8):
             log_map(w[_LOG + o], w[_LOG + o], TILE)
-        rare = floors = 0
+        tails = notok = floors = 0
         for i in range(TILE):  # the common case: erfc gives the mass, the direct formula the moments
-            w[_RARE, i] = 0.0
+            w[_TAIL, i] = w[_NOK, i] = 0.0
             for b in range(2):
                 o = 8 * b
                 t, mass = w[_T + o, i], w[_MASS + o, i]
@@ -271,39 +297,29 @@ def _marginal_serial(backward, a_t, a_r, z_t, z_r, slope, out_t, out_r):
                 shift = t + v
                 u = 1.0 - v * shift
                 tail = t < -CF_T
-                if tail | (not erfc_log_weight_ok(t, math.sqrt(w[_H + o, i]) * mass)):
-                    w[_RARE, i] = 1.0
+                if tail:
+                    w[_TAIL, i] = 1.0
+                if not erfc_log_weight_ok(t, math.sqrt(w[_H + o, i]) * mass):
+                    w[_NOK, i] = 1.0
                 floored = u < MIN_U
                 floors += floored & (not tail) & (i < m)
                 u = MIN_U if floored else u
                 s = w[_S + o, i]
                 w[_M1 + 2 * b, i] = s * shift if b == 0 else -s * shift
                 w[_V1 + 2 * b, i] = s * s * u
-            rare += (w[_RARE, i] != 0.0) & (i < m)
-        acc[2 if backward else 1] += floors
-        if rare:  # the tail-accurate log-cdf and the continued fraction
-            nq = 0
+            tails += (w[_TAIL, i] != 0.0) & (i < m)
+            notok += (w[_NOK, i] != 0.0) & (i < m)
+        if notok:  # the tail-accurate log-cdf where erfc's mass cannot give the log-weight
             for i in range(m):
-                if w[_RARE, i] == 0.0:
-                    continue
-                for o in (0, 8):
-                    shm = math.sqrt(w[_H + o, i]) * w[_MASS + o, i]
-                    w[_LW + o, i] = block52_log_weight(w[_T + o, i], w[_H + o, i], w[_Q + o, i], shm,
-                                                       w[_LOG + o, i]) - (log_slope if o == 8 else 0.0)
-                lw1, lw2 = w[_LW, i], w[_LW + 8, i]
-                for b in range(2):
-                    o = 8 * b
-                    if w[_T + o, i] < -CF_T:
-                        own, other = (lw1, lw2) if b == 0 else (lw2, lw1)
-                        if own < other - NEGLIGIBLE_LOG_WEIGHT:
-                            mb, vb, f = block52_moments(w[_T + o, i], w[_S + o, i], math.nan, True)
-                            w[_M1 + 2 * b, i] = mb if b == 0 else -mb
-                            w[_V1 + 2 * b, i] = vb
-                            acc[2 if backward else 1] += f
-                        else:  # queued for the continued fraction, all lanes at once
-                            cf_x[nq] = -w[_T + o, i]
-                            cf_at[nq] = 2 * i + b
-                            nq += 1
+                if w[_NOK, i] != 0.0:
+                    for o in (0, 8):
+                        shm = math.sqrt(w[_H + o, i]) * w[_MASS + o, i]
+                        w[_LW + o, i] = block52_log_weight(w[_T + o, i], w[_H + o, i], w[_Q + o, i], shm,
+                                                           w[_LOG + o, i]) - (log_slope if o == 8 else 0.0)
+        nq = 0
+        if tails:  # tail moments: asymptotic where the component is negligible, else the continued fraction
+            nq, floors = _tail_block(w, 0, m, cf_x, cf_at, 0, floors)
+            nq, floors = _tail_block(w, 1, m, cf_x, cf_at, nq, floors)
             if nq:
                 continued_fraction_map(cf_x, cf_k, cf_v, nq)
                 for k in range(nq):
@@ -311,7 +327,8 @@ def _marginal_serial(backward, a_t, a_r, z_t, z_r, slope, out_t, out_r):
                     mb, vb, f = floored_moments(w[_S + 8 * b, i], cf_k[k], cf_v[k])
                     w[_M1 + 2 * b, i] = mb if b == 0 else -mb
                     w[_V1 + 2 * b, i] = vb
-                    acc[2 if backward else 1] += f
+                    floors += f
+        acc[2 if backward else 1] += floors
         for i in range(TILE):
             w[_X, i] = mixture_exponent(w[_LW, i], w[_LW + 8, i])
         exp_map(w[_X], w[_X], TILE)
