@@ -104,79 +104,106 @@ def window_bwd(tau, rho, P, f_t, f_r, r_t, r_r, n, i, j, c, k, out_t, out_r):
     return small, clamp
 
 
-#: windows per tile of :func:`_fwd_images`
+@njit(cache=True, inline="always")
+def _next_window(c, j, i, C, w):
+    """The output pixel after (i, j, c) in (row, column, channel) order."""
+    c += 1
+    if c == C:
+        c = 0
+        j += 1
+        if j == w:
+            j = 0
+            i += 1
+    return c, j, i
+
+
+#: windows per tile of :func:`_fwd_images` (a multiple of 4)
 TILE = 32
 
 
 @njit(cache=True, error_model="numpy")
 def _fwd_images(tau, rho, k, beta2, out_t, out_r, P, keep_p, n0, n1):
-    """:func:`window_fwd` for every window of images ``n0 .. n1 - 1``, in tiles of ``TILE`` windows so the
-    pairs' erfc calls go four lanes at a time (:func:`factorgraph.kernels.vecmath.erfc_map`): per tile the
-    window messages, every pair's ``z`` and ``|z| / sqrt 2``, erfc, then per window the products of
-    :func:`factorgraph.kernels.signals_cpu.argmax_probs_row` (redone by it in log space where their sum
-    is not a positive finite number) and :func:`window_moments`."""
+    """:func:`window_fwd` for every window of images ``n0 .. n1 - 1``, in tiles of ``TILE`` windows laid
+    out pixel-major (row ``a`` of a scratch holds pixel ``a`` of every window of the tile), so that each
+    step is one loop over the tile's windows that the compiler vectorises: the pixels' means and
+    variances; every pair's ``z`` and ``|z| / sqrt 2``; erfc four or eight lanes at a time
+    (:func:`factorgraph.kernels.vecmath.erfc_map`); the products of
+    :func:`factorgraph.kernels.signals_cpu.argmax_probs_row` pair by pair in its order, their sum and
+    normalisation (windows whose sum is not a positive finite number are redone by
+    :func:`argmax_probs_row`, in log space); :func:`window_moments`.  The same operations per window as
+    those functions, so the same numbers."""
     _, h, w, C = out_t.shape
     kk = k * k
     npair = kk * (kk - 1) // 2
     per = h * w * C
-    wt, wr = np.empty(TILE * kk), np.empty(TILE * kk)
-    p = np.empty(TILE * kk)
-    z = np.empty(TILE * npair + 4)
-    e = np.empty(TILE * npair + 4)
+    wt, wr = np.empty((kk, TILE)), np.empty((kk, TILE))
+    mu, var, p = np.empty((kk, TILE)), np.empty((kk, TILE)), np.empty((kk, TILE))
+    z, e = np.empty((npair, TILE)), np.empty((npair, TILE))
+    total = np.empty(TILE)
+    row_t, row_r, row_p = np.empty(kk), np.empty(kk), np.empty(kk)
+    dy, dx = np.empty(kk, np.int64), np.empty(kk, np.int64)  # pixel a of a window: row and column offsets
+    for a in range(kk):
+        dy[a], dx[a] = a // k, a % k
     for n in range(n0, n1):
         for g0 in range(0, per, TILE):
             m = min(TILE, per - g0)
+            c0 = g0 % C
+            j0 = (g0 // C) % w
+            i0 = g0 // (C * w)
+            c, j, i = c0, j0, i0
             for q in range(m):
-                g = g0 + q
-                c = g % C
-                j = (g // C) % w
-                i = g // (C * w)
                 for a in range(kk):
-                    wt[q * kk + a] = tau[n, i * k + a // k, j * k + a % k, c]
-                    wr[q * kk + a] = rho[n, i * k + a // k, j * k + a % k, c]
+                    wt[a, q] = tau[n, i * k + dy[a], j * k + dx[a], c]
+                    wr[a, q] = rho[n, i * k + dy[a], j * k + dx[a], c]
+                c, j, i = _next_window(c, j, i, C, w)
+            for q in range(m, TILE):  # padding windows: finite values, results unused
+                for a in range(kk):
+                    wt[a, q], wr[a, q] = 0.0, 1.0
+            for a in range(kk):
+                for q in range(TILE):
+                    mu[a, q] = wt[a, q] / wr[a, q]
+                    var[a, q] = 1.0 / wr[a, q]
+                    p[a, q] = 1.0
+            pi = 0
+            for a in range(kk):
+                for b in range(a + 1, kk):
+                    for q in range(TILE):
+                        zz = (mu[a, q] - mu[b, q]) / math.sqrt(var[a, q] + var[b, q] + beta2)
+                        z[pi, q] = zz
+                        e[pi, q] = abs(zz) * SQRT1_2
+                    erfc_map(e[pi], e[pi], TILE)
+                    pi += 1
+            pi = 0
+            for a in range(kk):
+                for b in range(a + 1, kk):
+                    for q in range(TILE):
+                        tail = 0.5 * e[pi, q]
+                        up = z[pi, q] >= 0
+                        p[a, q] *= 1.0 - tail if up else tail
+                        p[b, q] *= tail if up else 1.0 - tail
+                    pi += 1
+            for q in range(TILE):
+                total[q] = 0.0
+            for a in range(kk):
+                for q in range(TILE):
+                    total[q] += p[a, q]
+            for a in range(kk):
+                for q in range(TILE):
+                    p[a, q] /= total[q]
             for q in range(m):
-                o, pi = q * kk, q * npair
-                for a in range(kk):
-                    mu_a = wt[o + a] / wr[o + a]
-                    var_a = 1.0 / wr[o + a]
-                    for b in range(a + 1, kk):
-                        zz = (mu_a - wt[o + b] / wr[o + b]) / math.sqrt(var_a + 1.0 / wr[o + b] + beta2)
-                        z[pi] = zz
-                        e[pi] = abs(zz) * SQRT1_2
-                        pi += 1
-            used = m * npair
-            padded = (used + 3) // 4 * 4
-            for x in range(used, padded):
-                e[x] = 0.0
-            erfc_map(e, e, padded)
-            for q in range(m):
-                o, pi = q * kk, q * npair
-                for a in range(kk):
-                    p[o + a] = 1.0
-                for a in range(kk):
-                    for b in range(a + 1, kk):
-                        tail = 0.5 * e[pi]
-                        up = z[pi] >= 0
-                        p[o + a] *= 1.0 - tail if up else tail
-                        p[o + b] *= tail if up else 1.0 - tail
-                        pi += 1
-                total = 0.0
-                for a in range(kk):
-                    total += p[o + a]
-                if total > 0.0 and total < math.inf:
+                if not (total[q] > 0.0 and total[q] < math.inf):  # rare: the log-space products
                     for a in range(kk):
-                        p[o + a] /= total
-                else:
-                    argmax_probs_row(wt[o:o + kk], wr[o:o + kk], beta2, p[o:o + kk])
-                g = g0 + q
-                c = g % C
-                j = (g // C) % w
-                i = g // (C * w)
-                f_t, f_r = window_moments(wt[o:o + kk], wr[o:o + kk], p[o:o + kk], kk)
-                out_t[n, i, j, c], out_r[n, i, j, c] = f_t, f_r
+                        row_t[a], row_r[a] = wt[a, q], wr[a, q]
+                    argmax_probs_row(row_t, row_r, beta2, row_p)
+                    for a in range(kk):
+                        p[a, q] = row_p[a]
+            c, j, i = c0, j0, i0
+            for q in range(m):
+                out_t[n, i, j, c], out_r[n, i, j, c] = window_moments(wt[:, q], wr[:, q], p[:, q], kk)
                 if keep_p:
                     for a in range(kk):
-                        P[n, i * k + a // k, j * k + a % k, c] = p[o + a]
+                        P[n, i * k + dy[a], j * k + dx[a], c] = p[a, q]
+                c, j, i = _next_window(c, j, i, C, w)
 
 
 @njit(cache=True)
