@@ -72,35 +72,45 @@ def window_fwd(tau, rho, n, i, j, c, k, beta2, wt, wr, p, out_t, out_r, P, keep_
 
 
 @njit(cache=True, inline="always")
-def window_bwd(tau, rho, P, f_t, f_r, r_t, r_r, n, i, j, c, k, out_t, out_r):
-    """S1 backward messages to the pixels of window (i, j) of channel c of image n, given the output's
-    forward message ``f`` and backward message ``r`` at (n, i, j, c), into ``out`` at the input pixels.
-    Returns (pixels with a cavity precision below ``MIN_CAVITY_PRECISION``, rest variances floored at 0),
-    the guards of :func:`factorgraph.equations.s1_reduce_backward`."""
+def window_out(f_t, f_r, r_t, r_r, n, i, j, c):
+    """The output pixel's forward message as ``(mu_s, var_s)`` (0 and inf where its precision is 0) and its
+    backward message ``(tau, rho)``: what :func:`pixel_bwd` needs of window (i, j) of channel c."""
     ft = f_t[n, i, j, c]
     fr = f_r[n, i, j, c]
-    mu_s = ft / fr if fr > 0 else 0.0
-    var_s = 1.0 / fr if fr > 0 else math.inf
-    tr = r_t[n, i, j, c]
-    rr = r_r[n, i, j, c]
+    return ft / fr if fr > 0 else 0.0, 1.0 / fr if fr > 0 else math.inf, r_t[n, i, j, c], r_r[n, i, j, c]
+
+
+@njit(cache=True, inline="always")
+def pixel_bwd(b, bt, br, mu_s, var_s, tr, rr):
+    """S1 backward message ``(tau, rho)`` to one pixel (message ``(bt, br)``, argmax probability ``b``) of a
+    window whose output has forward ``(mu_s, var_s)`` and backward ``(tr, rr)`` messages, with the guards
+    of :func:`factorgraph.equations.s1_reduce_backward`: (cavity precision below
+    ``MIN_CAVITY_PRECISION``?, rest variance floored at 0?)."""
+    small = br < MIN_CAVITY_PRECISION
+    mu_b = bt / br if br > 0 else 0.0
+    var_b = 1.0 / br if br > 0 else math.inf
+    rest = var_s - b * b * var_b
+    clamp = rest < 0
+    rest = 0.0 if clamp else rest
+    d = 1.0 + rr * rest
+    return b * (tr - rr * (mu_s - b * mu_b)) / d, b * b * rr / d, small, clamp
+
+
+@njit(cache=True, inline="always")
+def window_bwd(tau, rho, P, f_t, f_r, r_t, r_r, n, i, j, c, k, out_t, out_r):
+    """:func:`pixel_bwd` to the pixels of window (i, j) of channel c of image n, given the output's forward
+    message ``f`` and backward message ``r`` at (n, i, j, c), into ``out`` at the input pixels.  Returns
+    the guard counts (small cavities, floored rest variances)."""
+    mu_s, var_s, tr, rr = window_out(f_t, f_r, r_t, r_r, n, i, j, c)
     small = 0
     clamp = 0
     for a in range(k * k):
         y = i * k + a // k
         x = j * k + a % k
-        b = P[n, y, x, c]
-        bt = tau[n, y, x, c]
-        br = rho[n, y, x, c]
-        small += br < MIN_CAVITY_PRECISION
-        mu_b = bt / br if br > 0 else 0.0
-        var_b = 1.0 / br if br > 0 else math.inf
-        rest = var_s - b * b * var_b
-        if rest < 0:
-            clamp += 1
-            rest = 0.0
-        d = 1.0 + rr * rest
-        out_r[n, y, x, c] = b * b * rr / d
-        out_t[n, y, x, c] = b * (tr - rr * (mu_s - b * mu_b)) / d
+        t, r, s, cl = pixel_bwd(P[n, y, x, c], tau[n, y, x, c], rho[n, y, x, c], mu_s, var_s, tr, rr)
+        out_t[n, y, x, c], out_r[n, y, x, c] = t, r
+        small += s
+        clamp += cl
     return small, clamp
 
 
@@ -217,18 +227,29 @@ def _fwd_threads(tau, rho, k, beta2, out_t, out_r, P, keep_p):
         _fwd_images(tau, rho, k, beta2, out_t, out_r, P, keep_p, n, n + 1)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _bwd_images(tau, rho, P, f_t, f_r, r_t, r_r, k, out_t, out_r, n0, n1):
+    """:func:`window_bwd` of every window of images ``n0 .. n1 - 1``, channels innermost (contiguous, so the
+    compiler vectorises :func:`pixel_bwd` over them): per window position the outputs' messages of all
+    channels, then each pixel offset of the window over all channels."""
     _, h, w, C = f_t.shape
     small = 0
     clamp = 0
+    mu_s, var_s, tr, rr = np.empty(C), np.empty(C), np.empty(C), np.empty(C)
     for n in range(n0, n1):
         for i in range(h):
             for j in range(w):
                 for c in range(C):
-                    s, cl = window_bwd(tau, rho, P, f_t, f_r, r_t, r_r, n, i, j, c, k, out_t, out_r)
-                    small += s
-                    clamp += cl
+                    mu_s[c], var_s[c], tr[c], rr[c] = window_out(f_t, f_r, r_t, r_r, n, i, j, c)
+                for dy in range(k):
+                    for dx in range(k):
+                        y, x = i * k + dy, j * k + dx
+                        for c in range(C):
+                            t, r, s, cl = pixel_bwd(P[n, y, x, c], tau[n, y, x, c], rho[n, y, x, c], mu_s[c],
+                                                    var_s[c], tr[c], rr[c])
+                            out_t[n, y, x, c], out_r[n, y, x, c] = t, r
+                            small += s
+                            clamp += cl
     return small, clamp
 
 

@@ -10,7 +10,8 @@ from factorgraph.kernels.pool_cpu import GUARD_NAMES, P_CLAMP, P_SMALL  # noqa: 
 
 _D = device_functions([scalar, signals_cpu, pool_cpu], [
     "log_ndtr", "continued_fraction", "shift_and_factor_log", "shift_and_factor", "log_ndtr_pair",
-    "_pairwise", "argmax_probs_row", "window_moments", "pool_window", "window_fwd", "window_bwd"])
+    "_pairwise", "argmax_probs_row", "window_moments", "pool_window", "window_fwd", "window_out", "pixel_bwd",
+    "window_bwd"])
 _window_fwd, _window_bwd = _D["window_fwd"], _D["window_bwd"]
 #: largest window (k * k) of the kernels (per-thread scratch); larger windows take the generic path
 MAX_POOL_WINDOW = 64
