@@ -215,23 +215,23 @@ def _tail_block(w, b, m, cf_x, cf_at, nq, floors):
     """Truncation block ``b``'s tail units of a tile (``t < -CF_T``; :func:`block52_moments`): where the
     component is negligible (log-weight ``NEGLIGIBLE_LOG_WEIGHT`` below the other's) its moments from the
     leading asymptotic terms ``(-1/t, 1/t^2)``, else queued for the continued fraction (``cf_x[nq] = -t``,
-    ``cf_at[nq] = 2 i + b``).  Over all the tile's lanes with selects, the queue written branch-free (the
-    arrays have room for one entry past the queue).  Returns the queue length and the u-floor count."""
+    ``cf_at[nq] = 2 i + b``).  The moments over all the tile's lanes with selects (a loop that vectorises),
+    then the queue, written branch-free (the arrays have room for one entry past it).  Returns the queue
+    length and the u-floor count."""
     o = 8 * b
     for i in range(w.shape[1]):
         t = w[_T + o, i]
-        tail = t < -CF_T
         negligible = w[_LW + o, i] < w[_LW + 8 - o, i] - NEGLIGIBLE_LOG_WEIGHT
         mb, vb, f = floored_moments(w[_S + o, i], -1.0 / t, 1.0 / (t * t))
-        asymptotic = tail & negligible
-        if asymptotic:
-            w[_M1 + 2 * b, i] = mb if b == 0 else -mb
-            w[_V1 + 2 * b, i] = vb
-        valid = i < m
-        floors += f & asymptotic & valid
+        asymptotic = (t < -CF_T) & negligible
+        w[_M1 + 2 * b, i] = (mb if b == 0 else -mb) if asymptotic else w[_M1 + 2 * b, i]
+        w[_V1 + 2 * b, i] = vb if asymptotic else w[_V1 + 2 * b, i]
+        floors += f & asymptotic & (i < m)
+    for i in range(m):
+        t = w[_T + o, i]
         cf_x[nq] = -t
         cf_at[nq] = 2 * i + b
-        nq += tail & (not negligible) & valid
+        nq += (t < -CF_T) & (not w[_LW + o, i] < w[_LW + 8 - o, i] - NEGLIGIBLE_LOG_WEIGHT)
     return nq, floors
 
 
@@ -366,7 +366,23 @@ def _marginal_tiles(backward, a_t, a_r, z_t, z_r, slope, out_t, out_r):
             acc[0] += clamps
             acc[1] += fbs
             acc[3] += lows
-        if fallback:  # moment matching of the fallbacks, queued: erfc and exp lanes as _moment_match_serial
+        if 2 * fallback >= m:  # most units fall back: moment matching over all lanes, kept where they do
+            for i in range(TILE):
+                t, sigma = moment_match_t(w[_TA, i], w[_RA, i])
+                w[_T, i], w[_S, i] = t, sigma
+                w[_MASS, i], w[_PHI, i] = abs(t) * SQRT1_2, -0.5 * t * t - LOG_SQRT_2PI
+            erfc_map(w[_MASS], w[_MASS], TILE)
+            exp_map(w[_PHI], w[_PHI], TILE)
+            floors = 0
+            for i in range(TILE):
+                t, r, f = moment_match_from(w[_T, i], w[_S, i], slope, 0.5 * w[_MASS, i], w[_PHI, i])
+                fb = w[_FB, i] != 0.0
+                w[_OT, i] = t if fb else w[_OT, i]
+                w[_OR, i] = r if fb else w[_OR, i]
+                floors += f & fb & (i < m)
+            acc[0] += fallback
+            acc[1] += floors
+        elif fallback:  # a few: queued, erfc and exp lanes over the queue
             nf = 0
             for i in range(m):
                 if w[_FB, i] != 0.0:
