@@ -113,11 +113,12 @@ class Conv(Factor):
         return self._dev["src"]
 
     def _plan(self, like):
-        """The fold plan (CSR offsets and entries) on the device of ``like``, built once."""
+        """The fold plan (the patch index, CSR offsets and entries) on the device of ``like``, built once."""
         key = "plan_" + get_array_module(like).__name__
         if key not in self._dev:
             xp = get_array_module(like)
-            self._dev[key] = tuple(xp.asarray(a) for a in fold_plan(self.src, int(np.prod(self.input_shape))))
+            self._dev[key] = (self._src(like),) + tuple(
+                xp.asarray(a) for a in fold_plan(self.src, int(np.prod(self.input_shape))))
         return self._dev[key]
 
     def _gather(self, m_in, constant, moments=False):
@@ -160,11 +161,10 @@ class Conv(Factor):
         xp = to_a.xp
         lead = to_a.shape[:-2]
         n = int(np.prod(self.input_shape))
-        offsets, entries = self._plan(to_a.tau)
         out = Gaussian(xp.empty(lead + (n,), to_a.dtype), xp.empty(lead + (n,), to_a.dtype))
         D2 = int(np.prod(to_a.shape[-2:]))
         mod.fold(xp.ascontiguousarray(to_a.tau).reshape(-1, D2), xp.ascontiguousarray(to_a.rho).reshape(-1, D2),
-                 offsets, entries, out.tau.reshape(-1, n), out.rho.reshape(-1, n))
+                 self._plan(to_a.tau), out.tau.reshape(-1, n), out.rho.reshape(-1, n))
         return out.reshape(*lead, *self.input_shape)
 
     def _out(self, g, lead=()):

@@ -307,7 +307,7 @@ def test_threaded_gather_and_fold_equal_the_serial_kernels(monkeypatch):
             out = np.full((L,) + src.shape, np.nan)
             patches_cpu.gather(values, src, 0.0, out)
             out_t, out_r = np.zeros((L, n)), np.zeros((L, n))
-            patches_cpu.fold(msg_t, msg_r, offsets, entries, out_t, out_r)
+            patches_cpu.fold(msg_t, msg_r, (src, offsets, entries), out_t, out_r)
         results.append((out, out_t, out_r))
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)

@@ -173,7 +173,7 @@ def test_gather_and_fold_kernels_equal_the_reference(cuda_mods, geometry, dtype)
             mod.gather(values.reshape(L, n), src, dtype(pad_value), out)
             np.testing.assert_array_equal(out, want)
         out_t, out_r = np.zeros((L, n), dtype), np.zeros((L, n), dtype)
-        mod.fold(msg.tau.reshape(L, -1), msg.rho.reshape(L, -1), offsets, entries, out_t, out_r)
+        mod.fold(msg.tau.reshape(L, -1), msg.rho.reshape(L, -1), (src, offsets, entries), out_t, out_r)
         # a sum in another order: relative to the sum of the magnitudes folded
         magnitude = eq.fold_messages(Gaussian(np.abs(msg.tau), msg.rho), src, shape).tau
         assert_messages_close(out_t.reshape((L,) + shape), out_r.reshape((L,) + shape), ref_f.tau, ref_f.rho,

@@ -5,10 +5,11 @@
 :func:`factorgraph.equations.s2_backward` (variable A; messages to A summed over filters, messages to B
 summed over positions) from precomputed moments, without materialising (P, D, F) temporaries.
 ``counts[0]`` counts rest-variance clamps.  ``gather`` (im2col) and ``fold`` (the deterministic
-product over a pixel's copies, walking the CSR plan of :func:`factorgraph.equations.im2col.fold_plan`)
-move messages between images and patch matrices, with a leading example axis.
+product over a pixel's copies, summed in entry order) move messages between images and patch matrices,
+with a leading example axis.
 """
 
+import numpy as np
 from numba import njit, prange
 
 from factorgraph.kernels import use_threads
@@ -99,34 +100,43 @@ def gather(values, src, pad, out):
     (_gather_threads if threads else _gather_serial)(values, src, pad, out)
 
 
-@njit(cache=True, inline="always")
-def fold_one(msg_t, msg_r, offsets, entries, e, i):
-    """(tau, rho) of input pixel ``i`` of example ``e``: its copies' messages summed in entry order."""
-    acc_t = 0.0
-    acc_r = 0.0
-    for k in range(offsets[i], offsets[i + 1]):
-        acc_t += msg_t[e, entries[k]]
-        acc_r += msg_r[e, entries[k]]
-    return acc_t, acc_r
+@njit(cache=True)
+def _fold_rows(msg_t, msg_r, src, acc_t, acc_r, out_t, out_r, e):
+    """Example ``e``: each patch entry's message added to its pixel's float64 sum, entries in increasing
+    order (so every pixel's copies are summed in entry order, the order of the CUDA kernel's CSR walk),
+    then stored in the output's dtype."""
+    P, D = src.shape
+    acc_t[:] = 0.0
+    acc_r[:] = 0.0
+    for p in range(P):
+        for d in range(D):
+            s = src[p, d]
+            if s >= 0:
+                acc_t[s] += msg_t[e, p * D + d]
+                acc_r[s] += msg_r[e, p * D + d]
+    for i in range(out_t.shape[1]):
+        out_t[e, i] = acc_t[i]
+        out_r[e, i] = acc_r[i]
 
 
 @njit(cache=True)
-def _fold_serial(msg_t, msg_r, offsets, entries, out_t, out_r):
+def _fold_serial(msg_t, msg_r, src, out_t, out_r):
+    acc_t, acc_r = np.empty(out_t.shape[1]), np.empty(out_t.shape[1])
     for e in range(out_t.shape[0]):
-        for i in range(out_t.shape[1]):
-            out_t[e, i], out_r[e, i] = fold_one(msg_t, msg_r, offsets, entries, e, i)
+        _fold_rows(msg_t, msg_r, src, acc_t, acc_r, out_t, out_r, e)
 
 
 @njit(cache=True, parallel=True)
-def _fold_threads(msg_t, msg_r, offsets, entries, out_t, out_r):
+def _fold_threads(msg_t, msg_r, src, out_t, out_r):
     for e in prange(out_t.shape[0]):
-        for i in range(out_t.shape[1]):
-            out_t[e, i], out_r[e, i] = fold_one(msg_t, msg_r, offsets, entries, e, i)
+        _fold_rows(msg_t, msg_r, src, np.empty(out_t.shape[1]), np.empty(out_t.shape[1]), out_t, out_r, e)
 
 
-def fold(msg_t, msg_r, offsets, entries, out_t, out_r):
+def fold(msg_t, msg_r, plan, out_t, out_r):
     """Sum the patch-entry messages (L, P * D) into the input messages (L, n), each pixel's copies in
     increasing entry order (deterministic, threads or not: examples on all threads inside
-    :func:`factorgraph.kernels.threaded`, from ``THREADS_MIN`` entries)."""
+    :func:`factorgraph.kernels.threaded`, from ``THREADS_MIN`` entries).  ``plan``: ``(src, offsets,
+    entries)`` (:func:`factorgraph.equations.im2col.fold_plan`); this kernel walks ``src`` (a scatter into
+    per-pixel float64 sums, in entry order), the CUDA kernel the CSR lists."""
     threads = use_threads(msg_t.size, THREADS_MIN) and out_t.shape[0] > 1
-    (_fold_threads if threads else _fold_serial)(msg_t, msg_r, offsets, entries, out_t, out_r)
+    (_fold_threads if threads else _fold_serial)(msg_t, msg_r, plan[0], out_t, out_r)

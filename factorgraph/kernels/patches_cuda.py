@@ -12,9 +12,19 @@ from numba import cuda  # noqa: E402, I001
 
 from factorgraph.kernels import patches_cpu, scalar
 
-_D = device_functions([scalar, patches_cpu], ["s1_term", "s2_terms", "fold_one"])
-_s1_term, _s2_terms, _fold_one = _D["s1_term"], _D["s2_terms"], _D["fold_one"]
+_D = device_functions([scalar, patches_cpu], ["s1_term", "s2_terms"])
+_s1_term, _s2_terms = _D["s1_term"], _D["s2_terms"]
 
+
+@cuda.jit(device=True)
+def _fold_one(msg_t, msg_r, offsets, entries, e, i):
+    """(tau, rho) of input pixel ``i`` of example ``e``: its copies' messages summed in entry order."""
+    acc_t = 0.0
+    acc_r = 0.0
+    for k in range(offsets[i], offsets[i + 1]):
+        acc_t += msg_t[e, entries[k]]
+        acc_r += msg_r[e, entries[k]]
+    return acc_t, acc_r
 
 
 def _grid2(a, b, ta=8, tb=32):
@@ -112,10 +122,11 @@ def s2_patches_bwd(a_mu, a_var, b_mu, b_var, f_mu, f_var, r_t, r_r, to_a_t, to_a
     _s2_to_b[blocks, threads](a_mu, a_var, b_mu, b_var, f_mu, f_var, r_t, r_r, to_b_t, to_b_r, counts)
 
 
-def fold(msg_t, msg_r, offsets, entries, out_t, out_r):
-    """Sum the patch-entry messages (L, P * D) into the input messages (L, n) (deterministic)."""
+def fold(msg_t, msg_r, plan, out_t, out_r):
+    """Sum the patch-entry messages (L, P * D) into the input messages (L, n) (deterministic): one thread
+    per pixel walking its CSR list of ``plan = (src, offsets, entries)``."""
     blocks, threads = _grid2(*out_t.shape, ta=1, tb=128)
-    _fold[blocks, threads](msg_t, msg_r, offsets, entries, out_t, out_r)
+    _fold[blocks, threads](msg_t, msg_r, plan[1], plan[2], out_t, out_r)
 
 
 def gather(values, src, pad, out):
