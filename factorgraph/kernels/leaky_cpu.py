@@ -41,6 +41,15 @@ def moment_match_t(ta, ra):
 
 
 @njit(cache=True, inline="always")
+def moment_match_args(ta, ra):
+    """``(t, sigma)`` of :func:`moment_match_t` and the arguments of the erfc and exp that
+    :func:`moment_match_from` needs (``|t| / sqrt 2`` and ``-t^2 / 2 - log sqrt(2 pi)``), for kernels
+    that call them several lanes at a time."""
+    t, sigma = moment_match_t(ta, ra)
+    return t, sigma, abs(t) * SQRT1_2, -0.5 * t * t - LOG_SQRT_2PI
+
+
+@njit(cache=True, inline="always")
 def moment_match_one(ta, ra, slope):
     """Moment-matched output (tau, rho, u-floors) for input (ta, ra).
 
@@ -49,9 +58,8 @@ def moment_match_one(ta, ra, slope):
     come from one ``erfc`` of ``|t|`` (the small tail ``e`` and ``1 - e``), ``phi(t)`` from one ``exp``,
     and the weights are the masses themselves (they sum to 1): the same numbers with two transcendental
     calls instead of eight."""
-    t, sigma = moment_match_t(ta, ra)
-    return moment_match_from(t, sigma, slope, 0.5 * math.erfc(abs(t) * SQRT1_2),
-                             math.exp(-0.5 * t * t - LOG_SQRT_2PI))
+    t, sigma, erfc_arg, exp_arg = moment_match_args(ta, ra)
+    return moment_match_from(t, sigma, slope, 0.5 * math.erfc(erfc_arg), math.exp(exp_arg))
 
 
 @njit(cache=True, inline="always")
@@ -169,9 +177,7 @@ def _moment_match_serial(a_t, a_r, slope, out_t, out_r):
         m4 = (m + 3) // 4 * 4
         for i in range(m4):
             ta, ra = (np.float64(a_t[lo + i]), np.float64(a_r[lo + i])) if i < m else (0.0, 1.0)
-            t, sigma = moment_match_t(ta, ra)
-            w[0, i], w[1, i] = t, sigma
-            w[2, i], w[3, i] = abs(t) * SQRT1_2, -0.5 * t * t - LOG_SQRT_2PI
+            w[0, i], w[1, i], w[2, i], w[3, i] = moment_match_args(ta, ra)
         erfc_map(w[2], w[2], m4)
         exp_map(w[3], w[3], m4)
         for i in range(m):
@@ -262,7 +268,7 @@ def _marginal_tiles(backward, a_t, a_r, z_t, z_r, slope, out_t, out_r):
     acc = np.zeros(4, np.int64)
     cf = np.empty((3, 2 * TILE + CF_LANES))  # the continued fraction's lanes: x, K, K (L - K)
     cf_x, cf_k, cf_v = cf[0], cf[1], cf[2]
-    cf_at = np.empty(2 * TILE, np.int64)
+    cf_at = np.empty(2 * TILE, np.int64)  # queued: the continued fraction's (2 i + b), the fallbacks' (i)
     inv_s2 = 1.0 / (slope * slope)
     log_slope = math.log(slope) if backward else 0.0
     for lo in range(0, n, TILE):
@@ -368,9 +374,7 @@ def _marginal_tiles(backward, a_t, a_r, z_t, z_r, slope, out_t, out_r):
             acc[3] += lows
         if 2 * fallback >= m:  # most units fall back: moment matching over all lanes, kept where they do
             for i in range(TILE):
-                t, sigma = moment_match_t(w[_TA, i], w[_RA, i])
-                w[_T, i], w[_S, i] = t, sigma
-                w[_MASS, i], w[_PHI, i] = abs(t) * SQRT1_2, -0.5 * t * t - LOG_SQRT_2PI
+                w[_T, i], w[_S, i], w[_MASS, i], w[_PHI, i] = moment_match_args(w[_TA, i], w[_RA, i])
             erfc_map(w[_MASS], w[_MASS], TILE)
             exp_map(w[_PHI], w[_PHI], TILE)
             floors = 0
@@ -386,9 +390,7 @@ def _marginal_tiles(backward, a_t, a_r, z_t, z_r, slope, out_t, out_r):
             nf = 0
             for i in range(m):
                 if w[_FB, i] != 0.0:
-                    t, sigma = moment_match_t(w[_TA, i], w[_RA, i])
-                    w[_T, nf], w[_S, nf] = t, sigma
-                    w[_MASS, nf], w[_PHI, nf] = abs(t) * SQRT1_2, -0.5 * t * t - LOG_SQRT_2PI
+                    w[_T, nf], w[_S, nf], w[_MASS, nf], w[_PHI, nf] = moment_match_args(w[_TA, i], w[_RA, i])
                     cf_at[nf] = i
                     nf += 1
             nf4 = (nf + 3) // 4 * 4
