@@ -9,6 +9,7 @@ explicit graph :meth:`FactorGraph.graph`.
 """
 
 import json
+import math
 import warnings
 
 import numpy as np
@@ -230,21 +231,34 @@ class FactorGraph:
         far = []
         for l, layer in self.weighted_layers():
             for name, s in layer.params.items():
-                xp = s.q.xp
-                if not (bool(xp.isfinite(s.q.tau).all()) and bool((s.q.rho > 0).all())
-                        and bool(xp.isfinite(s.q.rho).all())):
+                ok, n, top = self._marginal_health(s)
+                if not ok:
                     self._diverged(order, f"the marginal of layer {l} ({layer.kind}) {name} is non-finite or "
                                           "improper after a sweep")
-                prior = s.prior
-                shift = xp.abs(s.q.mean - prior.mean) * xp.sqrt(prior.rho)
-                n = int((shift > config.MEAN_SHIFT_WARN_SDS).sum())
                 if n:
-                    far.append(f"layer {l} ({layer.kind}) {name}: {n} of {shift.size}, up to {float(shift.max()):.3g}")
+                    far.append(f"layer {l} ({layer.kind}) {name}: {n} of {s.q.tau.size}, up to {top:.3g}")
         if far:
             guards.record("mean_shift_beyond_prior", len(far))
             warnings.warn(f"training under {order} may be diverging: weight means moved more than "
                           f"{config.MEAN_SHIFT_WARN_SDS:g} batch-prior standard deviations ({'; '.join(far)}); "
                           "use smaller chunks or stronger damping", RuntimeWarning, stacklevel=3)
+
+    @staticmethod
+    def _marginal_health(s):
+        """``(finite and proper?, means beyond MEAN_SHIFT_WARN_SDS prior sds, largest shift)`` of weight slots
+        ``s`` (the largest shift is reported where some mean is beyond): a compiled pass on the CPU
+        (:func:`factorgraph.kernels.sites_cpu.marginal_check`), else the array module's operations."""
+        q, prior, limit = s.q, s.prior, config.MEAN_SHIFT_WARN_SDS
+        if type(q.tau) is np.ndarray and kernels.enabled() and q.tau.shape == prior.tau.shape:
+            from factorgraph.kernels import sites_cpu
+
+            flat = [np.ascontiguousarray(a).reshape(-1) for a in (q.tau, q.rho, prior.tau, prior.rho)]
+            ok, n, top = sites_cpu.marginal_check(*flat, limit)
+            return bool(ok), int(n), float(top)
+        xp = q.xp
+        ok = bool(xp.isfinite(q.tau).all()) and bool((q.rho > 0).all()) and bool(xp.isfinite(q.rho).all())
+        shift = xp.abs(q.mean - prior.mean) * xp.sqrt(prior.rho)
+        return ok, int((shift > limit).sum()), float(shift.max()) if ok else math.nan
 
     @staticmethod
     def _diverged(order, what, cause=None):

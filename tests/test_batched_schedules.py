@@ -621,6 +621,45 @@ def test_runaway_means_with_proper_marginals_are_reported():
     assert guards.get("mean_shift_beyond_prior") == 1
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_compiled_marginal_check_equals_the_array_check(dtype):
+    """The after-sweep check's compiled pass (``sites_cpu.marginal_check``) and its array form agree on
+    health, the count of runaway means and the largest shift: ordinary marginals, runaway means, a prior
+    element with zero precision, and each kind of broken marginal (NaN, inf, zero and negative precision)."""
+    from types import SimpleNamespace
+
+    from factorgraph import kernels
+    from factorgraph.gaussian import Gaussian
+    from factorgraph.model import FactorGraph
+
+    rng = np.random.default_rng(3)
+    shape = (40, 7)
+    prior = Gaussian(rng.normal(0, 1, shape), rng.uniform(0.5, 2, shape)).astype(dtype)
+    q = Gaussian(prior.tau + rng.normal(0, 1, shape), prior.rho + rng.uniform(0, 5, shape)).astype(dtype)
+    q.tau[3, 4] = 5e5 * q.rho[3, 4]  # a runaway mean
+    q.tau[7, 1] = (prior.tau[7, 1] / prior.rho[7, 1] - 1.5e4 / np.sqrt(prior.rho[7, 1])) * q.rho[7, 1]  # 1.5 limits
+    prior.tau[0, 0] = prior.rho[0, 0] = 0  # a flat prior element: mean 0, shift 0
+    cases = [q]
+    for i, (t, r) in enumerate([(np.nan, 1.0), (np.inf, 1.0), (1.0, np.inf), (1.0, 0.0), (1.0, -2.0)]):
+        broken = q.copy()
+        broken.tau[i, 2], broken.rho[i, 2] = t, r
+        cases.append(broken)
+    for case in cases:
+        slots = SimpleNamespace(q=case, prior=prior)
+        prev = kernels.set_enabled(True)
+        try:
+            got = FactorGraph._marginal_health(slots)
+            kernels.set_enabled(False)
+            want = FactorGraph._marginal_health(slots)
+        finally:
+            kernels.set_enabled(prev)
+        assert got[0] == want[0]
+        if want[0]:
+            assert got[1] == want[1] == 2
+            np.testing.assert_allclose(got[2], want[2], rtol=1e-6)
+    assert not FactorGraph._marginal_health(SimpleNamespace(q=cases[1], prior=prior))[0]
+
+
 def test_trust_region_trains_a_cnn_that_diverges_without_it():
     """The 8x8 digits with a small CNN (1280 training images, batch 320): chunks of 32 raise (the runaway
     of large chunks through conv layers) unless each chunk's step is bounded; bounded, they train."""

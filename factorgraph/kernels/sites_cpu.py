@@ -6,7 +6,8 @@ fixed cost per chunk):
 
 * :func:`replace_site`: damping, the trust region (``max_step``), the marginal update and the store (per
   weight :func:`step_one`, which :mod:`factorgraph.kernels.sites_cuda` runs on the GPU);
-* :func:`cavity_moments`: strict division ``q / m_site`` with the cavity's mean and variance.
+* :func:`cavity_moments`: strict division ``q / m_site`` with the cavity's mean and variance;
+* :func:`marginal_check`: the after-sweep health check of a marginal against its batch prior.
 
 ``tests/test_batched_schedules.py`` checks them against the NumPy forms.
 """
@@ -110,3 +111,29 @@ def cavity_moments(q_t, q_r, s_t, s_r, rtol, out_t, out_r, out_mu, out_var):
     non-zero.  Branch-free, so that it vectorises; computed in the arrays' dtype."""
     dt = q_t.dtype.type
     return _cavity_loop(q_t, q_r, s_t, s_r, dt(rtol), dt(0), dt(1), dt(np.inf), out_t, out_r, out_mu, out_var)
+
+
+@njit(cache=True, inline="always")
+def _mean_shift(qt, qr, pt, pr):
+    """``|mean q - mean p| sqrt(rho_p)`` (means 0 where ``rho = 0``)."""
+    return abs((qt / qr if qr > 0 else 0.0) - (pt / pr if pr > 0 else 0.0)) * math.sqrt(pr)
+
+
+@njit(cache=True, error_model="numpy")
+def marginal_check(q_t, q_r, p_t, p_r, limit):
+    """One pass over a weight marginal ``q`` and its batch prior ``p`` (flat arrays): whether every element
+    of ``q`` is finite and proper (``rho > 0``) and how many means lie more than ``limit`` prior standard
+    deviations from the prior mean (``|mean q - mean p| sqrt(rho_p)``, means 0 where ``rho = 0``); where
+    some do, a second pass for the largest shift (else ``-inf``: a running maximum would keep the first
+    pass from vectorising)."""
+    ok = True
+    far = 0
+    for i in range(q_t.shape[0]):
+        qt, qr = q_t[i], q_r[i]
+        ok &= math.isfinite(qt) & (qr > 0) & math.isfinite(qr)
+        far += _mean_shift(qt, qr, p_t[i], p_r[i]) > limit
+    top = -math.inf
+    if far:
+        for i in range(q_t.shape[0]):
+            top = max(top, _mean_shift(q_t[i], q_r[i], p_t[i], p_r[i]))
+    return ok, far, top
