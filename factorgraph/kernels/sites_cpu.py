@@ -115,8 +115,10 @@ def cavity_moments(q_t, q_r, s_t, s_r, rtol, out_t, out_r, out_mu, out_var):
 
 @njit(cache=True, inline="always")
 def _mean_shift(qt, qr, pt, pr):
-    """``|mean q - mean p| sqrt(rho_p)`` (means 0 where ``rho = 0``)."""
-    return abs((qt / qr if qr > 0 else 0.0) - (pt / pr if pr > 0 else 0.0)) * math.sqrt(pr)
+    """``|mean q - mean p| sqrt(rho_p)`` (means by :func:`moments_one`: 0 where ``rho = 0``)."""
+    mq = moments_one(qt, qr, 0.0, 1.0, math.inf)[0]
+    mp = moments_one(pt, pr, 0.0, 1.0, math.inf)[0]
+    return abs(mq - mp) * math.sqrt(pr)
 
 
 @njit(cache=True, error_model="numpy")
