@@ -45,7 +45,16 @@ class LeakyReLU(Factor):
     def forward(self, m_in, i):
         return self._forward(m_in, i, bool(self._seen_back[i]))
 
+    def _check_chunk(self, msg, idx):
+        """A chunk's messages have one row of the layer's shape per slot (the chunk kernels index the flat
+        caches unchecked); raised before any state changes."""
+        want = (len(idx),) + self.m_in.shape[1:]
+        if msg.shape != want:
+            raise ValueError(f"LeakyReLU: a chunk of {len(idx)} slots needs messages of shape {want}, got "
+                             f"{msg.shape}")
+
     def forward_chunk(self, m_in, idx, site):
+        self._check_chunk(m_in, idx)
         seen = self._seen_back[idx]
         if seen.all() or not seen.any():
             return self._forward(m_in, idx, bool(seen[0]))
@@ -55,8 +64,10 @@ class LeakyReLU(Factor):
 
     def _forward(self, m_in, i, seen):
         """Forward of slot(s) ``i`` (an int or an index array with ``m_in`` stacked along axis 0)."""
-        self.m_in[i] = m_in
         mod = kernels.module(m_in.tau, "leaky")
+        if mod is not None and seen and self._chunk_kernel(i):
+            return self._launch_slots(mod.leaky_fwd_marginal_slots, m_in, self.m_in, self.m_back, i)
+        self.m_in[i] = m_in
         if mod is not None:
             if not seen:
                 return self._launch(mod.leaky_fwd_moment_match, m_in.tau, m_in.rho)
@@ -66,16 +77,21 @@ class LeakyReLU(Factor):
         return leaky_forward_marginal(m_in, self.m_back[i], self.slope)
 
     def backward(self, m_out, i):
+        out = self._backward(m_out, i)
         self._seen_back[i] = True
-        return self._backward(m_out, i)
+        return out
 
     def backward_chunk(self, m_out, idx, site, damping, expansion):
+        self._check_chunk(m_out, idx)
+        out = self._backward(m_out, idx)
         self._seen_back[idx] = True
-        return self._backward(m_out, idx)
+        return out
 
     def _backward(self, m_out, i):
-        self.m_back[i] = m_out
         mod = kernels.module(m_out.tau, "leaky")
+        if mod is not None and self._chunk_kernel(i):
+            return self._launch_slots(mod.leaky_bwd_marginal_slots, m_out, self.m_back, self.m_in, i)
+        self.m_back[i] = m_out
         if mod is not None:
             return self._launch(mod.leaky_bwd_marginal, self.m_in.tau[i], self.m_in.rho[i], m_out.tau, m_out.rho)
         msg = leaky_backward_marginal(self.m_in[i], m_out, self.slope)
@@ -92,6 +108,27 @@ class LeakyReLU(Factor):
         counts = self._guards.array(out.tau)
         flat = [xp.ascontiguousarray(v).reshape(-1) for v in arrays]
         fn(*flat, self.slope, out.tau.reshape(-1), out.rho.reshape(-1), counts)
+        self._guards.after_call(out.tau)
+        return out
+
+    def _chunk_kernel(self, i):
+        """Whether slots ``i`` go to the chunk kernels (``*_slots``): an index array, and caches whose flat
+        views alias them."""
+        caches = (self.m_in.tau, self.m_in.rho, self.m_back.tau, self.m_back.rho)
+        return not np.isscalar(i) and all(c.flags.c_contiguous for c in caches)
+
+    def _launch_slots(self, fn, fresh, store, other, rows):
+        """Run chunk kernel ``fn(*fresh, *store, *other (flat), rows, slope, out_tau, out_rho, counts)``: the
+        chunk's ``fresh`` messages (one row per slot in ``rows``) are stored in the slots' rows of the cache
+        ``store`` and met with the slots' rows of the cache ``other`` inside the kernel (no gathered
+        copies); returns the output message in ``fresh``'s shape."""
+        xp = get_array_module(fresh.tau)
+        out = Gaussian(xp.empty(fresh.shape, fresh.dtype), xp.empty(fresh.shape, fresh.dtype))
+        counts = self._guards.array(out.tau)
+        flat = [xp.ascontiguousarray(v).reshape(-1) for v in (fresh.tau, fresh.rho)]
+        caches = [v.reshape(-1) for v in (store.tau, store.rho, other.tau, other.rho)]
+        rows = xp.asarray(rows, dtype=np.int64)
+        fn(*flat, *caches, rows, self.slope, out.tau.reshape(-1), out.rho.reshape(-1), counts)
         self._guards.after_call(out.tau)
         return out
 

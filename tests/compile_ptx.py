@@ -41,6 +41,8 @@ def main():
             leaky_cuda.KERNELS["leaky_moment_match"]: sig(v, v, s, v, v, c),
             leaky_cuda.KERNELS["leaky_fwd_marginal"]: sig(v, v, v, v, s, v, v, c),
             leaky_cuda.KERNELS["leaky_bwd_marginal"]: sig(v, v, v, v, s, v, v, c),
+            leaky_cuda.KERNELS["leaky_fwd_marginal_slots"]: sig(v, v, v, v, v, v, i64, 3, s, v, v, c),
+            leaky_cuda.KERNELS["leaky_bwd_marginal_slots"]: sig(v, v, v, v, v, v, i64, 3, s, v, v, c),
             patches_cuda.KERNELS["patches_s1_to_b"]: sig(m, m, m, m, m, m, m, m, m, c),
             patches_cuda.KERNELS["patches_s2_to_b"]: sig(m, m, m, m, m, m, m, m, m, m, c),
             patches_cuda.KERNELS["patches_s2_to_a"]: sig(m, m, m, m, m, m, m, m, m, m),

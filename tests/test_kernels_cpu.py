@@ -124,6 +124,66 @@ def test_leaky_kernels_equal_reference_and_count_the_same_guards(n, threaded, re
         record_cases(f"kernel leaky {name}", n)
 
 
+@pytest.mark.parametrize("units, chunk, threaded", [(300, 5, False), (700, 6, True), (84, 40, True)])
+def test_leaky_chunk_kernels_equal_the_flat_kernels_on_gathered_rows(units, chunk, threaded, dtype):
+    """``leaky_*_marginal_slots`` (the chunk's fresh messages stored in, and the other messages read from, the
+    slots' rows of per-slot caches inside the kernel) give exactly what the flat kernels give on gathered
+    copies, count the same guards, write the fresh messages to the chunk's rows of the store and nothing
+    else; threaded they cut each row into parts (700 units in parts of 64, 84 units in halves)."""
+    rng = np.random.default_rng(units)
+    slots = 3 * chunk
+    rows = rng.permutation(slots)[:chunk]
+    a, z = (g.reshape(3, chunk, units) for g in _leaky_inputs(rng, 3 * chunk * units, np.float64))
+    cache_a = Gaussian(a.tau.reshape(slots, units).astype(dtype), a.rho.reshape(slots, units).astype(dtype))
+    cache_z = Gaussian(z.tau.reshape(slots, units).astype(dtype), z.rho.reshape(slots, units).astype(dtype))
+    fresh_a, fresh_z = a[0].astype(dtype), z[1].astype(dtype)
+    for backward, slot_fn, flat_fn in (
+            (False, leaky_cpu.leaky_fwd_marginal_slots, leaky_cpu.leaky_fwd_marginal),
+            (True, leaky_cpu.leaky_bwd_marginal_slots, leaky_cpu.leaky_bwd_marginal)):
+        fresh = fresh_z if backward else fresh_a
+        store, other = (cache_z.copy(), cache_a.copy()) if backward else (cache_a.copy(), cache_z.copy())
+        gathered = other[rows]
+        want_t, want_r, want_c = *np.empty((2, chunk, units), dtype), np.zeros(5, int)
+        args = (gathered, fresh) if backward else (fresh, gathered)
+        with kernels.threaded() if threaded else contextlib.nullcontext():
+            flat_fn(*(v.reshape(-1) for g in args for v in (g.tau, g.rho)), 0.1, want_t.reshape(-1),
+                    want_r.reshape(-1), want_c)
+            out_t, out_r, counts = np.empty_like(want_t), np.empty_like(want_r), np.zeros(5, int)
+            slot_fn(fresh.tau.reshape(-1), fresh.rho.reshape(-1), store.tau.reshape(-1), store.rho.reshape(-1),
+                    other.tau.reshape(-1), other.rho.reshape(-1), rows, 0.1, out_t.reshape(-1), out_r.reshape(-1),
+                    counts)
+        np.testing.assert_array_equal(out_t, want_t)
+        np.testing.assert_array_equal(out_r, want_r)
+        np.testing.assert_array_equal(counts, want_c)
+        assert counts.sum() > 0  # guards fired: the count comparison is not vacuous
+        expect = (cache_z if backward else cache_a).copy()
+        expect[rows] = fresh
+        np.testing.assert_array_equal(store.tau, expect.tau)
+        np.testing.assert_array_equal(store.rho, expect.rho)
+        np.testing.assert_array_equal(other.tau, (cache_a if backward else cache_z).tau)
+
+
+def test_leaky_layer_rejects_a_chunk_of_the_wrong_shape_before_touching_its_caches():
+    from layers.leaky_relu import LeakyReLU
+
+    layer = LeakyReLU(0.1)
+    layer.build((6,), 8, dtype=np.float64, rng=np.random.default_rng(0), constant_input=False)
+    idx = np.array([5, 2, 0])
+    good = Gaussian.from_mean_var(np.ones((3, 6)), np.ones((3, 6)))
+    layer.forward_chunk(good, idx, 0)
+    layer.backward_chunk(good, idx, 0, 1.0, 0)
+    before = (layer.m_in.copy(), layer.m_back.copy())
+    for shape in ((3, 5), (6,)):
+        bad = Gaussian.from_mean_var(np.ones(shape), np.ones(shape))
+        with pytest.raises(ValueError, match="chunk of 3 slots"):
+            layer.forward_chunk(bad, idx, 0)
+        with pytest.raises(ValueError, match="chunk of 3 slots"):
+            layer.backward_chunk(bad, idx, 0, 1.0, 0)
+    for was, now in zip(before, (layer.m_in, layer.m_back)):
+        np.testing.assert_array_equal(was.tau, now.tau)
+        np.testing.assert_array_equal(was.rho, now.rho)
+
+
 @pytest.mark.parametrize("templates", [
     [(3,), ("Linear", 8), ("LeakyReLU", 0.1), ("Linear", 8), ("LeakyReLU", 0.1), ("Linear", 2), ("Regression", 0.05)],
     [(2, 3, 1), ("Flatten",), ("Linear", 5), ("LeakyReLU", 0.2), ("Linear", 3), ("Argmax", True)],

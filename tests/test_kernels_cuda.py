@@ -122,6 +122,38 @@ def test_leaky_cuda_equals_cpu_and_counts_guards(cuda_mods, record_cases):
     assert res[1][2][leaky_cpu.L_BWD_FALLBACK] > 0
 
 
+def test_leaky_chunk_kernels_cuda_equal_cpu(cuda_mods, record_cases):
+    """The chunk kernels that read and write per-slot cache rows (``leaky_*_marginal_slots``): outputs,
+    guard counts and the cache rows written as on the CPU."""
+    leaky_cuda = cuda_mods[1]
+    rng = np.random.default_rng(5)
+    slots, chunk, units = 5, 3, 8
+    rows = np.array([4, 0, 2])
+
+    def msgs(shape):
+        return Gaussian.from_mean_var(rng.normal(0, 3, shape), 10 ** rng.uniform(-2, 1, shape))
+
+    cache_a, cache_z, fresh = msgs((slots, units)), msgs((slots, units)), msgs((chunk, units))
+    cache_z.tau[0, :3], cache_z.rho[0, :3] = 0, 0  # uniform backward messages: the forward falls back
+    for name in ("leaky_fwd_marginal_slots", "leaky_bwd_marginal_slots"):
+        res = []
+        for mod in (leaky_cpu, leaky_cuda):
+            store, other = (cache_z.copy(), cache_a.copy()) if "bwd" in name else (cache_a.copy(), cache_z.copy())
+            out_t, out_r, counts = np.zeros(chunk * units), np.zeros(chunk * units), np.zeros(5, np.int64)
+            getattr(mod, name)(fresh.tau.reshape(-1), fresh.rho.reshape(-1), store.tau.reshape(-1),
+                               store.rho.reshape(-1), other.tau.reshape(-1), other.rho.reshape(-1), rows, 0.1, out_t,
+                               out_r, counts)
+            res.append((out_t, out_r, counts, store))
+        np.testing.assert_allclose(res[0][0], res[1][0], rtol=1e-12, atol=1e-14, err_msg=name)
+        np.testing.assert_allclose(res[0][1], res[1][1], rtol=1e-12, atol=1e-14, err_msg=name)
+        np.testing.assert_array_equal(res[0][2], res[1][2])
+        np.testing.assert_array_equal(res[0][3].tau, res[1][3].tau)
+        np.testing.assert_array_equal(res[0][3].rho, res[1][3].rho)
+        np.testing.assert_array_equal(res[1][3].tau[rows], fresh.tau)
+        assert res[1][2].sum() > 0
+        record_cases(f"cuda {name}", chunk * units)
+
+
 def test_patch_kernels_cuda_equal_cpu_and_reference(cuda_mods, record_cases):
     patches_cuda = cuda_mods[2]
     rng = np.random.default_rng(4)

@@ -428,6 +428,78 @@ def _marginal(backward, a_t, a_r, z_t, z_r, slope, out_t, out_r):
     return fn(backward, a_t, a_r, z_t, z_r, slope, out_t, out_r)
 
 
+@njit(cache=True, inline="always")
+def _slots_item(backward, fresh_t, fresh_r, store_t, store_r, other_t, other_r, rows, n, i, lo, hi, slope,
+                out_t, out_r):
+    """Units ``lo:hi`` of chunk row ``i`` for :func:`_marginal_slots`: the row's fresh messages stored in
+    slot ``rows[i]`` of ``store``, then :func:`_marginal_serial` with ``other``'s slot row."""
+    f, s = i * n, rows[i] * n
+    store_t[s + lo:s + hi] = fresh_t[f + lo:f + hi]
+    store_r[s + lo:s + hi] = fresh_r[f + lo:f + hi]
+    if backward:
+        return _marginal_serial(True, other_t[s + lo:s + hi], other_r[s + lo:s + hi], fresh_t[f + lo:f + hi],
+                                fresh_r[f + lo:f + hi], slope, out_t[f + lo:f + hi], out_r[f + lo:f + hi])
+    return _marginal_serial(False, fresh_t[f + lo:f + hi], fresh_r[f + lo:f + hi], other_t[s + lo:s + hi],
+                            other_r[s + lo:s + hi], slope, out_t[f + lo:f + hi], out_r[f + lo:f + hi])
+
+
+@njit(cache=True, error_model="numpy")
+def _slots_serial(backward, fresh_t, fresh_r, store_t, store_r, other_t, other_r, rows, slope, out_t, out_r):
+    """:func:`_marginal_slots` on one thread, a chunk row at a time."""
+    n = fresh_t.shape[0] // rows.shape[0]
+    acc = np.zeros(4, np.int64)
+    for i in range(rows.shape[0]):
+        acc += _slots_item(backward, fresh_t, fresh_r, store_t, store_r, other_t, other_r, rows, n, i, 0, n,
+                           slope, out_t, out_r)
+    return acc
+
+
+@njit(cache=True, parallel=True)
+def _slots_threads(backward, fresh_t, fresh_r, store_t, store_r, other_t, other_r, rows, slope, out_t, out_r):
+    """:func:`_marginal_slots` on all threads: each chunk row cut into parts, at least ``BLOCKS`` in all."""
+    c = rows.shape[0]
+    n = fresh_t.shape[0] // c
+    parts = (BLOCKS + c - 1) // c
+    size = (n + parts - 1) // parts
+    acc = np.zeros((c * parts, 4), np.int64)
+    for w in prange(c * parts):
+        i, p = w // parts, w % parts
+        acc[w] = _slots_item(backward, fresh_t, fresh_r, store_t, store_r, other_t, other_r, rows, n, i,
+                             min(n, p * size), min(n, (p + 1) * size), slope, out_t, out_r)
+    return acc.sum(axis=0)
+
+
+def _marginal_slots(backward, fresh_t, fresh_r, store_t, store_r, other_t, other_r, rows, slope, out_t,
+                    out_r):
+    """:func:`_marginal` for a chunk of examples whose messages sit in per-slot caches: the chunk's fresh
+    messages (``(c, n)`` flattened, row ``i`` for slot ``rows[i]``) are stored in the slots' rows of
+    ``store`` and paired with the slots' rows of ``other`` (flat ``(slots, n)`` caches) inside the kernel,
+    without gathering or scattering the rows first (the forward's fresh messages are ``a``, the backward's
+    ``z``)."""
+    fn = _slots_threads if use_threads(fresh_t.shape[0], THREADS_MIN) else _slots_serial
+    return fn(backward, fresh_t, fresh_r, store_t, store_r, other_t, other_r, rows, slope, out_t, out_r)
+
+
+def leaky_fwd_marginal_slots(a_t, a_r, cache_a_t, cache_a_r, cache_z_t, cache_z_r, rows, slope, out_t, out_r,
+                             counts):
+    """:func:`leaky_fwd_marginal` of a chunk: its inputs ``a`` (row ``i`` for slot ``rows[i]``, flattened) are
+    also stored in those slots' rows of the flat cache ``cache_a``; the backward messages ``z`` are read from
+    the slots' rows of ``cache_z``."""
+    fb, f = _marginal_slots(False, a_t, a_r, cache_a_t, cache_a_r, cache_z_t, cache_z_r, rows, slope, out_t,
+                            out_r)[:2]
+    counts[L_FWD_FALLBACK] += fb
+    counts[L_U_FLOOR] += f
+
+
+def leaky_bwd_marginal_slots(z_t, z_r, cache_z_t, cache_z_r, cache_a_t, cache_a_r, rows, slope, out_t, out_r,
+                             counts):
+    """:func:`leaky_bwd_marginal` of a chunk: its backward messages ``z`` are also stored in the slots'
+    rows of ``cache_z``; the inputs ``a`` are read from the slots' rows of ``cache_a`` (as
+    :func:`leaky_fwd_marginal_slots`)."""
+    _count_bwd(counts, _marginal_slots(True, z_t, z_r, cache_z_t, cache_z_r, cache_a_t, cache_a_r, rows,
+                                       slope, out_t, out_r))
+
+
 def leaky_fwd_marginal(a_t, a_r, z_t, z_r, slope, out_t, out_r, counts):
     """Training forward of all units given their backward messages ``z`` (on all threads inside
     :func:`factorgraph.kernels.threaded`, i.e. batched sweeps and prediction, from ``THREADS_MIN`` units)."""
@@ -439,7 +511,12 @@ def leaky_fwd_marginal(a_t, a_r, z_t, z_r, slope, out_t, out_r, counts):
 def leaky_bwd_marginal(a_t, a_r, z_t, z_r, slope, out_t, out_r, counts):
     """Backward message to the input, then ``min_rho(MIN_PRECISION)`` as the layer applies it (threads as
     :func:`leaky_fwd_marginal`)."""
-    c, fb, f, low = _marginal(True, a_t, a_r, z_t, z_r, slope, out_t, out_r)
+    _count_bwd(counts, _marginal(True, a_t, a_r, z_t, z_r, slope, out_t, out_r))
+
+
+def _count_bwd(counts, acc):
+    """Add the backward kernels' guard counts ``acc`` (clamps, fallbacks, u-floors, min-rho) to ``counts``."""
+    c, fb, f, low = acc
     counts[L_BWD_CLAMP] += c
     counts[L_BWD_FALLBACK] += fb
     counts[L_U_FLOOR] += f
