@@ -183,7 +183,7 @@ class Conv(Factor):
         elif self.constant_input:
             to_w = s1_backward_to_b(self._a, self._cav_w, self._f, r)
         else:
-            to_a, to_w = s2_backward(self._a, self._qw, self._f, r)
+            to_a, to_w = s2_backward(self._patches(), self._qw, self._f, r)
         return self._store(to_w, to_c, None if self.constant_input else to_a, i, i, None)
 
     def _store(self, to_w, to_c, to_a, idx, site, damping):
@@ -210,7 +210,8 @@ class Conv(Factor):
             self._guards.after_call(r.tau)
             return to_w, None
         q = self._qw
-        to_a = Gaussian(xp.empty(self._a.shape, self.dtype), xp.empty(self._a.shape, self.dtype))
+        shape = self._a.mean.shape
+        to_a = Gaussian(xp.empty(shape, self.dtype), xp.empty(shape, self.dtype))
         mod.s2_patches_bwd(self._a.mean, self._a.var, q.mean, q.var, f_mu, f_var, r.tau, r.rho, to_a.tau, to_a.rho,
                            to_w.tau, to_w.rho, counts[1:2])
         self._guards.after_call(r.tau)
@@ -233,17 +234,19 @@ class Conv(Factor):
                 return self._out(self._f, m_in.shape[:-3])
         else:
             x_hat = clamp_min_rho(m_in * self.m_to_x[idx], config.MIN_PRECISION)
-            g = self._gather(x_hat, False)
-            # the backward reads the moments again: gathered from the image's, which equal the patches'
-            self._a = WithMoments.of(g.tau, g.rho, *self._gather(x_hat, False, moments=True))
+            # the backward reads the moments again: gathered from the image's, which equal the patches';
+            # the natural parameters only where a path reads them (:meth:`_patches`)
+            self._x_hat = x_hat
+            self._a = WithMoments.of(None, None, *self._gather(x_hat, False, moments=True))
             self._qw = W.q.with_moments()  # W.q changes only in the backward's replace, after its last use
             if not fused:
-                self._f = s2_forward(self._a, self._qw, cav_c).with_moments()
+                self._f = s2_forward(self._patches(), self._qw, cav_c).with_moments()
                 return self._out(self._f, m_in.shape[:-3])
-            D = self._a.shape[-1]
+            D = self._a.mean.shape[-1]
             f = chunk_cpu.uses_forward(self._a.mean.reshape(-1, D), self._a.var.reshape(-1, D), self._qw.mean,
                                        self._qw.var, cav_c.mean, cav_c.var)
-        mu, var = (v.reshape(self._a.shape[:-1] + (self.filters,)) for v in f)
+        lead = (self._a if self.constant_input else self._a.mean).shape[:-1]
+        mu, var = (v.reshape(lead + (self.filters,)) for v in f)
         self._f = WithMoments.from_moments(mu, var)
         return self._out(self._f, m_in.shape[:-3])
 
@@ -253,9 +256,13 @@ class Conv(Factor):
         P, D = self.src.shape
         r = m_out.reshape(n * P, self.filters)
         f = self._f.reshape(n * P, self.filters)
-        a = self._a.reshape(n * P, D)
         if expansion == 0 and type(r.tau) is np.ndarray and kernels.enabled():
+            if self.constant_input:
+                a = self._a.reshape(n * P, D)
+            else:  # the moments only (the natural parameters may not have been gathered)
+                a = WithMoments.of(None, None, self._a.mean.reshape(n * P, D), self._a.var.reshape(n * P, D))
             return self._backward_uses(a, f, r, n, idx, site, damping)
+        a = (self._a if self.constant_input else self._patches()).reshape(n * P, D)
         to_c = s1_backward_to_bias(self._cav_c, f, r)
         if self.constant_input:
             to_w = (s1_backward_to_b(a, self._cav_w, f, r) if expansion is None
@@ -280,6 +287,15 @@ class Conv(Factor):
             to_a = Gaussian(ta, ra).reshape(n, *self.src.shape)
         guards.record("s1_rest_variance_clamp", clamps)
         return self._store(Gaussian(tau_w, rho_w), Gaussian(tau_c, rho_c), to_a, idx, site, damping)
+
+    def _patches(self):
+        """The chunk's input patches (a :class:`WithMoments`): a forward that left their natural parameters
+        out (the fused kernels read only the moments) has them gathered here, on first use."""
+        if self._a.tau is None:
+            g = self._gather(self._x_hat, False)
+            self._a = WithMoments.of(g.tau, g.rho, self._a.mean, self._a.var)
+        self._x_hat = None
+        return self._a
 
     def reset_batch_caches(self):
         if not self.constant_input:
