@@ -436,11 +436,13 @@ def _slots_item(backward, fresh_t, fresh_r, store_t, store_r, other_t, other_r, 
     f, s = i * n, rows[i] * n
     store_t[s + lo:s + hi] = fresh_t[f + lo:f + hi]
     store_r[s + lo:s + hi] = fresh_r[f + lo:f + hi]
+    ft, fr = fresh_t[f + lo:f + hi], fresh_r[f + lo:f + hi]
+    ot, orr = other_t[s + lo:s + hi], other_r[s + lo:s + hi]
+    # ``backward`` passed on as the variable: a literal True / False would compile two more copies of the
+    # large serial kernel (50 s)
     if backward:
-        return _marginal_serial(True, other_t[s + lo:s + hi], other_r[s + lo:s + hi], fresh_t[f + lo:f + hi],
-                                fresh_r[f + lo:f + hi], slope, out_t[f + lo:f + hi], out_r[f + lo:f + hi])
-    return _marginal_serial(False, fresh_t[f + lo:f + hi], fresh_r[f + lo:f + hi], other_t[s + lo:s + hi],
-                            other_r[s + lo:s + hi], slope, out_t[f + lo:f + hi], out_r[f + lo:f + hi])
+        return _marginal_serial(backward, ot, orr, ft, fr, slope, out_t[f + lo:f + hi], out_r[f + lo:f + hi])
+    return _marginal_serial(backward, ft, fr, ot, orr, slope, out_t[f + lo:f + hi], out_r[f + lo:f + hi])
 
 
 @njit(cache=True, error_model="numpy")
