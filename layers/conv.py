@@ -186,12 +186,14 @@ class Conv(Factor):
             to_a, to_w = s2_backward(self._patches(), self._qw, self._f, r)
         return self._store(to_w, to_c, None if self.constant_input else to_a, i, i, None)
 
-    def _store(self, to_w, to_c, to_a, idx, site, damping):
-        """Fold the patch messages ``to_a`` into the input messages of slot(s) ``idx`` (min_rho) and put
-        the kernel and bias messages into weight slot ``site``; returns the input message."""
-        to_x = None
+    def _store(self, to_w, to_c, to_a, idx, site, damping, to_x=None):
+        """Fold the patch messages ``to_a`` (or take the folded ``to_x``) into the input messages of slot(s)
+        ``idx`` (min_rho) and put the kernel and bias messages into weight slot ``site``; returns the input
+        message."""
         if to_a is not None:
-            to_x = clamp_min_rho(self._fold(to_a), config.MIN_PRECISION)
+            to_x = self._fold(to_a)
+        if to_x is not None:
+            to_x = clamp_min_rho(to_x, config.MIN_PRECISION)
             self.m_to_x[idx] = to_x
         self.params["W"].replace(site, to_w, damping)
         self.params["c"].replace(site, to_c, damping)
@@ -273,20 +275,22 @@ class Conv(Factor):
         return self._store(to_w, to_c, to_a.reshape(n, P, D), idx, site, damping)
 
     def _backward_uses(self, a, f, r, n, idx, site, damping):
-        """The chunk's kernel, bias and patch messages to order 0 by the fused CPU kernels of
-        :mod:`factorgraph.kernels.chunk_cpu` (one pass over blocks of patch rows)."""
+        """The chunk's kernel, bias and input messages to order 0 by the fused CPU kernels of
+        :mod:`factorgraph.kernels.chunk_cpu` (one pass over blocks of patch rows, the patch messages folded
+        into the images' as they are formed)."""
         r_t, r_r = np.ascontiguousarray(r.tau), np.ascontiguousarray(r.rho)
         cav_c = self._cav_c
+        to_x = None
         if self.constant_input:
             tau_w, rho_w, tau_c, rho_c, clamps = chunk_cpu.s1_uses_backward(
                 a, f.mean, f.var, r_t, r_r, self._cav_w.mean, cav_c.mean, cav_c.var)
-            to_a = None
         else:
-            ta, ra, tau_w, rho_w, tau_c, rho_c, clamps = chunk_cpu.s2_uses_backward(
-                a.mean, a.var, f.mean, f.var, r_t, r_r, self._qw.mean, self._qw.var, cav_c.mean, cav_c.var)
-            to_a = Gaussian(ta, ra).reshape(n, *self.src.shape)
+            tx, rx, tau_w, rho_w, tau_c, rho_c, clamps = chunk_cpu.s2_uses_backward(
+                a.mean, a.var, f.mean, f.var, r_t, r_r, self._qw.mean, self._qw.var, cav_c.mean, cav_c.var,
+                fold=(self.src, int(np.prod(self.input_shape))))
+            to_x = Gaussian(tx, rx).reshape(n, *self.input_shape)
         guards.record("s1_rest_variance_clamp", clamps)
-        return self._store(Gaussian(tau_w, rho_w), Gaussian(tau_c, rho_c), to_a, idx, site, damping)
+        return self._store(Gaussian(tau_w, rho_w), Gaussian(tau_c, rho_c), None, idx, site, damping, to_x)
 
     def _patches(self):
         """The chunk's input patches (a :class:`WithMoments`): a forward that left their natural parameters

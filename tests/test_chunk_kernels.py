@@ -236,7 +236,7 @@ def test_fused_conv_chunk_equals_the_numpy_equations(constant, expansion, dtype,
     calls = []
     for name in ("uses_forward", "s1_uses_backward", "s2_uses_backward"):
         fn = getattr(chunk_cpu, name)
-        monkeypatch.setattr(chunk_cpu, name, lambda *a, _f=fn, _n=name: calls.append(_n) or _f(*a))
+        monkeypatch.setattr(chunk_cpu, name, lambda *a, _f=fn, _n=name, **k: calls.append(_n) or _f(*a, **k))
     used_threads = []
     real = kernels.use_threads
     monkeypatch.setattr(chunk_cpu, "use_threads", lambda n, m: used_threads.append(real(n, m)) or real(n, m))
@@ -288,6 +288,48 @@ def test_uses_kernels_equal_the_gemm_equations_and_count_the_bias_clamps(dtype, 
     to_a, to_w2 = s2_backward_gemm(qa, wb, f, r, 0)
     for got, want in ((s1[0:2], to_w1), (s1[2:4], to_c), (s2[0:2], to_a), (s2[2:4], to_w2), (s2[4:6], to_c)):
         _close(Gaussian(*got), want, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("img, L, threaded, size", [
+    ((12, 12, 3), 7, False, None), ((12, 12, 3), 7, True, None), ((12, 12, 3), 7, True, 256),
+    ((30, 30, 1), 2, True, None), ((30, 30, 1), 2, True, 256)])
+def test_s2_uses_backward_with_fold_equals_the_fold_of_its_patch_messages(img, L, threaded, size, dtype,
+                                                                          monkeypatch):
+    """With ``fold`` the S2 uses kernel returns the messages to the images: bit for bit what
+    ``patches_cpu.fold`` makes of the messages to the patches it returns without, with the same weight and
+    bias messages and clamps.  Zero padding (entries outside the image); on threads, examples cut by part
+    boundaries (7 x 144 patch rows in parts of 512, or of 256: three cuts) and examples longer than a part
+    (2 x 900 rows in parts of 1024, one cut; in parts of 256 an example spans four parts: folded
+    afterwards)."""
+    from factorgraph.equations import patch_index
+
+    monkeypatch.setattr(chunk_cpu, "THREADS_MIN", 1)
+    if size is not None:
+        monkeypatch.setattr(chunk_cpu, "_uses_size", lambda U: size)
+    rng = np.random.default_rng(L)
+    src, _ = patch_index(img, 3, 1, 1, "zeros")
+    (P, K), J, n = src.shape, 4, int(np.prod(img))
+    U = L * P
+    qa = Gaussian(rng.normal(size=(U, K)), rng.uniform(0.5, 4, (U, K))).astype(dtype).with_moments()
+    wb = Gaussian(rng.normal(size=(K, J)), rng.uniform(0.5, 4, (K, J))).astype(dtype).with_moments()
+    c = Gaussian(rng.normal(size=J), rng.uniform(0.5, 2, J)).astype(dtype).with_moments()
+    f = Gaussian.from_mean_var(rng.normal(size=(U, J)), rng.uniform(0.1, 3, (U, J))).astype(dtype)
+    f = f.with_moments()
+    r = Gaussian(rng.normal(size=(U, J)), rng.uniform(0, 2, (U, J))).astype(dtype)
+    args = (qa.mean, qa.var, f.mean, f.var, r.tau, r.rho, wb.mean, wb.var, c.mean, c.var)
+    with kernels.threaded() if threaded else contextlib.nullcontext():
+        plain = chunk_cpu.s2_uses_backward(*args)
+        folded = chunk_cpu.s2_uses_backward(*args, fold=(src, n))
+        with pytest.raises(ValueError, match="whole examples"):
+            chunk_cpu.s2_uses_backward(*(a[:U - 1] if a.shape[0] == U else a for a in args), fold=(src, n))
+    want_t, want_r = np.zeros((L, n), dtype), np.zeros((L, n), dtype)
+    patches_cpu.fold(plain[0].reshape(L, -1), plain[1].reshape(L, -1), (src,), want_t, want_r)
+    np.testing.assert_array_equal(folded[0], want_t)
+    np.testing.assert_array_equal(folded[1], want_r)
+    for got, want in zip(folded[2:], plain[2:]):
+        np.testing.assert_array_equal(got, want)
+    assert (src < 0).any() and np.all(want_r > 0)
 
 
 def test_threaded_gather_and_fold_equal_the_serial_kernels(monkeypatch):

@@ -27,6 +27,7 @@ from numba import njit, prange
 
 from factorgraph.kernels import use_threads
 from factorgraph.kernels.moments_cpu import moments_one
+from factorgraph.kernels.patches_cpu import fold as fold_cpu
 from factorgraph.kernels.scalar import s1_term
 from factorgraph.kernels.sites_cpu import cavity_one, replace_site
 
@@ -398,15 +399,76 @@ def _gh_block(f_mu, f_var, r_t, r_r, b, e, c_mu, c_var, g, h, bias):
     return clamps
 
 
+@njit(cache=True, inline="always")
+def _fold_row(ta, ra, r, p, src, acc_t, acc_r):
+    """Patch ``p``'s messages (row ``r`` of ``ta, ra``) added to their pixels' float64 sums in entry order."""
+    for d in range(src.shape[1]):
+        i = src[p, d]
+        if i >= 0:
+            acc_t[i] += ta[r, d]
+            acc_r[i] += ra[r, d]
+
+
+@njit(cache=True, inline="always")
+def _fold_store(acc_t, acc_r, e, out_t, out_r):
+    for i in range(out_t.shape[1]):
+        out_t[e, i] = acc_t[i]
+        out_r[e, i] = acc_r[i]
+
+
+@njit(cache=True, error_model="numpy")
+def _fold_into(ta, ra, b, lo, hi, size, src, acc_t, acc_r, out_t, out_r, edge_t, edge_r):
+    """Rows ``b : b + len(ta)`` (of the part ``lo:hi`` of the rows, parts of ``size``) of the messages to
+    the patches (``ta, ra``, a block; rows example-major with ``P = len(src)`` patches each) added to their
+    pixels' float64 sums in increasing entry order, as :func:`factorgraph.kernels.patches_cpu.fold` adds
+    them (the same sums in the same order): an example's sums start at its first patch and go to its row of
+    ``out`` after its last.  An example cut by a part boundary ``j * size`` has its rows kept in
+    ``edge[j - 1]`` instead, for :func:`_fold_edges`."""
+    P = src.shape[0]
+    first, last = (lo + P - 1) // P * P, hi // P * P  # the part's whole examples: rows first:last
+    for r in range(ta.shape[0]):
+        u = b + r
+        e, p = u // P, u % P
+        if u < first or u >= last:  # an example cut by the boundary at lo (j = lo // size) or at hi
+            j = lo // size if u < first else hi // size
+            edge_t[j - 1, p] = ta[r]
+            edge_r[j - 1, p] = ra[r]
+            continue
+        if p == 0:
+            acc_t[:] = 0.0
+            acc_r[:] = 0.0
+        _fold_row(ta, ra, r, p, src, acc_t, acc_r)
+        if p == P - 1:
+            _fold_store(acc_t, acc_r, e, out_t, out_r)
+
+
+@njit(cache=True, error_model="numpy")
+def _fold_edges(size, parts, src, edge_t, edge_r, out_t, out_r):
+    """Fold the examples cut by the part boundaries ``j * size`` (their rows in ``edge[j - 1]``)."""
+    P = src.shape[0]
+    acc_t, acc_r = np.empty(out_t.shape[1]), np.empty(out_t.shape[1])
+    for j in range(1, parts):
+        if (j * size) % P:
+            acc_t[:] = 0.0
+            acc_r[:] = 0.0
+            for p in range(P):
+                _fold_row(edge_t[j - 1], edge_r[j - 1], p, p, src, acc_t, acc_r)
+            _fold_store(acc_t, acc_r, (j * size) // P, out_t, out_r)
+
+
 @njit(cache=True, error_model="numpy")
 def _uses_bwd_rows(mu_a, var_a, f_mu, f_var, r_t, r_r, c_mu, c_var, mu_bT, mu_b2T, m2_bT, lo, hi, to_a_t,
-                   to_a_r, w_parts, bias):
+                   to_a_r, w_parts, bias, size, src, fold_t, fold_r, edge_t, edge_r):
     """Uses ``lo:hi`` of :func:`s1_uses_backward` (``var_a`` empty: ``mu_a`` are constants; sums
     ``a^T g``, ``(a^2)^T h`` into ``w_parts[0:2]``) or :func:`s2_uses_backward` (also ``m2_a^T h`` into
-    ``w_parts[2]`` and the messages to the inputs); returns the bias's clamps."""
+    ``w_parts[2]`` and the messages to the inputs, or with a patch index ``src`` those messages folded
+    into ``fold`` by :func:`_fold_into`, part ``lo:hi`` of parts of ``size`` rows); returns the bias's
+    clamps."""
     g = np.empty((USES, f_mu.shape[1]), f_mu.dtype)
     h = np.empty((USES, f_mu.shape[1]), f_mu.dtype)
     s2 = var_a.shape[0] > 0
+    folding = src.shape[0] > 0
+    acc_t, acc_r = np.empty(fold_t.shape[1]), np.empty(fold_t.shape[1])
     clamps = 0
     for b in range(lo, hi, USES):
         e = min(hi, b + USES)
@@ -419,14 +481,19 @@ def _uses_bwd_rows(mu_a, var_a, f_mu, f_var, r_t, r_r, c_mu, c_var, mu_bT, mu_b2
         w_parts[1] += np.dot(mua2.T, hb)
         if s2:
             w_parts[2] += np.dot((var_a[b:e] + mua2).T, hb)
-            to_a_r[b:e] = np.dot(hb, m2_bT)
-            to_a_t[b:e] = np.dot(gb, mu_bT) + mua * np.dot(hb, mu_b2T)
+            if folding:
+                ta = np.dot(gb, mu_bT) + mua * np.dot(hb, mu_b2T)
+                _fold_into(ta, np.dot(hb, m2_bT), b, lo, hi, size, src, acc_t, acc_r, fold_t, fold_r, edge_t,
+                           edge_r)
+            else:
+                to_a_r[b:e] = np.dot(hb, m2_bT)
+                to_a_t[b:e] = np.dot(gb, mu_bT) + mua * np.dot(hb, mu_b2T)
     return clamps
 
 
 @njit(cache=True, parallel=True)
 def _uses_bwd_threads(mu_a, var_a, f_mu, f_var, r_t, r_r, c_mu, c_var, mu_bT, mu_b2T, m2_bT, size, to_a_t,
-                      to_a_r, w_parts, bias):
+                      to_a_r, w_parts, bias, src, fold_t, fold_r, edge_t, edge_r):
     U = mu_a.shape[0]
     P = (U + size - 1) // size
     parts = np.zeros((P,) + w_parts.shape, w_parts.dtype)
@@ -434,7 +501,8 @@ def _uses_bwd_threads(mu_a, var_a, f_mu, f_var, r_t, r_r, c_mu, c_var, mu_bT, mu
     clamps = np.zeros(P, np.int64)
     for p in prange(P):
         clamps[p] = _uses_bwd_rows(mu_a, var_a, f_mu, f_var, r_t, r_r, c_mu, c_var, mu_bT, mu_b2T, m2_bT,
-                                   p * size, min(U, (p + 1) * size), to_a_t, to_a_r, parts[p], biases[p])
+                                   p * size, min(U, (p + 1) * size), to_a_t, to_a_r, parts[p], biases[p],
+                                   size, src, fold_t, fold_r, edge_t, edge_r)
     w_parts[...] = parts.sum(axis=0)
     bias[...] = biases.sum(axis=0)
     return clamps.sum()
@@ -444,15 +512,29 @@ def _uses_size(U):
     return ((U + USES - 1) // USES + numba.get_num_threads() - 1) // numba.get_num_threads() * USES
 
 
-def _uses_backward(mu_a, var_a, f_mu, f_var, r_t, r_r, b_mu, b_var, c_mu, c_var):
+def _uses_backward(mu_a, var_a, f_mu, f_var, r_t, r_r, b_mu, b_var, c_mu, c_var, fold=None):
     U, K = mu_a.shape
     J = f_mu.shape[1]
     dt = f_mu.dtype
     s2 = var_a is not None
+    threaded = use_threads(U * K, THREADS_MIN) and U > USES
+    size = _uses_size(U) if threaded else U
+    if fold is not None:
+        src, n = fold
+        if U % src.shape[0]:
+            raise ValueError(f"{U} patch rows are not whole examples of {src.shape[0]} patches")
+        if size < src.shape[0]:  # parts shorter than an example: fold the stored messages afterwards
+            out = _uses_backward(mu_a, var_a, f_mu, f_var, r_t, r_r, b_mu, b_var, c_mu, c_var)
+            folded = [np.empty((U // src.shape[0], n), dt) for _ in range(2)]
+            fold_cpu(out[0].reshape(len(folded[0]), -1), out[1].reshape(len(folded[0]), -1), (src,), *folded)
+            return (*folded, *out[2:])
+        fold_t, fold_r = (np.empty((U // src.shape[0], n), dt) for _ in range(2))
+    else:
+        src, fold_t, fold_r = np.zeros((0, 0), np.int64), mu_a[:0], mu_a[:0]
     if s2:
         mu_b2 = b_mu * b_mu
         trans = tuple(np.ascontiguousarray(v.T) for v in (b_mu, mu_b2, b_var + mu_b2))
-        to_a_t, to_a_r = np.empty((U, K), dt), np.empty((U, K), dt)
+        to_a_t, to_a_r = (np.empty((U, K), dt) for _ in range(2)) if fold is None else (mu_a[:0], mu_a[:0])
     else:
         var_a = mu_a[:0]
         trans = (b_mu[:0],) * 3
@@ -460,10 +542,16 @@ def _uses_backward(mu_a, var_a, f_mu, f_var, r_t, r_r, b_mu, b_var, c_mu, c_var)
     w_parts = np.zeros((3 if s2 else 2, K, J), dt)
     bias = np.zeros((2, J), dt)
     args = (mu_a, var_a, f_mu, f_var, r_t, r_r, c_mu, c_var, *trans)
-    if use_threads(U * K, THREADS_MIN) and U > USES:
-        clamps = _uses_bwd_threads(*args, _uses_size(U), to_a_t, to_a_r, w_parts, bias)
+    parts = (U + size - 1) // size
+    # the rows of the examples that the part boundaries cut (size >= P: at most one boundary per example)
+    edges = np.empty((2, parts - 1) + src.shape, dt) if fold is not None else np.empty((2, 0, 0, 0), dt)
+    if threaded:
+        clamps = _uses_bwd_threads(*args, size, to_a_t, to_a_r, w_parts, bias, src, fold_t, fold_r, *edges)
     else:
-        clamps = _uses_bwd_rows(*args, 0, U, to_a_t, to_a_r, w_parts, bias)
+        clamps = _uses_bwd_rows(*args, 0, U, to_a_t, to_a_r, w_parts, bias, size, src, fold_t, fold_r, *edges)
+    if fold is not None:
+        _fold_edges(size, parts, src, edges[0], edges[1], fold_t, fold_r)
+        to_a_t, to_a_r = fold_t, fold_r
     tau_w = w_parts[0] + b_mu * w_parts[1]
     rho_w = w_parts[2] if s2 else w_parts[1]
     return to_a_t, to_a_r, tau_w, rho_w, bias[0], bias[1], clamps
@@ -479,12 +567,15 @@ def s1_uses_backward(a, f_mu, f_var, r_t, r_r, b_mu, c_mu, c_var):
     return _uses_backward(a, None, f_mu, f_var, r_t, r_r, b_mu, None, c_mu, c_var)[2:]
 
 
-def s2_uses_backward(mu_a, var_a, f_mu, f_var, r_t, r_r, b_mu, b_var, c_mu, c_var):
+def s2_uses_backward(mu_a, var_a, f_mu, f_var, r_t, r_r, b_mu, b_var, c_mu, c_var, fold=None):
     """:func:`~factorgraph.equations.s2_backward_gemm` to order 0 and the bias message of
     :func:`s1_uses_backward` for ``U`` uses with input moments ``mu_a, var_a`` (U, K) and the weights'
     marginal moments ``b_mu, b_var`` (K, J): returns
-    ``(tau_a, rho_a, tau_w, rho_w, tau_c, rho_c, clamps)``."""
-    return _uses_backward(mu_a, var_a, f_mu, f_var, r_t, r_r, b_mu, b_var, c_mu, c_var)
+    ``(tau_a, rho_a, tau_w, rho_w, tau_c, rho_c, clamps)``.  With ``fold = (src, n)`` (the convolution's
+    patch index (P, K) and pixels per image; the uses are ``U / P`` examples' patch rows) ``tau_a, rho_a``
+    are the messages to the images, (U / P, n): the messages to the patches folded block by block as
+    :func:`factorgraph.kernels.patches_cpu.fold` folds them (the same numbers), never stored."""
+    return _uses_backward(mu_a, var_a, f_mu, f_var, r_t, r_r, b_mu, b_var, c_mu, c_var, fold)
 
 
 @njit(cache=True, error_model="numpy")
