@@ -97,9 +97,9 @@ class LeakyReLU(Factor):
         msg = leaky_backward_marginal(self.m_in[i], m_out, self.slope)
         return clamp_min_rho(msg, config.MIN_PRECISION)
 
-    def _launch(self, fn, *arrays):
-        """Run elementwise kernel ``fn(*flat inputs, slope, out_tau, out_rho, counts)`` over arrays of one
-        shape; returns the output message in that shape."""
+    def _launch(self, fn, *arrays, extra=()):
+        """Run elementwise kernel ``fn(*flat inputs, *extra, slope, out_tau, out_rho, counts)`` over arrays of
+        one shape; returns the output message in that shape."""
         xp = get_array_module(arrays[0])
         shape, dtype = arrays[0].shape, arrays[0].dtype
         # C-contiguous outputs, so the flat views below alias them (empty_like could keep a transposed
@@ -107,30 +107,25 @@ class LeakyReLU(Factor):
         out = Gaussian(xp.empty(shape, dtype), xp.empty(shape, dtype))
         counts = self._guards.array(out.tau)
         flat = [xp.ascontiguousarray(v).reshape(-1) for v in arrays]
-        fn(*flat, self.slope, out.tau.reshape(-1), out.rho.reshape(-1), counts)
+        fn(*flat, *extra, self.slope, out.tau.reshape(-1), out.rho.reshape(-1), counts)
         self._guards.after_call(out.tau)
         return out
 
     def _chunk_kernel(self, i):
-        """Whether slots ``i`` go to the chunk kernels (``*_slots``): an index array, and caches whose flat
+        """Whether slots ``i`` go to the chunk kernels (``*_slots``): an index array of distinct slots (a
+        repeated slot would have its cache row written by several threads at once) and caches whose flat
         views alias them."""
         caches = (self.m_in.tau, self.m_in.rho, self.m_back.tau, self.m_back.rho)
-        return not np.isscalar(i) and all(c.flags.c_contiguous for c in caches)
+        return (isinstance(i, np.ndarray) and i.ndim == 1 and len(np.unique(i)) == len(i)
+                and all(c.flags.c_contiguous for c in caches))
 
     def _launch_slots(self, fn, fresh, store, other, rows):
-        """Run chunk kernel ``fn(*fresh, *store, *other (flat), rows, slope, out_tau, out_rho, counts)``: the
+        """Run chunk kernel ``fn`` (:meth:`_launch` with the flat caches and ``rows`` as extra arguments): the
         chunk's ``fresh`` messages (one row per slot in ``rows``) are stored in the slots' rows of the cache
         ``store`` and met with the slots' rows of the cache ``other`` inside the kernel (no gathered
         copies); returns the output message in ``fresh``'s shape."""
-        xp = get_array_module(fresh.tau)
-        out = Gaussian(xp.empty(fresh.shape, fresh.dtype), xp.empty(fresh.shape, fresh.dtype))
-        counts = self._guards.array(out.tau)
-        flat = [xp.ascontiguousarray(v).reshape(-1) for v in (fresh.tau, fresh.rho)]
         caches = [v.reshape(-1) for v in (store.tau, store.rho, other.tau, other.rho)]
-        rows = xp.asarray(rows, dtype=np.int64)
-        fn(*flat, *caches, rows, self.slope, out.tau.reshape(-1), out.rho.reshape(-1), counts)
-        self._guards.after_call(out.tau)
-        return out
+        return self._launch(fn, fresh.tau, fresh.rho, extra=(*caches, fresh.xp.asarray(rows, dtype=np.int64)))
 
     def predict(self, m_in):
         return kernels.leaky_moment_match(m_in, self.slope)
