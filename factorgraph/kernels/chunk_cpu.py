@@ -27,7 +27,7 @@ from numba import njit, prange
 
 from factorgraph.kernels import use_threads
 from factorgraph.kernels.moments_cpu import moments_one
-from factorgraph.kernels.patches_cpu import fold as fold_cpu
+from factorgraph.kernels.patches_cpu import fold as fold_cpu, fold_patch, fold_store
 from factorgraph.kernels.scalar import s1_term
 from factorgraph.kernels.sites_cpu import cavity_one, replace_site
 
@@ -399,23 +399,6 @@ def _gh_block(f_mu, f_var, r_t, r_r, b, e, c_mu, c_var, g, h, bias):
     return clamps
 
 
-@njit(cache=True, inline="always")
-def _fold_row(ta, ra, r, p, src, acc_t, acc_r):
-    """Patch ``p``'s messages (row ``r`` of ``ta, ra``) added to their pixels' float64 sums in entry order."""
-    for d in range(src.shape[1]):
-        i = src[p, d]
-        if i >= 0:
-            acc_t[i] += ta[r, d]
-            acc_r[i] += ra[r, d]
-
-
-@njit(cache=True, inline="always")
-def _fold_store(acc_t, acc_r, e, out_t, out_r):
-    for i in range(out_t.shape[1]):
-        out_t[e, i] = acc_t[i]
-        out_r[e, i] = acc_r[i]
-
-
 @njit(cache=True, error_model="numpy")
 def _fold_into(ta, ra, b, lo, hi, size, src, acc_t, acc_r, out_t, out_r, edge_t, edge_r):
     """Rows ``b : b + len(ta)`` (of the part ``lo:hi`` of the rows, parts of ``size``) of the messages to
@@ -437,9 +420,9 @@ def _fold_into(ta, ra, b, lo, hi, size, src, acc_t, acc_r, out_t, out_r, edge_t,
         if p == 0:
             acc_t[:] = 0.0
             acc_r[:] = 0.0
-        _fold_row(ta, ra, r, p, src, acc_t, acc_r)
+        fold_patch(ta, ra, r, p, src, acc_t, acc_r)
         if p == P - 1:
-            _fold_store(acc_t, acc_r, e, out_t, out_r)
+            fold_store(acc_t, acc_r, e, out_t, out_r)
 
 
 @njit(cache=True, error_model="numpy")
@@ -452,8 +435,8 @@ def _fold_edges(size, parts, src, edge_t, edge_r, out_t, out_r):
             acc_t[:] = 0.0
             acc_r[:] = 0.0
             for p in range(P):
-                _fold_row(edge_t[j - 1], edge_r[j - 1], p, p, src, acc_t, acc_r)
-            _fold_store(acc_t, acc_r, (j * size) // P, out_t, out_r)
+                fold_patch(edge_t[j - 1], edge_r[j - 1], p, p, src, acc_t, acc_r)
+            fold_store(acc_t, acc_r, (j * size) // P, out_t, out_r)
 
 
 @njit(cache=True, error_model="numpy")

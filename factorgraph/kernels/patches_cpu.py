@@ -100,6 +100,26 @@ def gather(values, src, pad, out):
     (_gather_threads if threads else _gather_serial)(values, src, pad, out)
 
 
+@njit(cache=True, inline="always")
+def fold_patch(ta, ra, r, p, src, acc_t, acc_r):
+    """Patch ``p``'s entry messages (row ``r`` of ``ta, ra``) added to their pixels' float64 sums, entries
+    in increasing order (padding entries, ``src < 0``, skipped); the fold's one accumulation step, which the
+    fused convolution kernel (:mod:`factorgraph.kernels.chunk_cpu`) shares."""
+    for d in range(src.shape[1]):
+        i = src[p, d]
+        if i >= 0:
+            acc_t[i] += ta[r, d]
+            acc_r[i] += ra[r, d]
+
+
+@njit(cache=True, inline="always")
+def fold_store(acc_t, acc_r, e, out_t, out_r):
+    """Example ``e``'s pixel sums stored in its row of ``out`` (in the output's dtype)."""
+    for i in range(out_t.shape[1]):
+        out_t[e, i] = acc_t[i]
+        out_r[e, i] = acc_r[i]
+
+
 @njit(cache=True)
 def _fold_rows(msg_t, msg_r, src, acc_t, acc_r, out_t, out_r, e):
     """Example ``e``: each patch entry's message added to its pixel's float64 sum, entries in increasing
@@ -108,15 +128,10 @@ def _fold_rows(msg_t, msg_r, src, acc_t, acc_r, out_t, out_r, e):
     P, D = src.shape
     acc_t[:] = 0.0
     acc_r[:] = 0.0
+    ta, ra = msg_t[e].reshape((P, D)), msg_r[e].reshape((P, D))
     for p in range(P):
-        for d in range(D):
-            s = src[p, d]
-            if s >= 0:
-                acc_t[s] += msg_t[e, p * D + d]
-                acc_r[s] += msg_r[e, p * D + d]
-    for i in range(out_t.shape[1]):
-        out_t[e, i] = acc_t[i]
-        out_r[e, i] = acc_r[i]
+        fold_patch(ta, ra, p, p, src, acc_t, acc_r)
+    fold_store(acc_t, acc_r, e, out_t, out_r)
 
 
 @njit(cache=True)
