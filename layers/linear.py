@@ -148,7 +148,7 @@ class Linear(Factor):
         W, c = self.params["W"], self.params["c"]
         # messages the backward reads again keep their moments (computed once per chunk)
         self._cav_c = c.cavity_moments(site)
-        self._cav_w = self._qw = None
+        self._cav_w = self._qw = self._inputs = None
         fused = self._fused(m_in, site)
         if self.constant_input:
             self._x = m_in
@@ -164,8 +164,9 @@ class Linear(Factor):
                                                mu, var)
                 guards.record("min_rho_clamp", low)
                 self._x = WithMoments.of(t, r, mu, var)
+                self._inputs = chunk_cpu.s2_inputs(mu, var)  # the backward reads them again
                 mu, var = np.empty((2, len(m_in), self.d_out), self._x.dtype)
-                chunk_cpu.s2_chunk_forward(self._x.mean, self._x.var, fused[0], fused[1], mu, var)
+                chunk_cpu.s2_chunk_forward(self._inputs, fused[0], fused[1], mu, var)
                 self._out = self._with_bias(mu, var)
                 return self._out
             self._x = clamp_min_rho(m_in * self.m_to_x[idx], config.MIN_PRECISION).with_moments()
@@ -192,7 +193,8 @@ class Linear(Factor):
         """The first layer's chunk forward by the fused kernel; ``False`` (nothing changed) where a cavity
         has zero precision: the NumPy form's zero-coefficient rule handles it."""
         mu, var = np.empty((2, len(self._x), self.d_out), fused[0].dtype)
-        counts = chunk_cpu.s1_chunk_forward(self._x, *fused[:4], config.STRICT_DIVISION_RTOL, mu, var)
+        self._inputs = chunk_cpu.s1_inputs(self._x)  # the backward reads them again
+        counts = chunk_cpu.s1_chunk_forward(self._inputs, *fused[:4], config.STRICT_DIVISION_RTOL, mu, var)
         if counts[chunk_cpu.BAD] or counts[chunk_cpu.ZERO]:
             return False  # W.cavity_moments raises on the first, the NumPy form takes the second
         guards.record("strict_division_roundoff", int(counts[chunk_cpu.ROUNDOFF]))
@@ -243,11 +245,14 @@ class Linear(Factor):
         guards.record("s1_rest_variance_clamp", clamps)
         W.touch(site)
         to_x = None
+        inputs = self._inputs
         if self.constant_input:
-            hits = chunk_cpu.s1_chunk_backward(self._x, g, h, *fused[:4], config.STRICT_DIVISION_RTOL,
-                                               *fused[4:], expansion)
+            inputs = chunk_cpu.s1_inputs(self._x) if inputs is None else inputs
+            hits = chunk_cpu.s1_chunk_backward(inputs, g, h, *fused[:4], config.STRICT_DIVISION_RTOL, *fused[4:],
+                                               expansion)
         else:
-            ta_T, ra_T, hits = chunk_cpu.s2_chunk_backward(self._x.mean, self._x.var, g, h, *fused)
+            inputs = chunk_cpu.s2_inputs(self._x.mean, self._x.var) if inputs is None else inputs
+            ta_T, ra_T, hits = chunk_cpu.s2_chunk_backward(inputs, g, h, *fused)
             to_x = Gaussian(np.empty(self._x.shape, self._x.dtype), np.empty(self._x.shape, self._x.dtype))
             flats, low = chunk_cpu.store_input_messages(ta_T, ra_T, out.rho, r_r, dt(config.TINY_PRECISION),
                                                         dt(config.MIN_PRECISION), to_x.tau, to_x.rho,

@@ -160,13 +160,20 @@ def _s1_fwd_threads(xT, x2T, q_t, q_r, s_t, s_r, rtol, size, out_mu, out_var, co
     counts += cnt.sum(axis=0)
 
 
-def s1_chunk_forward(x, q_t, q_r, s_t, s_r, rtol, out_mu, out_var):
-    """``out_mu = x @ mu_cav``, ``out_var = (x * x) @ var_cav`` for the chunk's inputs ``x`` (U, K) and the
-    cavity ``q / s`` of the (K, J) weights, without forming the cavity.  Returns the counts
-    (round-off, beyond tolerance, zero precision) of the strict division: the caller raises on the second
-    and takes the NumPy form on the third (a uniform cavity needs the zero-coefficient rule)."""
+def s1_inputs(x):
+    """``(x^T, (x * x)^T)`` (K, U), contiguous: the forms of a chunk's constant inputs ``x`` (U, K) that
+    :func:`s1_chunk_forward` and :func:`s1_chunk_backward` read (made once per chunk)."""
     xT = np.ascontiguousarray(x.T)
-    x2T = xT * xT
+    return xT, xT * xT
+
+
+def s1_chunk_forward(inputs, q_t, q_r, s_t, s_r, rtol, out_mu, out_var):
+    """``out_mu = x @ mu_cav``, ``out_var = (x * x) @ var_cav`` for the chunk's inputs ``x`` (U, K), given
+    as ``inputs = s1_inputs(x)``, and the cavity ``q / s`` of the (K, J) weights, without forming the
+    cavity.  Returns the counts (round-off, beyond tolerance, zero precision) of the strict division: the
+    caller raises on the second and takes the NumPy form on the third (a uniform cavity needs the
+    zero-coefficient rule)."""
+    xT, x2T = inputs
     counts = np.zeros(3, np.int64)
     dt = q_t.dtype.type
     if use_threads(q_t.size, THREADS_MIN):
@@ -217,14 +224,13 @@ def _s1_bwd_threads(aT, a2T, a3T, a4T, g, h, gh, hh, q_t, q_r, s_t, s_r, rtol, d
     return hits.sum()
 
 
-def s1_chunk_backward(a, g, h, q_t, q_r, s_t, s_r, rtol, damping, kappa, expansion):
+def s1_chunk_backward(inputs, g, h, q_t, q_r, s_t, s_r, rtol, damping, kappa, expansion):
     """The chunk's joint S1 message to the (K, J) weights
     (:func:`~factorgraph.equations.s1_backward_to_b_gemm` to order ``expansion`` with the cavity
-    ``q / s``, ``g, h`` (U, J) as there) replacing site ``s`` in place (damping, step bound ``kappa``
-    when > 0, marginal ``q`` updated: :func:`factorgraph.kernels.sites_cpu.replace_site`).  Returns how
-    many weights the bound limited."""
-    aT = np.ascontiguousarray(a.T)
-    a2T = aT * aT
+    ``q / s``, the inputs as ``s1_inputs(a)``, ``g, h`` (U, J) as there) replacing site ``s`` in place
+    (damping, step bound ``kappa`` when > 0, marginal ``q`` updated:
+    :func:`factorgraph.kernels.sites_cpu.replace_site`).  Returns how many weights the bound limited."""
+    aT, a2T = inputs
     if expansion == 1:
         a3T, a4T, gh, hh = a2T * aT, a2T * a2T, g * h, h * h
     else:
@@ -268,13 +274,19 @@ def _s2_fwd_threads(muaT, varaT, mua2T, q_t, q_r, size, out_mu, out_var):
     out_var[...] = vars_.sum(axis=0)
 
 
-def s2_chunk_forward(mu_a, var_a, q_t, q_r, out_mu, out_var):
-    """``out_mu = mu_a @ mu_b``, ``out_var = var_a @ m2_b + mu_a^2 @ var_b`` (:func:`s2_forward` without
-    the bias) for the chunk's input moments (U, K) and the (K, J) weight marginal ``q``, without forming
-    its moments."""
+def s2_inputs(mu_a, var_a):
+    """``(mu_a^T, var_a^T, (mu_a^2)^T)`` (K, U), contiguous: the forms of a chunk's input moments
+    ``mu_a, var_a`` (U, K) that :func:`s2_chunk_forward` and :func:`s2_chunk_backward` read (made once per
+    chunk)."""
     muaT = np.ascontiguousarray(mu_a.T)
-    varaT = np.ascontiguousarray(var_a.T)
-    mua2T = muaT * muaT
+    return muaT, np.ascontiguousarray(var_a.T), muaT * muaT
+
+
+def s2_chunk_forward(inputs, q_t, q_r, out_mu, out_var):
+    """``out_mu = mu_a @ mu_b``, ``out_var = var_a @ m2_b + mu_a^2 @ var_b`` (:func:`s2_forward` without
+    the bias) for the chunk's input moments (U, K), given as ``inputs = s2_inputs(mu_a, var_a)``, and the
+    (K, J) weight marginal ``q``, without forming its moments."""
+    muaT, varaT, mua2T = inputs
     if use_threads(q_t.size, THREADS_MIN):
         size = _parts(q_t.shape[0], numba.get_num_threads())
         _s2_fwd_threads(muaT, varaT, mua2T, q_t, q_r, size, out_mu, out_var)
@@ -331,17 +343,16 @@ def _s2_bwd_threads(muaT, m2aT, mua2T, g, h, q_t, q_r, s_t, s_r, damping, kappa,
     return hits.sum()
 
 
-def s2_chunk_backward(mu_a, var_a, g, h, q_t, q_r, s_t, s_r, damping, kappa):
+def s2_chunk_backward(inputs, g, h, q_t, q_r, s_t, s_r, damping, kappa):
     """The chunk's S2 messages to order 0 (:func:`~factorgraph.equations.s2_backward_gemm` with
-    ``expansion=0``, the weights' marginal ``q``): returns ``(tau_a, rho_a, hits)``, the messages to the
-    inputs transposed (K, U) and how many weights the step bound limited; the joint weight message replaces
-    site ``s`` in place as in :func:`s1_chunk_backward`.  The marginal ``q`` a block reads is its value
-    before the replacement (each weight's new marginal is written after its block's products)."""
-    muaT = np.ascontiguousarray(mu_a.T)
-    mua2T = muaT * muaT
-    m2aT = np.ascontiguousarray(var_a.T) + mua2T
-    K = q_t.shape[0]
-    U = mu_a.shape[0]
+    ``expansion=0``, the weights' marginal ``q``, the inputs as ``s2_inputs(mu_a, var_a)``): returns
+    ``(tau_a, rho_a, hits)``, the messages to the inputs transposed (K, U) and how many weights the step
+    bound limited; the joint weight message replaces site ``s`` in place as in :func:`s1_chunk_backward`.
+    The marginal ``q`` a block reads is its value before the replacement (each weight's new marginal is
+    written after its block's products)."""
+    muaT, varaT, mua2T = inputs
+    m2aT = varaT + mua2T
+    K, U = muaT.shape
     ta_T = np.empty((K, U), q_t.dtype)
     ra_T = np.empty((K, U), q_t.dtype)
     dt = q_t.dtype.type
