@@ -248,8 +248,8 @@ class Linear(Factor):
         inputs = self._inputs
         if self.constant_input:
             inputs = chunk_cpu.s1_inputs(self._x) if inputs is None else inputs
-            hits = chunk_cpu.s1_chunk_backward(inputs, g, h, *fused[:4], config.STRICT_DIVISION_RTOL, *fused[4:],
-                                               expansion)
+            hits = chunk_cpu.s1_chunk_backward(inputs, g, h, *fused[:4], config.STRICT_DIVISION_RTOL,
+                                               *fused[4:], expansion)
         else:
             inputs = chunk_cpu.s2_inputs(self._x.mean, self._x.var) if inputs is None else inputs
             ta_T, ra_T, hits = chunk_cpu.s2_chunk_backward(inputs, g, h, *fused)
