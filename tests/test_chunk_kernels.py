@@ -129,12 +129,16 @@ def test_fused_chunk_equals_the_numpy_equations(constant, expansion, dtype, damp
 
 
 def test_thread_parts_cover_every_row_once():
-    """The threaded kernels' parts are whole blocks of rows that tile the weights, one per thread at most."""
-    for K_, threads in ((150, 2), (64, 2), (65, 2), (1000, 3), (1, 4)):
+    """The threaded kernels' parts tile the weights' rows, one per thread at most, as equal as whole rows
+    allow (784 rows on two threads: 392 each)."""
+    for K_, threads in ((150, 2), (64, 2), (65, 2), (784, 2), (1000, 3), (7, 4), (1, 4)):
         size = chunk_cpu._parts(K_, threads)
         parts = [(p * size, min(K_, (p + 1) * size)) for p in range((K_ + size - 1) // size)]
         assert parts[0][0] == 0 and parts[-1][1] == K_ and len(parts) <= threads
-        assert all(a[1] == b[0] for a, b in zip(parts, parts[1:])) and size % chunk_cpu.ROWS == 0
+        assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+        lengths = [b - a for a, b in parts]
+        assert max(lengths) - min(lengths) < threads
+    assert chunk_cpu._parts(784, 2) == 392
 
 
 def test_a_uniform_cavity_takes_the_numpy_form(monkeypatch):
