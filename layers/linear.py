@@ -252,9 +252,9 @@ class Linear(Factor):
                                                *fused[4:], expansion)
         else:
             inputs = chunk_cpu.s2_inputs(self._x.mean, self._x.var) if inputs is None else inputs
-            ta_T, ra_T, hits = chunk_cpu.s2_chunk_backward(inputs, g, h, *fused)
+            ta, ra, hits = chunk_cpu.s2_chunk_backward(inputs, g, h, *fused)
             to_x = Gaussian(np.empty(self._x.shape, self._x.dtype), np.empty(self._x.shape, self._x.dtype))
-            flats, low = chunk_cpu.store_input_messages(ta_T, ra_T, out.rho, r_r, dt(config.TINY_PRECISION),
+            flats, low = chunk_cpu.store_input_messages(ta, ra, out.rho, r_r, dt(config.TINY_PRECISION),
                                                         dt(config.MIN_PRECISION), to_x.tau, to_x.rho,
                                                         self.m_to_x.tau, self.m_to_x.rho, np.asarray(idx))
             guards.record("linear_all_tiny_precision", flats)

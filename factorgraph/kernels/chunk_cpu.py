@@ -6,7 +6,8 @@ The NumPy form of a chunk (:func:`~factorgraph.equations.s1_forward`,
 many passes over the (K, J) weight arrays: the cavity or marginal moments, each matrix product's output,
 each elementwise term, the site replacement.  These kernels go over the weights once, in blocks of
 ``ROWS`` input rows: per block the weights' moments are computed into a small scratch, the block's matrix
-products are BLAS calls (``np.dot``, one BLAS thread each) on that scratch, and the block's new site
+products are BLAS calls (:func:`factorgraph.kernels.blas_cpu.gemm` on the inputs' column blocks as they
+stand, one BLAS thread each) on that scratch, and the block's new site
 messages are formed and replace the old ones (:func:`factorgraph.kernels.sites_cpu.replace_site`) while the
 block is in cache.  Inside :func:`factorgraph.kernels.threaded` the blocks are split over all Numba
 threads (the forward's partial sums over the rows are added at the end).
@@ -26,6 +27,7 @@ import numpy as np
 from numba import njit, prange
 
 from factorgraph.kernels import use_threads
+from factorgraph.kernels.blas_cpu import gemm
 from factorgraph.kernels.moments_cpu import moments_one
 from factorgraph.kernels.patches_cpu import fold as fold_cpu, fold_patch, fold_store
 from factorgraph.kernels.scalar import s1_term
@@ -133,27 +135,26 @@ def _add_row(out, c):
 # --- S1: constant inputs (the first weighted layer), weights' cavities ------------------------------
 
 @njit(cache=True, error_model="numpy")
-def _s1_fwd_rows(xT, x2T, q_t, q_r, s_t, s_r, rtol, lo, hi, out_mu, out_var, counts):
+def _s1_fwd_rows(x, x2, q_t, q_r, s_t, s_r, rtol, lo, hi, out_mu, out_var, counts):
     rows = _block_rows(hi - lo, q_t.shape[1])
     mu = np.empty((rows, q_t.shape[1]), q_t.dtype)
     var = np.empty((rows, q_t.shape[1]), q_t.dtype)
-    prod = np.empty(out_mu.shape, out_mu.dtype)
     for b in range(lo, hi, rows):
         e = min(hi, b + rows)
         _cavity_block(q_t, q_r, s_t, s_r, b, e, rtol, mu, var, counts)
-        _add(out_mu, np.dot(xT[b:e].T, mu[:e - b], prod))
-        _add(out_var, np.dot(x2T[b:e].T, var[:e - b], prod))
+        gemm(x[:, b:e], mu[:e - b], out_mu, 1.0)
+        gemm(x2[:, b:e], var[:e - b], out_var, 1.0)
 
 
 @njit(cache=True, parallel=True)
-def _s1_fwd_threads(xT, x2T, q_t, q_r, s_t, s_r, rtol, size, out_mu, out_var, counts):
+def _s1_fwd_threads(x, x2, q_t, q_r, s_t, s_r, rtol, size, out_mu, out_var, counts):
     K = q_t.shape[0]
     P = (K + size - 1) // size
     mus = np.zeros((P,) + out_mu.shape, out_mu.dtype)
     vars_ = np.zeros((P,) + out_mu.shape, out_mu.dtype)
     cnt = np.zeros((P, 3), np.int64)
     for p in prange(P):
-        _s1_fwd_rows(xT, x2T, q_t, q_r, s_t, s_r, rtol, p * size, min(K, (p + 1) * size), mus[p], vars_[p],
+        _s1_fwd_rows(x, x2, q_t, q_r, s_t, s_r, rtol, p * size, min(K, (p + 1) * size), mus[p], vars_[p],
                      cnt[p])
     out_mu[...] = mus.sum(axis=0)
     out_var[...] = vars_.sum(axis=0)
@@ -161,10 +162,10 @@ def _s1_fwd_threads(xT, x2T, q_t, q_r, s_t, s_r, rtol, size, out_mu, out_var, co
 
 
 def s1_inputs(x):
-    """``(x^T, (x * x)^T)`` (K, U), contiguous: the forms of a chunk's constant inputs ``x`` (U, K) that
+    """``(x, x * x)``, C-contiguous: the forms of a chunk's constant inputs ``x`` (U, K) that
     :func:`s1_chunk_forward` and :func:`s1_chunk_backward` read (made once per chunk)."""
-    xT = np.ascontiguousarray(x.T)
-    return xT, xT * xT
+    x = np.ascontiguousarray(x)
+    return x, x * x
 
 
 def s1_chunk_forward(inputs, q_t, q_r, s_t, s_r, rtol, out_mu, out_var):
@@ -173,22 +174,21 @@ def s1_chunk_forward(inputs, q_t, q_r, s_t, s_r, rtol, out_mu, out_var):
     cavity.  Returns the counts (round-off, beyond tolerance, zero precision) of the strict division: the
     caller raises on the second and takes the NumPy form on the third (a uniform cavity needs the
     zero-coefficient rule)."""
-    xT, x2T = inputs
+    x, x2 = inputs
     counts = np.zeros(3, np.int64)
     dt = q_t.dtype.type
     if use_threads(q_t.size, THREADS_MIN):
         size = _parts(q_t.shape[0], numba.get_num_threads())
-        _s1_fwd_threads(xT, x2T, q_t, q_r, s_t, s_r, dt(rtol), size, out_mu, out_var, counts)
+        _s1_fwd_threads(x, x2, q_t, q_r, s_t, s_r, dt(rtol), size, out_mu, out_var, counts)
     else:
         out_mu[...] = 0
         out_var[...] = 0
-        _s1_fwd_rows(xT, x2T, q_t, q_r, s_t, s_r, dt(rtol), 0, q_t.shape[0], out_mu, out_var, counts)
+        _s1_fwd_rows(x, x2, q_t, q_r, s_t, s_r, dt(rtol), 0, q_t.shape[0], out_mu, out_var, counts)
     return counts
 
 
 @njit(cache=True, error_model="numpy")
-def _s1_bwd_rows(aT, a2T, a3T, a4T, g, h, gh, hh, q_t, q_r, s_t, s_r, rtol, damping, kappa, expansion, lo,
-                 hi):
+def _s1_bwd_rows(a, a2, a3, a4, g, h, gh, hh, q_t, q_r, s_t, s_r, rtol, damping, kappa, expansion, lo, hi):
     J = q_t.shape[1]
     rows = _block_rows(hi - lo, J)
     mu = np.empty((rows, J), q_t.dtype)
@@ -202,24 +202,23 @@ def _s1_bwd_rows(aT, a2T, a3T, a4T, g, h, gh, hh, q_t, q_r, s_t, s_r, rtol, damp
         e = min(hi, b + rows)
         n = e - b
         _cavity_block(q_t, q_r, s_t, s_r, b, e, rtol, mu, var, counts)
-        np.dot(a2T[b:e], h, rho[:n])
-        np.dot(aT[b:e], g, tau[:n])
+        gemm(a2[:, b:e].T, h, rho[:n], 0.0)
+        gemm(a[:, b:e].T, g, tau[:n], 0.0)
         if expansion == 1:
-            _add_product(rho[:n], var[:n], np.dot(a4T[b:e], hh, prod[:n]))
-            _add_product(tau[:n], var[:n], np.dot(a3T[b:e], gh, prod[:n]))
+            _add_product(rho[:n], var[:n], gemm(a4[:, b:e].T, hh, prod[:n], 0.0))
+            _add_product(tau[:n], var[:n], gemm(a3[:, b:e].T, gh, prod[:n], 0.0))
         _add_product(tau[:n], mu[:n], rho[:n])
         hits += _replace_block(q_t, q_r, s_t, s_r, b, tau[:n], rho[:n], damping, kappa)
     return hits
 
 
 @njit(cache=True, parallel=True)
-def _s1_bwd_threads(aT, a2T, a3T, a4T, g, h, gh, hh, q_t, q_r, s_t, s_r, rtol, damping, kappa, expansion,
-                    size):
+def _s1_bwd_threads(a, a2, a3, a4, g, h, gh, hh, q_t, q_r, s_t, s_r, rtol, damping, kappa, expansion, size):
     K = q_t.shape[0]
     P = (K + size - 1) // size
     hits = np.zeros(P, np.int64)
     for p in prange(P):
-        hits[p] = _s1_bwd_rows(aT, a2T, a3T, a4T, g, h, gh, hh, q_t, q_r, s_t, s_r, rtol, damping, kappa,
+        hits[p] = _s1_bwd_rows(a, a2, a3, a4, g, h, gh, hh, q_t, q_r, s_t, s_r, rtol, damping, kappa,
                                expansion, p * size, min(K, (p + 1) * size))
     return hits.sum()
 
@@ -230,14 +229,14 @@ def s1_chunk_backward(inputs, g, h, q_t, q_r, s_t, s_r, rtol, damping, kappa, ex
     ``q / s``, the inputs as ``s1_inputs(a)``, ``g, h`` (U, J) as there) replacing site ``s`` in place
     (damping, step bound ``kappa`` when > 0, marginal ``q`` updated:
     :func:`factorgraph.kernels.sites_cpu.replace_site`).  Returns how many weights the bound limited."""
-    aT, a2T = inputs
+    a, a2 = inputs
     if expansion == 1:
-        a3T, a4T, gh, hh = a2T * aT, a2T * a2T, g * h, h * h
+        a3, a4, gh, hh = a2 * a, a2 * a2, g * h, h * h
     else:
-        a3T = a4T = aT[:0]
+        a3 = a4 = a[:, :0]
         gh = hh = g[:0]
     dt = q_t.dtype.type
-    args = (aT, a2T, a3T, a4T, g, h, gh, hh, q_t, q_r, s_t, s_r, dt(rtol), dt(damping), dt(kappa), expansion)
+    args = (a, a2, a3, a4, g, h, gh, hh, q_t, q_r, s_t, s_r, dt(rtol), dt(damping), dt(kappa), expansion)
     if use_threads(q_t.size, THREADS_MIN):
         return _s1_bwd_threads(*args, _parts(q_t.shape[0], numba.get_num_threads()))
     return _s1_bwd_rows(*args, 0, q_t.shape[0])
@@ -246,58 +245,56 @@ def s1_chunk_backward(inputs, g, h, q_t, q_r, s_t, s_r, rtol, damping, kappa, ex
 # --- S2: variable inputs (hidden layers), weights' marginals --------------------------------------
 
 @njit(cache=True, error_model="numpy")
-def _s2_fwd_rows(muaT, varaT, mua2T, q_t, q_r, lo, hi, out_mu, out_var):
+def _s2_fwd_rows(mua, vara, mua2, q_t, q_r, lo, hi, out_mu, out_var):
     rows = _block_rows(hi - lo, q_t.shape[1])
     mu = np.empty((rows, q_t.shape[1]), q_t.dtype)
     var = np.empty((rows, q_t.shape[1]), q_t.dtype)
     m2 = np.empty((rows, q_t.shape[1]), q_t.dtype)
-    prod = np.empty(out_mu.shape, out_mu.dtype)
     for b in range(lo, hi, rows):
         e = min(hi, b + rows)
         n = e - b
         _marginal_block(q_t, q_r, b, e, mu, var)
-        _add(out_mu, np.dot(muaT[b:e].T, mu[:n], prod))
-        _add(out_var, np.dot(mua2T[b:e].T, var[:n], prod))
+        gemm(mua[:, b:e], mu[:n], out_mu, 1.0)
+        gemm(mua2[:, b:e], var[:n], out_var, 1.0)
         _square_plus(m2[:n], mu[:n], var[:n])
-        _add(out_var, np.dot(varaT[b:e].T, m2[:n], prod))
+        gemm(vara[:, b:e], m2[:n], out_var, 1.0)
 
 
 @njit(cache=True, parallel=True)
-def _s2_fwd_threads(muaT, varaT, mua2T, q_t, q_r, size, out_mu, out_var):
+def _s2_fwd_threads(mua, vara, mua2, q_t, q_r, size, out_mu, out_var):
     K = q_t.shape[0]
     P = (K + size - 1) // size
     mus = np.zeros((P,) + out_mu.shape, out_mu.dtype)
     vars_ = np.zeros((P,) + out_mu.shape, out_mu.dtype)
     for p in prange(P):
-        _s2_fwd_rows(muaT, varaT, mua2T, q_t, q_r, p * size, min(K, (p + 1) * size), mus[p], vars_[p])
+        _s2_fwd_rows(mua, vara, mua2, q_t, q_r, p * size, min(K, (p + 1) * size), mus[p], vars_[p])
     out_mu[...] = mus.sum(axis=0)
     out_var[...] = vars_.sum(axis=0)
 
 
 def s2_inputs(mu_a, var_a):
-    """``(mu_a^T, var_a^T, (mu_a^2)^T)`` (K, U), contiguous: the forms of a chunk's input moments
-    ``mu_a, var_a`` (U, K) that :func:`s2_chunk_forward` and :func:`s2_chunk_backward` read (made once per
-    chunk)."""
-    muaT = np.ascontiguousarray(mu_a.T)
-    return muaT, np.ascontiguousarray(var_a.T), muaT * muaT
+    """``(mu_a, var_a, mu_a * mu_a)``, C-contiguous: the forms of a chunk's input moments ``mu_a, var_a``
+    (U, K) that :func:`s2_chunk_forward` and :func:`s2_chunk_backward` read (made once per chunk)."""
+    mu_a = np.ascontiguousarray(mu_a)
+    return mu_a, np.ascontiguousarray(var_a), mu_a * mu_a
 
 
 def s2_chunk_forward(inputs, q_t, q_r, out_mu, out_var):
     """``out_mu = mu_a @ mu_b``, ``out_var = var_a @ m2_b + mu_a^2 @ var_b`` (:func:`s2_forward` without
     the bias) for the chunk's input moments (U, K), given as ``inputs = s2_inputs(mu_a, var_a)``, and the
     (K, J) weight marginal ``q``, without forming its moments."""
-    muaT, varaT, mua2T = inputs
+    mua, vara, mua2 = inputs
     if use_threads(q_t.size, THREADS_MIN):
         size = _parts(q_t.shape[0], numba.get_num_threads())
-        _s2_fwd_threads(muaT, varaT, mua2T, q_t, q_r, size, out_mu, out_var)
+        _s2_fwd_threads(mua, vara, mua2, q_t, q_r, size, out_mu, out_var)
     else:
         out_mu[...] = 0
         out_var[...] = 0
-        _s2_fwd_rows(muaT, varaT, mua2T, q_t, q_r, 0, q_t.shape[0], out_mu, out_var)
+        _s2_fwd_rows(mua, vara, mua2, q_t, q_r, 0, q_t.shape[0], out_mu, out_var)
 
 
 @njit(cache=True, error_model="numpy")
-def _s2_bwd_rows(muaT, m2aT, mua2T, g, h, q_t, q_r, s_t, s_r, damping, kappa, lo, hi, ta_T, ra_T):
+def _s2_bwd_rows(mua, m2a, mua2, g, h, q_t, q_r, s_t, s_r, damping, kappa, lo, hi, ta, ra):
     J = q_t.shape[1]
     rows = _block_rows(hi - lo, J)
     mu = np.empty((rows, J), q_t.dtype)
@@ -307,9 +304,7 @@ def _s2_bwd_rows(muaT, m2aT, mua2T, g, h, q_t, q_r, s_t, s_r, damping, kappa, lo
     tau = np.empty((rows, J), q_t.dtype)
     rho = np.empty((rows, J), q_t.dtype)
     prod = np.empty((rows, J), q_t.dtype)
-    prod_a = np.empty((rows, g.shape[0]), q_t.dtype)
-    hT = np.ascontiguousarray(h.T)
-    gT = np.ascontiguousarray(g.T)
+    prod_a = np.empty((g.shape[0], rows), q_t.dtype)
     no = mu[:0]
     hits = 0
     for b in range(lo, hi, rows):
@@ -319,49 +314,48 @@ def _s2_bwd_rows(muaT, m2aT, mua2T, g, h, q_t, q_r, s_t, s_r, damping, kappa, lo
         mub = mu[:n]
         _square_plus(mub2[:n], mub, no)
         _square_plus(m2b[:n], mub, var[:n])
-        # to the inputs (K-block of the (U, K) messages, stored transposed): m2_b h^T;
-        # mu_b g^T + mu_a^T * (mu_b^2 h^T)
-        np.dot(m2b[:n], hT, ra_T[b:e])
-        np.dot(mub, gT, ta_T[b:e])
-        _add_product(ta_T[b:e], muaT[b:e], np.dot(mub2[:n], hT, prod_a[:n]))
+        # to the inputs (their columns b:e): h m2_b^T; g mu_b^T + mu_a * (h (mu_b^2)^T)
+        gemm(h, m2b[:n].T, ra[:, b:e], 0.0)
+        gemm(g, mub.T, ta[:, b:e], 0.0)
+        _add_product(ta[:, b:e], mua[:, b:e], gemm(h, mub2[:n].T, prod_a[:, :n], 0.0))
         # to the weights
-        np.dot(m2aT[b:e], h, rho[:n])
-        np.dot(muaT[b:e], g, tau[:n])
-        _add_product(tau[:n], mub, np.dot(mua2T[b:e], h, prod[:n]))
+        gemm(m2a[:, b:e].T, h, rho[:n], 0.0)
+        gemm(mua[:, b:e].T, g, tau[:n], 0.0)
+        _add_product(tau[:n], mub, gemm(mua2[:, b:e].T, h, prod[:n], 0.0))
         hits += _replace_block(q_t, q_r, s_t, s_r, b, tau[:n], rho[:n], damping, kappa)
     return hits
 
 
 @njit(cache=True, parallel=True)
-def _s2_bwd_threads(muaT, m2aT, mua2T, g, h, q_t, q_r, s_t, s_r, damping, kappa, size, ta_T, ra_T):
+def _s2_bwd_threads(mua, m2a, mua2, g, h, q_t, q_r, s_t, s_r, damping, kappa, size, ta, ra):
     K = q_t.shape[0]
     P = (K + size - 1) // size
     hits = np.zeros(P, np.int64)
     for p in prange(P):
-        hits[p] = _s2_bwd_rows(muaT, m2aT, mua2T, g, h, q_t, q_r, s_t, s_r, damping, kappa, p * size,
-                               min(K, (p + 1) * size), ta_T, ra_T)
+        hits[p] = _s2_bwd_rows(mua, m2a, mua2, g, h, q_t, q_r, s_t, s_r, damping, kappa, p * size,
+                               min(K, (p + 1) * size), ta, ra)
     return hits.sum()
 
 
 def s2_chunk_backward(inputs, g, h, q_t, q_r, s_t, s_r, damping, kappa):
     """The chunk's S2 messages to order 0 (:func:`~factorgraph.equations.s2_backward_gemm` with
     ``expansion=0``, the weights' marginal ``q``, the inputs as ``s2_inputs(mu_a, var_a)``): returns
-    ``(tau_a, rho_a, hits)``, the messages to the inputs transposed (K, U) and how many weights the step
-    bound limited; the joint weight message replaces site ``s`` in place as in :func:`s1_chunk_backward`.
-    The marginal ``q`` a block reads is its value before the replacement (each weight's new marginal is
-    written after its block's products)."""
-    muaT, varaT, mua2T = inputs
-    m2aT = varaT + mua2T
-    K, U = muaT.shape
-    ta_T = np.empty((K, U), q_t.dtype)
-    ra_T = np.empty((K, U), q_t.dtype)
+    ``(tau_a, rho_a, hits)``, the messages to the inputs (U, K) and how many weights the step bound
+    limited; the joint weight message replaces site ``s`` in place as in :func:`s1_chunk_backward`.  The
+    marginal ``q`` a block reads is its value before the replacement (each weight's new marginal is written
+    after its block's products)."""
+    mua, vara, mua2 = inputs
+    m2a = vara + mua2
+    U, K = mua.shape
+    ta = np.empty((U, K), q_t.dtype)
+    ra = np.empty((U, K), q_t.dtype)
     dt = q_t.dtype.type
-    args = (muaT, m2aT, mua2T, g, h, q_t, q_r, s_t, s_r, dt(damping), dt(kappa))
+    args = (mua, m2a, mua2, g, h, q_t, q_r, s_t, s_r, dt(damping), dt(kappa))
     if use_threads(q_t.size, THREADS_MIN):
-        hits = _s2_bwd_threads(*args, _parts(K, numba.get_num_threads()), ta_T, ra_T)
+        hits = _s2_bwd_threads(*args, _parts(K, numba.get_num_threads()), ta, ra)
     else:
-        hits = _s2_bwd_rows(*args, 0, K, ta_T, ra_T)
-    return ta_T, ra_T, hits
+        hits = _s2_bwd_rows(*args, 0, K, ta, ra)
+    return ta, ra, hits
 
 
 # --- the chunk's messages around a dense layer's weights (U rows: few, one pass each) ----------------
@@ -397,8 +391,8 @@ def input_marginal(in_t, in_r, mx_t, mx_r, idx, m, out_t, out_r, out_mu, out_var
 
 
 @njit(cache=True, error_model="numpy")
-def store_input_messages(ta_T, ra_T, f_r, r_r, tiny, m, out_t, out_r, mx_t, mx_r, idx):
-    """The messages to a hidden dense layer's inputs ``ta_T, ra_T`` (K, U) into ``out`` (U, K) and
+def store_input_messages(ta, ra, f_r, r_r, tiny, m, out_t, out_r, mx_t, mx_r, idx):
+    """The messages to a hidden dense layer's inputs ``ta, ra`` (U, K) into ``out`` (U, K) and
     ``m_to_x[idx]``: an example whose forward and backward precisions are all ``<= tiny`` sends
     ``G(0, m)`` (SPEC 4.3 edge rule), then ``min_rho(m)``.  Returns the counts
     (``linear_all_tiny_precision``, ``min_rho_clamp``)."""
@@ -412,7 +406,7 @@ def store_input_messages(ta_T, ra_T, f_r, r_r, tiny, m, out_t, out_r, mx_t, mx_r
         flats += flat
         i = idx[u]
         for k in range(out_t.shape[1]):
-            t, r, low = _min_rho(zero if flat else ta_T[k, u], m if flat else ra_T[k, u], m, zero)
+            t, r, low = _min_rho(zero if flat else ta[u, k], m if flat else ra[u, k], m, zero)
             clamps += low
             out_t[u, k] = t
             out_r[u, k] = r
