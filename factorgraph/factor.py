@@ -274,8 +274,18 @@ class WeightSlots:
     def recompute(self):
         """Exact marginal: product of all B + 1 slots (the unused ones are G(0, 0) and skipped)."""
         u, B = self.used, self.batch_size
-        self._sums = (self.msgs.tau[:u].sum(axis=0), self.msgs.rho[:u].sum(axis=0))
-        self.q = Gaussian(self._sums[0] + self.msgs.tau[B], self._sums[1] + self.msgs.rho[B])
+        m = self.msgs
+        if (type(m.tau) is np.ndarray and kernels.enabled() and m.tau.flags.c_contiguous
+                and m.rho.flags.c_contiguous):
+            sums = tuple(np.empty(self.shape, m.dtype) for _ in range(2))
+            q = Gaussian(np.empty(self.shape, m.dtype), np.empty(self.shape, m.dtype))
+            sites = kernels.module(m.tau, "sites")
+            for v, s, qv in ((m.tau, sums[0], q.tau), (m.rho, sums[1], q.rho)):  # the same numbers, threaded
+                sites.slot_sums(v.reshape(B + 1, -1), u, B, s.reshape(-1), qv.reshape(-1))
+            self._sums, self.q = sums, q
+            return
+        self._sums = (m.tau[:u].sum(axis=0), m.rho[:u].sum(axis=0))
+        self.q = Gaussian(self._sums[0] + m.tau[B], self._sums[1] + m.rho[B])
 
     def reset(self, prior):
         """Set the batch prior, clear every per-example message, and set ``q`` to the prior."""

@@ -219,7 +219,8 @@ class FactorGraph:
             except (ZeroDivisionError, FloatingPointError) as e:  # compiled kernels raise these on inf/NaN
                 self._diverged(order, f"{type(e).__name__} ({e}) inside a sweep", e)
             bar.update(n)
-            self.recompute_marginals()
+            with kernels.threaded():  # one large pass per sweep, whatever the order
+                self.recompute_marginals()
             self._check_marginals(order)
         bar.close()
         self._flush_guards()
@@ -358,7 +359,8 @@ class FactorGraph:
     def predict_messages(self, X):
         """The predictive output message (after the training signal's predict) for inputs ``X``."""
         X = self._check_inputs(X)
-        self.recompute_marginals()
+        with kernels.threaded():
+            self.recompute_marginals()
         xp = self._xp()
         outs = []
         with kernels.threaded():

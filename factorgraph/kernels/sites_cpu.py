@@ -7,7 +7,8 @@ fixed cost per chunk):
 * :func:`replace_site`: damping, the trust region (``max_step``), the marginal update and the store (per
   weight :func:`step_one`, which :mod:`factorgraph.kernels.sites_cuda` runs on the GPU);
 * :func:`cavity_moments`: strict division ``q / m_site`` with the cavity's mean and variance;
-* :func:`marginal_check`: the after-sweep health check of a marginal against its batch prior.
+* :func:`marginal_check`: the after-sweep health check of a marginal against its batch prior;
+* :func:`slot_sums`: the exact marginal's recompute, the slots' sum and the prior in one pass.
 
 ``tests/test_batched_schedules.py`` checks them against the NumPy forms.
 """
@@ -15,9 +16,14 @@ fixed cost per chunk):
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
+from factorgraph.kernels import use_threads
 from factorgraph.kernels.moments_cpu import moments_one
+
+#: from this many weights on, :func:`slot_sums` runs on all threads inside
+#: :func:`factorgraph.kernels.threaded`
+THREADS_MIN = 16384
 
 
 @njit(cache=True, error_model="numpy")
@@ -139,3 +145,48 @@ def marginal_check(q_t, q_r, p_t, p_r, limit):
         for i in range(q_t.shape[0]):
             top = max(top, _mean_shift(q_t[i], q_r[i], p_t[i], p_r[i]))
     return ok, far, top
+
+
+#: elements per block of :func:`slot_sums` (the block's sums stay in the L1 cache across the slots)
+SUM_BLOCK = 512
+
+
+@njit(cache=True, error_model="numpy")
+def _slot_sums_part(m, u, prior, s, q, lo, hi):
+    """Elements ``lo:hi`` of :func:`slot_sums`, in blocks of ``SUM_BLOCK``: each block's sum over the
+    slots (slot by slot, a contiguous loop each), then its marginal."""
+    zero = s.dtype.type(0)
+    for b in range(lo, hi, SUM_BLOCK):
+        e = min(hi, b + SUM_BLOCK)
+        sb, m0 = s[b:e], m[0, b:e]
+        if u > 0:
+            for j in range(e - b):
+                sb[j] = m0[j]
+        else:
+            sb[:] = zero
+        for i in range(1, u):
+            mi = m[i, b:e]
+            for j in range(e - b):
+                sb[j] += mi[j]
+        qb, mp = q[b:e], m[prior, b:e]
+        for j in range(e - b):
+            qb[j] = sb[j] + mp[j]
+
+
+@njit(cache=True, parallel=True)
+def _slot_sums_threads(m, u, prior, s, q, parts):
+    n = s.shape[0]
+    size = (n + parts - 1) // parts
+    for p in prange(parts):
+        _slot_sums_part(m, u, prior, s, q, min(n, p * size), min(n, (p + 1) * size))
+
+
+def slot_sums(m, u, prior, s, q):
+    """``s = m[0] + ... + m[u - 1]`` (slot by slot, in NumPy's order for ``m[:u].sum(axis=0)``, so the same
+    numbers) and ``q = s + m[prior]`` for the flat slot messages ``m`` (slots, n): the exact marginal's
+    natural parameters of :meth:`factorgraph.factor.WeightSlots.recompute` in one pass over the slots, on
+    all threads inside :func:`factorgraph.kernels.threaded` (NumPy's reduction runs on one)."""
+    if use_threads(s.shape[0], THREADS_MIN):
+        _slot_sums_threads(m, u, prior, s, q, 16)
+    else:
+        _slot_sums_part(m, u, prior, s, q, 0, s.shape[0])
