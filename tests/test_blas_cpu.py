@@ -59,3 +59,11 @@ def test_gemm_edge_shapes(dtype):
     np.testing.assert_array_equal(_gemm(z30, z04, c.copy(), 0.0), 0 * c)
     empty = _gemm(np.zeros((0, 5), dtype), np.zeros((5, 4), dtype), np.zeros((0, 4), dtype), 0.0)
     assert empty.shape == (0, 4)
+
+
+def test_gemm_rejects_operands_without_a_unit_stride():
+    a = np.ones((6, 6))
+    with pytest.raises(ValueError, match="unit stride along one axis"):
+        _gemm(a[::2, ::2], a[:3, :3], np.zeros((3, 3)), 0.0)
+    with pytest.raises(ValueError, match="unit stride along its rows"):
+        _gemm(a[:3, :3], a[:3, :3], np.zeros((3, 6))[:, ::2], 0.0)

@@ -34,15 +34,17 @@ def _operand(a):
     transpose of the row-major matrix ``a``: its rows contiguous -> ``'n'``, its columns -> ``'t'``."""
     isz = a.itemsize
     rows, cols = a.shape
-    if cols == 1 or a.strides[1] == isz:
+    if cols <= 1 or rows == 0 or a.strides[1] == isz:  # (empty arrays have zero strides)
         return ord("n"), max(a.strides[0] // isz, cols, 1)
-    return ord("t"), max(a.strides[1] // isz, rows, 1)
+    if rows == 1 or a.strides[0] == isz:
+        return ord("t"), max(a.strides[1] // isz, rows, 1)
+    raise ValueError("gemm needs operands with unit stride along one axis")
 
 
 def gemm(a, b, c, beta):
     """``c = a @ b + beta * c`` for 2-D float32/float64 arrays ``a`` (m, k), ``b`` (k, n) and ``c`` (m, n)
-    of one dtype, each with unit stride along one axis (``c`` along its rows); returns ``c``.  Shapes are
-    not checked: the kernels pass blocks of arrays they made."""
+    of one dtype, each with unit stride along one axis (``c`` along its rows; else ``ValueError``); returns
+    ``c``.  Shapes are not checked: the kernels pass blocks of arrays they made."""
     raise NotImplementedError("gemm is called from Numba-compiled code")
 
 
@@ -60,6 +62,8 @@ def _gemm(a, b, c, beta):
             return c
         ta, lda = _operand(a)
         tb, ldb = _operand(b)
+        if n > 1 and c.strides[1] != c.itemsize:
+            raise ValueError("gemm needs an output with unit stride along its rows")
         ldc = max(c.strides[0] // c.itemsize, n, 1)
         scal = np.empty(2, c.dtype)
         scal[0] = 1.0
