@@ -128,6 +128,15 @@ def test_fused_chunk_equals_the_numpy_equations(constant, expansion, dtype, damp
         assert counts_a.get("parallel_step_limit", 0) > 0  # the bound is exercised
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("constant", [True, False])
+def test_fused_chunk_of_64_or_more_examples_equals_the_numpy_equations(constant, dtype, monkeypatch):
+    """Chunks of 64 examples or more take blocks of ``ROWS // 2`` weight rows: the same checks for 70."""
+    monkeypatch.setattr(sys.modules[__name__], "U", 70)
+    assert chunk_cpu._block_rows(K, J, 70) == chunk_cpu.ROWS // 2 < chunk_cpu._block_rows(K, J, 7)
+    test_fused_chunk_equals_the_numpy_equations(constant, 0, dtype, 0.5, 0.2, True, (K, J), monkeypatch)
+
+
 def test_thread_parts_cover_every_row_once():
     """The threaded kernels' parts tile the weights' rows, one per thread at most, as equal as whole rows
     allow (784 rows on two threads: 392 each)."""
