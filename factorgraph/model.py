@@ -359,11 +359,10 @@ class FactorGraph:
     def predict_messages(self, X):
         """The predictive output message (after the training signal's predict) for inputs ``X``."""
         X = self._check_inputs(X)
-        with kernels.threaded():
-            self.recompute_marginals()
         xp = self._xp()
         outs = []
         with kernels.threaded():
+            self.recompute_marginals()
             for start in range(0, X.shape[0], self.batch_size):
                 m = xp.asarray(X[start:start + self.batch_size])
                 for step in self.schedules["predict"]:
