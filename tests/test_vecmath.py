@@ -213,6 +213,69 @@ def test_tiled_leaky_kernel_equals_the_per_unit_functions(backward, n):
 
 
 @njit
+def _preps(tau1, rho1, tau2, rho2, fast, exact, oks):
+    for n in range(tau1.shape[0]):
+        fast[n, 0], fast[n, 1], fast[n, 2], fast[n, 3], oks[n] = scalar.block52_prep_fast(
+            tau1[n], rho1[n], tau2[n], rho2[n])
+        exact[n, 0], exact[n, 1], exact[n, 2], exact[n, 3] = scalar.block52_prep_exact(
+            tau1[n], rho1[n], tau2[n], rho2[n])
+
+
+def _prep_cases(rng, n):
+    """Precisions 1e-12 .. 1e12 with means up to 1e6 (the fast form's range), then precisions whose product
+    or sum leaves it (1e-300 and 1e-200 pairs, 1e160 pairs, 1e295), then a zero and a NaN precision."""
+    rho1, rho2 = 10 ** rng.uniform(-12, 12, n), 10 ** rng.uniform(-12, 12, n)
+    tau1, tau2 = rng.normal(0, 1e3, n) * rho1, rng.normal(0, 1e3, n) * rho2
+    odd = np.array([[1.0, 1e-300, 1.0, 1.0], [1.0, 1e-200, 1.0, 1e-200], [1.0, 1e160, 2.0, 1e160],
+                    [3.0, 1e295, 1.0, 1.0], [0.0, 0.0, 1.0, 2.0], [1.0, 2.0, 0.0, 0.0],
+                    [1.0, np.nan, 1.0, 1.0]])
+    return [np.concatenate([x, odd[:, k]]) for k, x in enumerate((tau1, rho1, tau2, rho2))], len(odd)
+
+
+def test_fast_prep_agrees_with_the_exact_one_and_hands_over_outside_its_range():
+    """``block52_prep_fast`` (two divisions) against ``block52_prep_exact`` (four): ``t`` and ``sigma_m``
+    bit for bit, ``h`` within 1e-13 and ``quad`` (both the log-weight's terms) within 1e-12 (its difference
+    of means rounds differently); ``ok`` is False exactly for the
+    precisions out of its range, where ``block52_prep`` returns the exact form's numbers."""
+    (tau1, rho1, tau2, rho2), k = _prep_cases(np.random.default_rng(5), 2000)
+    n = len(tau1)
+    fast, exact, oks = np.empty((n, 4)), np.empty((n, 4)), np.empty(n, np.bool_)
+    _preps(tau1, rho1, tau2, rho2, fast, exact, oks)
+    assert oks[:-k].all() and oks[-3:].all() and not oks[-k:-3].any()  # zeros, NaN: both forms' flat block
+    np.testing.assert_array_equal(fast[oks, :2], exact[oks, :2])
+    np.testing.assert_allclose(fast[oks, 2], exact[oks, 2], rtol=1e-13)
+    np.testing.assert_allclose(fast[oks, 3], exact[oks, 3], rtol=1e-12, atol=1e-13)  # mu1 - mu2 cancels
+    combined = np.array([scalar.block52_prep(*args) for args in zip(tau1, rho1, tau2, rho2)])
+    np.testing.assert_array_equal(combined[~oks], exact[~oks])
+    np.testing.assert_array_equal(combined[oks], fast[oks])
+
+
+@pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])
+def test_tiled_leaky_kernel_takes_the_exact_prep_for_precisions_out_of_the_fast_range(backward):
+    """Units whose precision products underflow or overflow (1e-200 against 1e-200 with means -+1e100,
+    1e200 against 1e200, 1e300 against 1e10, 1e146 against 1e144) between ordinary ones in one tile: the
+    tiled kernel recomputes them by ``block52_prep`` as the per-unit functions do, so it gives their
+    messages and guard counts.  Most of them fall back either way; for the last the backward's message
+    has precision 1e144, where the two-division form's numbers (a NaN log-weight) make it fall back."""
+    rng = np.random.default_rng(3)
+    n = leaky_cpu.TILE
+    a_t, a_r, z_t, z_r = _hard_inputs(rng, n)
+    odd = ((1e100, 1e-200, -1e100, 1e-200), (0.3, 1e200, 0.2, 1e200), (0.3, 1e300, 0.2, 1e10),
+           (3e7, 1e146, 1e50, 1e144))
+    for i, (ma, ra, mz, rz) in zip((5, 17, 40, 41), odd):
+        a_t[i], a_r[i], z_t[i], z_r[i] = ma * ra, ra, mz * rz, rz
+    got_t, got_r, want_t, want_r = (np.empty(n) for _ in range(4))
+    with np.errstate(all="ignore"):
+        got = leaky_cpu._marginal_serial(backward, a_t, a_r, z_t, z_r, 0.1, got_t, got_r)
+        want = _per_unit(backward, a_t, a_r, z_t, z_r, 0.1, want_t, want_r)
+    np.testing.assert_array_equal(got, want)
+    for g, w in ((got_t, want_t), (got_r, want_r)):
+        assert np.array_equal(np.isfinite(g), np.isfinite(w))
+        ok = np.isfinite(w)
+        np.testing.assert_allclose(g[ok], w[ok], rtol=1e-12, atol=1e-300)
+
+
+@njit
 def _per_unit_moment_match(a_t, a_r, slope, out_t, out_r):
     floors = 0
     for n in range(a_t.shape[0]):

@@ -19,8 +19,8 @@ from factorgraph.gaussian import CF_T
 from factorgraph.kernels import use_threads
 from factorgraph.kernels.scalar import (
     LOG_SQRT_2PI, MIN_NORMAL, MIN_U, NEGLIGIBLE_LOG_WEIGHT, SQRT1_2, block52_log_weight, block52_moments,
-    block52_parts, block52_prep, erfc_log_weight_ok, floored_moments, mixture, mixture_exponent,
-    mixture_with, shift_and_factor_from)
+    block52_parts, block52_prep, block52_prep_fast, erfc_log_weight_ok, floored_moments, mixture,
+    mixture_exponent, mixture_with, shift_and_factor_from)
 from factorgraph.kernels.vecmath import (
     CF_LANES, continued_fraction_map, erfc_map, exp_map, log1p_map, log_map)
 
@@ -246,7 +246,8 @@ def _marginal_serial(backward, a_t, a_r, z_t, z_r, slope, out_t, out_r):
     """Training forward (``backward=False``) or backward messages of all units: ``fwd_marginal_one`` /
     ``bwd_marginal_one`` over tiles of ``TILE`` units, restaged so the compiler vectorises the arithmetic
     and the transcendental calls go four lanes at a time (:mod:`factorgraph.kernels.vecmath`): per tile the
-    two truncation blocks' ``block52_prep``; erfc and exp; ``log(sqrt(h) Phi)``; the log-weights and the
+    two truncation blocks' ``block52_prep`` (its two-division form, and where a unit's precisions leave that
+    form's range, the exact form for the tile's units: ``block52_prep``'s numbers either way); erfc and exp; ``log(sqrt(h) Phi)``; the log-weights and the
     direct-formula moments; then, only for the units that need them, the tail-accurate log-cdf and the
     continued fraction (``t < -CF_T``; the tile's tails queued and run together by
     :func:`~factorgraph.kernels.vecmath.continued_fraction_map`); exp (and log1p) of the mixture exponents;
@@ -278,32 +279,52 @@ def _marginal_tiles(backward, a_t, a_r, z_t, z_r, slope, out_t, out_r):
             w[_TZ, i], w[_RZ, i] = z_t[lo + i], z_r[lo + i]
         for i in range(m, TILE):  # padding lanes: finite values, results unused and not counted
             w[_TA, i], w[_RA, i], w[_TZ, i], w[_RZ, i] = 0.0, 1.0, 0.0, 1.0
+        odd = 0
         for i in range(TILE):
             ta, ra, tz, rz = w[_TA, i], w[_RA, i], w[_TZ, i], w[_RZ, i]
+            fast = True
             for b in range(2):
                 if b == 0:
-                    t, s, h, q = block52_prep(ta, ra, tz, rz)
+                    t, s, h, q, ok = block52_prep_fast(ta, ra, tz, rz)
                 elif backward:
-                    t, s, h, q = block52_prep(-ta, ra, -slope * tz, slope * slope * rz)
+                    t, s, h, q, ok = block52_prep_fast(-ta, ra, -slope * tz, slope * slope * rz)
                 else:
-                    t, s, h, q = block52_prep(-tz, rz, -ta / slope, ra * inv_s2)
+                    t, s, h, q, ok = block52_prep_fast(-tz, rz, -ta / slope, ra * inv_s2)
+                fast &= ok
                 o = 8 * b
                 w[_T + o, i], w[_S + o, i], w[_H + o, i], w[_Q + o, i] = t, s, h, q
                 w[_MASS + o, i], w[_PHI + o, i] = -t * SQRT1_2, -0.5 * t * t - LOG_SQRT_2PI
+            odd += not fast
+        if odd:  # precisions out of the two-division form's range: the exact form (block52_prep's numbers)
+            for i in range(m):  # the exact form of all four, which equals the fast form where that is ok
+                ta, ra, tz, rz = w[_TA, i], w[_RA, i], w[_TZ, i], w[_RZ, i]
+                for b in range(2):
+                    if b == 0:
+                        t, s, h, q = block52_prep(ta, ra, tz, rz)
+                    elif backward:
+                        t, s, h, q = block52_prep(-ta, ra, -slope * tz, slope * slope * rz)
+                    else:
+                        t, s, h, q = block52_prep(-tz, rz, -ta / slope, ra * inv_s2)
+                    o = 8 * b
+                    w[_T + o, i], w[_S + o, i], w[_H + o, i], w[_Q + o, i] = t, s, h, q
+                    w[_MASS + o, i], w[_PHI + o, i] = -t * SQRT1_2, -0.5 * t * t - LOG_SQRT_2PI
         for o in (0, 8):
             erfc_map(w[_MASS + o], w[_MASS + o], TILE)
             exp_map(w[_PHI + o], w[_PHI + o], TILE)
         for i in range(TILE):
+            nok = 0.0
             for o in (0, 8):
                 mass = 0.5 * w[_MASS + o, i]
                 w[_MASS + o, i] = mass
                 shm = math.sqrt(w[_H + o, i]) * mass
                 w[_LOG + o, i] = shm if shm >= MIN_NORMAL else 1.0
+                nok = nok if erfc_log_weight_ok(w[_T + o, i], shm) else 1.0
+            w[_NOK, i] = nok
         for o in (0, 8):
             log_map(w[_LOG + o], w[_LOG + o], TILE)
         tails = notok = floors = 0
         for i in range(TILE):  # the common case: erfc gives the mass, the direct formula the moments
-            w[_TAIL, i] = w[_NOK, i] = 0.0
+            w[_TAIL, i] = 0.0
             for b in range(2):
                 o = 8 * b
                 t, mass = w[_T + o, i], w[_MASS + o, i]
@@ -314,8 +335,6 @@ def _marginal_tiles(backward, a_t, a_r, z_t, z_r, slope, out_t, out_r):
                 tail = t < -CF_T
                 if tail:
                     w[_TAIL, i] = 1.0
-                if not erfc_log_weight_ok(t, math.sqrt(w[_H + o, i]) * mass):
-                    w[_NOK, i] = 1.0
                 floored = u < MIN_U
                 floors += floored & (not tail) & (i < m)
                 u = MIN_U if floored else u

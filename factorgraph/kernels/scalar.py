@@ -94,11 +94,37 @@ MIN_NORMAL = 2.2250738585072014e-308
 ERFC_T_MIN = -35.0
 
 
+#: :func:`block52_prep_fast` takes precisions whose product and sum lie in ``[PREP_MIN, PREP_MAX]``
+PREP_MIN, PREP_MAX = 1e-290, 1e290
+
+
 @njit(cache=True, inline="always")
-def block52_prep(tau1, rho1, tau2, rho2):
-    """``(t, sigma_m, h, quad)`` of :func:`block52_parts` before its transcendental calls: ``t`` the
-    standardised truncation point, ``h`` the harmonic precision, ``quad = log N(mu1; mu2, 1/rho1 + 1/rho2)
-    - log sqrt(h)`` (``-inf`` when a precision is 0, with ``h = 1``)."""
+def block52_prep_fast(tau1, rho1, tau2, rho2):
+    """:func:`block52_prep` with two divisions where the exact form takes four, and ``ok``.  ``t`` and
+    ``sigma_m`` (hence the truncation moments) are the exact form's numbers; ``h = rho1 rho2 sigma_m^2`` and
+    ``mu1 - mu2 = (tau1 rho2 - tau2 rho1) / (rho1 rho2)`` agree with it within rounding (the difference of
+    the means cancels in both forms, differently), and enter only the log-weight.  ``ok`` is False where
+    the sum of the precisions, their product (both positive) or the cross term leaves ``[PREP_MIN,
+    PREP_MAX]`` (or is NaN); there :func:`block52_prep_exact` gives them."""
+    rho_m = rho1 + rho2
+    safe_m = rho_m if rho_m > 0 else 1.0
+    sigma_m = 1.0 / math.sqrt(safe_m)
+    t = (tau1 + tau2) * sigma_m
+    both = (rho1 > 0) & (rho2 > 0)
+    p = rho1 * rho2
+    inv_p = 1.0 / p if p > 0.0 else 0.0
+    cross = tau1 * rho2 - tau2 * rho1
+    h = p * (sigma_m * sigma_m) if both else 1.0
+    d = cross * inv_p
+    quad = -LOG_SQRT_2PI - 0.5 * h * d * d if both else -math.inf
+    ok = (safe_m >= PREP_MIN) & (safe_m <= PREP_MAX) & (
+        (not both) | ((p >= PREP_MIN) & (p <= PREP_MAX) & (abs(cross) <= PREP_MAX)))
+    return t, sigma_m, h, quad, ok
+
+
+@njit(cache=True, inline="always")
+def block52_prep_exact(tau1, rho1, tau2, rho2):
+    """:func:`block52_prep` by four divisions, for any precisions (:func:`block52_prep_fast`'s other case)."""
     rho_m = rho1 + rho2
     safe_m = rho_m if rho_m > 0 else 1.0
     sigma_m = 1.0 / math.sqrt(safe_m)
@@ -108,6 +134,18 @@ def block52_prep(tau1, rho1, tau2, rho2):
     d = tau1 / rho1 - tau2 / rho2 if both else 0.0
     quad = -LOG_SQRT_2PI - 0.5 * h * d * d if both else -math.inf
     return t, sigma_m, h, quad
+
+
+@njit(cache=True, inline="always")
+def block52_prep(tau1, rho1, tau2, rho2):
+    """``(t, sigma_m, h, quad)`` of :func:`block52_parts` before its transcendental calls: ``t`` the
+    standardised truncation point, ``h`` the harmonic precision, ``quad = log N(mu1; mu2, 1/rho1 + 1/rho2)
+    - log sqrt(h)`` (``-inf`` when a precision is 0, with ``h = 1``): :func:`block52_prep_fast`, or
+    :func:`block52_prep_exact` where the fast form's precisions are out of its range."""
+    t, sigma_m, h, quad, ok = block52_prep_fast(tau1, rho1, tau2, rho2)
+    if ok:
+        return t, sigma_m, h, quad
+    return block52_prep_exact(tau1, rho1, tau2, rho2)
 
 
 @njit(cache=True, inline="always")
