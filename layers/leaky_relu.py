@@ -56,7 +56,8 @@ class LeakyReLU(Factor):
     def forward_chunk(self, m_in, idx, site):
         self._check_chunk(m_in, idx)
         seen = self._seen_back[idx]
-        if seen.all() or not seen.any():
+        k = np.count_nonzero(seen)  # one pass (``all`` and ``any`` took two NumPy reductions per chunk)
+        if k == len(seen) or k == 0:
             return self._forward(m_in, idx, bool(seen[0]))
         first, later = self._forward(m_in, idx, False), self._forward(m_in, idx, True)
         mask = m_in.xp.asarray(seen).reshape((-1,) + (1,) * (m_in.tau.ndim - 1))
@@ -112,12 +113,14 @@ class LeakyReLU(Factor):
         return out
 
     def _chunk_kernel(self, i):
-        """Whether slots ``i`` go to the chunk kernels (``*_slots``): an index array of distinct slots (a
-        repeated slot would have its cache row written by several threads at once) and caches whose flat
-        views alias them."""
+        """Whether slots ``i`` go to the chunk kernels (``*_slots``): an index array of distinct slots in
+        ``[0, batch_size)`` (a repeated slot would have its cache row written by several threads at once;
+        other indices take the NumPy path, which reads them as NumPy does) and caches whose flat views
+        alias them."""
         caches = (self.m_in.tau, self.m_in.rho, self.m_back.tau, self.m_back.rho)
-        return (isinstance(i, np.ndarray) and i.ndim == 1 and len(np.unique(i)) == len(i)
-                and all(c.flags.c_contiguous for c in caches))
+        return (isinstance(i, np.ndarray) and i.ndim == 1 and i.dtype.kind in "iu"
+                and all(c.flags.c_contiguous for c in caches)
+                and leaky_cpu.distinct_rows(i, len(self._seen_back)))
 
     def _launch_slots(self, fn, fresh, store, other, rows):
         """Run chunk kernel ``fn`` (:meth:`_launch` with the flat caches and ``rows`` as extra arguments): the

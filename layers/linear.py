@@ -185,9 +185,9 @@ class Linear(Factor):
         return fused
 
     def _with_bias(self, mu, var):
-        mu += self._cav_c.mean
-        var += self._cav_c.var
-        return WithMoments.from_moments(mu, var)
+        tau, rho = np.empty_like(mu), np.empty_like(var)
+        chunk_cpu.add_bias(mu, var, self._cav_c.mean, self._cav_c.var, tau, rho)
+        return WithMoments.of(tau, rho, mu, var)
 
     def _fused_s1_forward(self, fused):
         """The first layer's chunk forward by the fused kernel; ``False`` (nothing changed) where a cavity

@@ -137,6 +137,21 @@ def test_fused_chunk_of_64_or_more_examples_equals_the_numpy_equations(constant,
     test_fused_chunk_equals_the_numpy_equations(constant, 0, dtype, 0.5, 0.2, True, (K, J), monkeypatch)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_add_bias_equals_the_numpy_steps(dtype):
+    """``chunk_cpu.add_bias`` (the fused forward's last pass) gives NumPy's numbers bit for bit: ``mu +
+    c_mu``, ``var + c_var`` broadcast over the chunk's rows, ``tau = mu / var``, ``rho = 1 / var``."""
+    rng = np.random.default_rng(4)
+    mu, var = rng.normal(0, 3, (7, 13)).astype(dtype), rng.uniform(1e-3, 5, (7, 13)).astype(dtype)
+    c_mu, c_var = rng.normal(0, 1, 13).astype(dtype), rng.uniform(1e-3, 1, 13).astype(dtype)
+    want_mu, want_var = mu + c_mu, var + c_var
+    tau, rho = np.empty_like(mu), np.empty_like(var)
+    chunk_cpu.add_bias(mu, var, c_mu, c_var, tau, rho)
+    for got, want in ((mu, want_mu), (var, want_var), (tau, want_mu / want_var), (rho, 1 / want_var)):
+        assert got.dtype == dtype
+        np.testing.assert_array_equal(got, want)
+
+
 def test_thread_parts_cover_every_row_once():
     """The threaded kernels' parts tile the weights' rows, one per thread at most, as equal as whole rows
     allow (784 rows on two threads: 392 each)."""

@@ -163,6 +163,24 @@ def test_leaky_chunk_kernels_equal_the_flat_kernels_on_gathered_rows(units, chun
         np.testing.assert_array_equal(other.tau, (cache_a if backward else cache_z).tau)
 
 
+@pytest.mark.parametrize("idx, takes", [
+    ([5, 2, 0], True), (np.arange(8)[::-1], True), ([5, 2, 5], False), ([5, -1], False), ([5, 8], False),
+    (np.array([5.0, 2.0]), False)])
+def test_leaky_chunk_kernels_take_distinct_slots_of_the_batch_only(idx, takes):
+    """``LeakyReLU._chunk_kernel`` (by the compiled ``leaky_cpu.distinct_rows``): an integer index array of
+    distinct slots in ``[0, batch_size)`` goes to the ``*_slots`` kernels; a repeated slot (two threads
+    would write its cache row), a negative or too large one, or float indices take the NumPy path."""
+    from layers.leaky_relu import LeakyReLU
+
+    layer = LeakyReLU(0.1)
+    layer.build((6,), 8, dtype=np.float64, rng=np.random.default_rng(0), constant_input=False)
+    idx = np.asarray(idx)
+    assert layer._chunk_kernel(idx) is takes
+    if idx.dtype.kind == "i":
+        assert leaky_cpu.distinct_rows(idx, 8) is takes
+    assert not layer._chunk_kernel(list(range(3)))
+
+
 def test_leaky_layer_rejects_a_chunk_of_the_wrong_shape_before_touching_its_caches():
     from layers.leaky_relu import LeakyReLU
 

@@ -247,8 +247,8 @@ def _marginal_serial(backward, a_t, a_r, z_t, z_r, slope, out_t, out_r):
     ``bwd_marginal_one`` over tiles of ``TILE`` units, restaged so the compiler vectorises the arithmetic
     and the transcendental calls go four lanes at a time (:mod:`factorgraph.kernels.vecmath`): per tile the
     two truncation blocks' ``block52_prep`` (its two-division form, and where a unit's precisions leave that
-    form's range, the exact form for the tile's units: ``block52_prep``'s numbers either way); erfc and exp; ``log(sqrt(h) Phi)``; the log-weights and the
-    direct-formula moments; then, only for the units that need them, the tail-accurate log-cdf and the
+    form's range, the exact form for the tile's units: ``block52_prep``'s numbers either way); erfc and
+    exp; ``log(sqrt(h) Phi)``; the log-weights and the direct-formula moments; then, only for the units that need them, the tail-accurate log-cdf and the
     continued fraction (``t < -CF_T``; the tile's tails queued and run together by
     :func:`~factorgraph.kernels.vecmath.continued_fraction_map`); exp (and log1p) of the mixture exponents;
     the finish, and moment matching for the forward's fallbacks.  The same operations as the per-unit
@@ -488,6 +488,18 @@ def _slots_threads(backward, fresh_t, fresh_r, store_t, store_r, other_t, other_
         acc[w] = _slots_item(backward, fresh_t, fresh_r, store_t, store_r, other_t, other_r, rows, n, i,
                              min(n, p * size), min(n, (p + 1) * size), slope, out_t, out_r)
     return acc.sum(axis=0)
+
+
+@njit(cache=True)
+def distinct_rows(rows, n):
+    """True where the integers ``rows`` are distinct and in ``[0, n)``: slots the chunk kernels can take
+    (each cache row written by one thread).  Compiled: ``np.unique`` took 1.7 % of an MLP chunk sweep."""
+    seen = np.zeros(n, np.bool_)
+    for r in rows:
+        if r < 0 or r >= n or seen[r]:
+            return False
+        seen[r] = True
+    return True
 
 
 def _marginal_slots(backward, fresh_t, fresh_r, store_t, store_r, other_t, other_r, rows, slope, out_t,
