@@ -219,9 +219,9 @@ class FactorGraph:
             except (ZeroDivisionError, FloatingPointError) as e:  # compiled kernels raise these on inf/NaN
                 self._diverged(order, f"{type(e).__name__} ({e}) inside a sweep", e)
             bar.update(n)
-            with kernels.threaded():  # one large pass per sweep, whatever the order
+            with kernels.threaded():  # large passes once per sweep, whatever the order
                 self.recompute_marginals()
-            self._check_marginals(order)
+                self._check_marginals(order)
         bar.close()
         self._flush_guards()
 

@@ -654,16 +654,22 @@ def test_runaway_means_with_proper_marginals_are_reported():
     assert guards.get("mean_shift_beyond_prior") == 1
 
 
+@pytest.mark.parametrize("threaded", [False, True])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_compiled_marginal_check_equals_the_array_check(dtype):
-    """The after-sweep check's compiled pass (``sites_cpu.marginal_check``) and its array form agree on
-    health, the count of runaway means and the largest shift: ordinary marginals, runaway means, a prior
-    element with zero precision, and each kind of broken marginal (NaN, inf, zero and negative precision)."""
+def test_compiled_marginal_check_equals_the_array_check(dtype, threaded, monkeypatch):
+    """The after-sweep check's compiled pass (``sites_cpu.marginal_check``, on one thread or in 16 parts on
+    all threads) and its array form agree on health, the count of runaway means and the largest shift:
+    ordinary marginals, runaway means, a prior element with zero precision, and each kind of broken
+    marginal (NaN, inf, zero and negative precision)."""
+    import contextlib
     from types import SimpleNamespace
 
     from factorgraph import kernels
     from factorgraph.gaussian import Gaussian
+    from factorgraph.kernels import sites_cpu
     from factorgraph.model import FactorGraph
+
+    monkeypatch.setattr(sites_cpu, "THREADS_MIN", 1)
 
     rng = np.random.default_rng(3)
     shape = (40, 7)
@@ -677,11 +683,15 @@ def test_compiled_marginal_check_equals_the_array_check(dtype):
         broken = q.copy()
         broken.tau[i, 2], broken.rho[i, 2] = t, r
         cases.append(broken)
+    edge = q.copy()
+    edge.rho.reshape(-1)[17] = 0.0  # the last element of the first of 16 thread parts (280 in parts of 18)
+    cases.append(edge)
     for case in cases:
         slots = SimpleNamespace(q=case, prior=prior)
         prev = kernels.set_enabled(True)
         try:
-            got = FactorGraph._marginal_health(slots)
+            with kernels.threaded() if threaded else contextlib.nullcontext():
+                got = FactorGraph._marginal_health(slots)
             kernels.set_enabled(False)
             want = FactorGraph._marginal_health(slots)
         finally:

@@ -128,23 +128,50 @@ def _mean_shift(qt, qr, pt, pr):
 
 
 @njit(cache=True, error_model="numpy")
-def marginal_check(q_t, q_r, p_t, p_r, limit):
-    """One pass over a weight marginal ``q`` and its batch prior ``p`` (flat arrays): whether every element
-    of ``q`` is finite and proper (``rho > 0``) and how many means lie more than ``limit`` prior standard
-    deviations from the prior mean (``|mean q - mean p| sqrt(rho_p)``, means 0 where ``rho = 0``); where
-    some do, a second pass for the largest shift (else ``-inf``: a running maximum would keep the first
-    pass from vectorising)."""
+def _check_part(q_t, q_r, p_t, p_r, limit):
+    """``(ok, far)`` of :func:`marginal_check` over the given elements (a loop that vectorises)."""
     ok = True
     far = 0
     for i in range(q_t.shape[0]):
         qt, qr = q_t[i], q_r[i]
         ok &= math.isfinite(qt) & (qr > 0) & math.isfinite(qr)
         far += _mean_shift(qt, qr, p_t[i], p_r[i]) > limit
+    return ok, far
+
+
+@njit(cache=True, error_model="numpy")
+def _top_shift(q_t, q_r, p_t, p_r):
     top = -math.inf
-    if far:
-        for i in range(q_t.shape[0]):
-            top = max(top, _mean_shift(q_t[i], q_r[i], p_t[i], p_r[i]))
-    return ok, far, top
+    for i in range(q_t.shape[0]):
+        top = max(top, _mean_shift(q_t[i], q_r[i], p_t[i], p_r[i]))
+    return top
+
+
+@njit(cache=True, parallel=True)
+def _check_threads(q_t, q_r, p_t, p_r, limit, parts):
+    """:func:`_check_part` on ``parts`` slices on all threads."""
+    n = q_t.shape[0]
+    size = (n + parts - 1) // parts
+    oks = np.zeros(parts, np.bool_)
+    fars = np.zeros(parts, np.int64)
+    for p in prange(parts):
+        lo, hi = min(n, p * size), min(n, (p + 1) * size)
+        oks[p], fars[p] = _check_part(q_t[lo:hi], q_r[lo:hi], p_t[lo:hi], p_r[lo:hi], limit)
+    return oks.all(), fars.sum()
+
+
+def marginal_check(q_t, q_r, p_t, p_r, limit):
+    """One pass over a weight marginal ``q`` and its batch prior ``p`` (flat arrays): whether every element
+    of ``q`` is finite and proper (``rho > 0``) and how many means lie more than ``limit`` prior standard
+    deviations from the prior mean (``|mean q - mean p| sqrt(rho_p)``, means 0 where ``rho = 0``); where
+    some do, a second pass for the largest shift (else ``-inf``: a running maximum would keep the first
+    pass from vectorising).  On all threads inside :func:`factorgraph.kernels.threaded` (the counts are
+    the same)."""
+    if use_threads(q_t.shape[0], THREADS_MIN):
+        ok, far = _check_threads(q_t, q_r, p_t, p_r, limit, 16)
+    else:
+        ok, far = _check_part(q_t, q_r, p_t, p_r, limit)
+    return bool(ok), int(far), _top_shift(q_t, q_r, p_t, p_r) if far else -math.inf
 
 
 #: elements per block of :func:`slot_sums` (the block's sums stay in the L1 cache across the slots)
