@@ -217,6 +217,18 @@ _ROWS = 31
 
 
 @njit(cache=True, inline="always")
+def _block_args(b, backward, ta, ra, tz, rz, slope, inv_s2):
+    """The two Gaussians ``(tau1, rho1, tau2, rho2)`` of truncation block ``b`` of a unit: the arguments of
+    :func:`block52_parts` in :func:`fwd_marginal_one` / :func:`bwd_marginal_one` (``inv_s2 = 1 /
+    slope^2``)."""
+    if b == 0:
+        return ta, ra, tz, rz
+    if backward:
+        return -ta, ra, -slope * tz, slope * slope * rz
+    return -tz, rz, -ta / slope, ra * inv_s2
+
+
+@njit(cache=True, inline="always")
 def _tail_block(w, b, m, cf_x, cf_at, nq, floors):
     """Truncation block ``b``'s tail units of a tile (``t < -CF_T``; :func:`block52_moments`): where the
     component is negligible (log-weight ``NEGLIGIBLE_LOG_WEIGHT`` below the other's) its moments from the
@@ -244,17 +256,17 @@ def _tail_block(w, b, m, cf_x, cf_at, nq, floors):
 @njit(cache=True, error_model="numpy")
 def _marginal_serial(backward, a_t, a_r, z_t, z_r, slope, out_t, out_r):
     """Training forward (``backward=False``) or backward messages of all units: ``fwd_marginal_one`` /
-    ``bwd_marginal_one`` over tiles of ``TILE`` units, restaged so the compiler vectorises the arithmetic
-    and the transcendental calls go four lanes at a time (:mod:`factorgraph.kernels.vecmath`): per tile the
-    two truncation blocks' ``block52_prep`` (its two-division form, and where a unit's precisions leave that
-    form's range, the exact form for the tile's units: ``block52_prep``'s numbers either way); erfc and
-    exp; ``log(sqrt(h) Phi)``; the log-weights and the direct-formula moments; then, only for the units that need them, the tail-accurate log-cdf and the
-    continued fraction (``t < -CF_T``; the tile's tails queued and run together by
-    :func:`~factorgraph.kernels.vecmath.continued_fraction_map`); exp (and log1p) of the mixture exponents;
-    the finish, and moment matching for the forward's fallbacks.  The same operations as the per-unit
-    functions, so the same numbers.  Returns the guard counts (forward: fallbacks, u-floors; backward:
-    clamps, fallbacks, u-floors, min_rho); error_model "numpy": divisions by zero give inf / NaN as in the
-    per-unit functions' unused branches, never an exception."""
+    ``bwd_marginal_one`` over tiles of ``TILE`` units, restaged so the compiler vectorises the arithmetic and
+    the transcendental calls go four lanes at a time (:mod:`factorgraph.kernels.vecmath`): per tile the two
+    truncation blocks' ``block52_prep`` (its two-division form, and where a unit's precisions leave that
+    form's range, the exact form for the tile's units: ``block52_prep``'s numbers either way); erfc and exp;
+    ``log(sqrt(h) Phi)``; the log-weights and the direct-formula moments; then, only for the units that need
+    them, the tail-accurate log-cdf and the continued fraction (``t < -CF_T``; the tile's tails queued and run
+    together by :func:`~factorgraph.kernels.vecmath.continued_fraction_map`); exp (and log1p) of the mixture
+    exponents; the finish, and moment matching for the forward's fallbacks.  The same operations as the
+    per-unit functions, so the same numbers.  Returns the guard counts (forward: fallbacks, u-floors;
+    backward: clamps, fallbacks, u-floors, min_rho); error_model "numpy": divisions by zero give inf / NaN as
+    in the per-unit functions' unused branches, never an exception."""
     if backward:  # a constant flag in each inlined copy: no branch on it inside the loops, which vectorise
         return _marginal_tiles(True, a_t, a_r, z_t, z_r, slope, out_t, out_r)
     return _marginal_tiles(False, a_t, a_r, z_t, z_r, slope, out_t, out_r)
@@ -284,12 +296,8 @@ def _marginal_tiles(backward, a_t, a_r, z_t, z_r, slope, out_t, out_r):
             ta, ra, tz, rz = w[_TA, i], w[_RA, i], w[_TZ, i], w[_RZ, i]
             fast = True
             for b in range(2):
-                if b == 0:
-                    t, s, h, q, ok = block52_prep_fast(ta, ra, tz, rz)
-                elif backward:
-                    t, s, h, q, ok = block52_prep_fast(-ta, ra, -slope * tz, slope * slope * rz)
-                else:
-                    t, s, h, q, ok = block52_prep_fast(-tz, rz, -ta / slope, ra * inv_s2)
+                t1, r1, t2, r2 = _block_args(b, backward, ta, ra, tz, rz, slope, inv_s2)
+                t, s, h, q, ok = block52_prep_fast(t1, r1, t2, r2)
                 fast &= ok
                 o = 8 * b
                 w[_T + o, i], w[_S + o, i], w[_H + o, i], w[_Q + o, i] = t, s, h, q
@@ -299,12 +307,8 @@ def _marginal_tiles(backward, a_t, a_r, z_t, z_r, slope, out_t, out_r):
             for i in range(m):  # the exact form of all four, which equals the fast form where that is ok
                 ta, ra, tz, rz = w[_TA, i], w[_RA, i], w[_TZ, i], w[_RZ, i]
                 for b in range(2):
-                    if b == 0:
-                        t, s, h, q = block52_prep(ta, ra, tz, rz)
-                    elif backward:
-                        t, s, h, q = block52_prep(-ta, ra, -slope * tz, slope * slope * rz)
-                    else:
-                        t, s, h, q = block52_prep(-tz, rz, -ta / slope, ra * inv_s2)
+                    t1, r1, t2, r2 = _block_args(b, backward, ta, ra, tz, rz, slope, inv_s2)
+                    t, s, h, q = block52_prep(t1, r1, t2, r2)
                     o = 8 * b
                     w[_T + o, i], w[_S + o, i], w[_H + o, i], w[_Q + o, i] = t, s, h, q
                     w[_MASS + o, i], w[_PHI + o, i] = -t * SQRT1_2, -0.5 * t * t - LOG_SQRT_2PI
