@@ -35,6 +35,7 @@ beyond calls to :mod:`factorgraph.equations`.
 import numpy as np
 
 from factorgraph import config, guards, kernels
+from factorgraph.backend import get_array_module
 from factorgraph.gaussian import Gaussian, WithMoments, divide
 
 
@@ -307,10 +308,28 @@ class WeightSlots:
         return Gaussian(self.msgs.tau[start:n].sum(axis=0), self.msgs.rho[start:n].sum(axis=0))
 
     def state(self):
-        return {"tau": self.msgs.tau, "rho": self.msgs.rho, "q_tau": self.q.tau, "q_rho": self.q.rho}
+        """The slots that may hold messages (``0 .. used - 1``: every example's under the per-example
+        schedules, one per chunk under :class:`schedules.Parallel`), the batch prior and the marginal.  The
+        other slots are ``G(0, 0)`` and not written (a chunk-trained MLP's file was 30x larger with them)."""
+        u, B = self.used, self.batch_size
+        return {"tau": self.msgs.tau[:u], "rho": self.msgs.rho[:u], "prior_tau": self.msgs.tau[B],
+                "prior_rho": self.msgs.rho[B], "q_tau": self.q.tau, "q_rho": self.q.rho}
 
     def load_state(self, arrays):
-        self.msgs = Gaussian(arrays["tau"].copy(), arrays["rho"].copy())
-        self._sums = None
+        """Inverse of :meth:`state`; also reads the older form that held all ``B + 1`` slots (prior last)."""
+        tau, rho, B = arrays["tau"], arrays["rho"], self.batch_size
+        if "prior_tau" in arrays:
+            u = tau.shape[0]
+            if tau.shape[1:] != self.shape or rho.shape != tau.shape or u > B:
+                raise ValueError(f"saved weight messages of shape {tau.shape} do not fit {B} slots of shape "
+                                 f"{self.shape}")
+            msgs = Gaussian.uniform((B + 1,) + self.shape, tau.dtype, get_array_module(tau))
+            msgs.tau[:u], msgs.rho[:u] = tau, rho
+            msgs.tau[B], msgs.rho[B] = arrays["prior_tau"], arrays["prior_rho"]
+        else:
+            if tau.shape != (B + 1,) + self.shape or rho.shape != tau.shape:
+                raise ValueError(f"saved weight messages of shape {tau.shape} do not fit {B} slots of shape "
+                                 f"{self.shape}")
+            msgs, u = Gaussian(tau.copy(), rho.copy()), B
+        self.msgs, self.used, self._sums = msgs, u, None
         self.q = Gaussian(arrays["q_tau"].copy(), arrays["q_rho"].copy())
-        self.used = self.batch_size

@@ -568,6 +568,73 @@ def test_warm_start_and_mixing_survive_save_and_load(tmp_path):
     np.testing.assert_array_equal(back.fg.predict(X)[0], fg.predict(X)[0])
 
 
+def _chunk_trainer(seed=1):
+    X, Y = _reg_data(48)
+    return Trainer(create_factor_graph(REG, 16, seed=seed), X, Y, order=Parallel(4, 0.5, max_step=1.0),
+                   progress=False), X
+
+
+def test_a_chunk_trained_checkpoint_holds_only_the_used_slots_and_resumes_exactly(tmp_path):
+    full, X = _chunk_trainer()
+    full.train(3, 1)
+    part, _ = _chunk_trainer()
+    part.train(2, 1)
+    part.save(tmp_path / "p.npz")
+    with np.load(tmp_path / "p.npz") as f:
+        assert f["fg.layer0.W.tau"].shape == (4, 3, 6)  # the four chunk sites, not all 17 slots
+        np.testing.assert_array_equal(f["fg.layer0.W.prior_tau"], part.fg.layers[0].params["W"].prior.tau)
+    back = Trainer.load(tmp_path / "p.npz", order=Parallel(4, 0.5, max_step=1.0), progress=False)
+    for (_, a), (_, b) in zip(part.fg.weighted_layers(), back.fg.weighted_layers()):
+        for name in a.params:
+            assert b.params[name].used == a.params[name].used == 4
+            np.testing.assert_array_equal(b.params[name].msgs.tau, a.params[name].msgs.tau)  # zeros beyond
+            np.testing.assert_array_equal(b.params[name].msgs.rho, a.params[name].msgs.rho)
+    back.train(1, 1)
+    np.testing.assert_array_equal(back.fg.predict(X)[0], full.fg.predict(X)[0])
+    np.testing.assert_array_equal(back.fg.predict(X)[1], full.fg.predict(X)[1])
+
+
+def test_checkpoints_with_all_slots_still_load(tmp_path):
+    """Version 1 checkpoints stored all B + 1 slots of every weight tensor (prior last) and no prior keys."""
+    import json
+
+    tr, X = _chunk_trainer()
+    tr.train(2, 1)
+    tr.save(tmp_path / "v2.npz")
+    with np.load(tmp_path / "v2.npz") as f:
+        arrays = {k: f[k] for k in f.files}
+    for key in [k for k in arrays if k.endswith(".prior_tau")]:
+        base = key[:-len("prior_tau")]
+        for p in ("tau", "rho"):
+            used = arrays.pop(base + p)
+            full = np.zeros((17,) + used.shape[1:], used.dtype)
+            full[:len(used)], full[16] = used, arrays.pop(base + "prior_" + p)
+            arrays[base + p] = full
+    meta = json.loads(str(arrays["meta"]))
+    meta["format"] = "factorgraph-trainer-1"
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(tmp_path / "v1.npz", **arrays)
+    old = Trainer.load(tmp_path / "v1.npz", order=Parallel(4, 0.5, max_step=1.0), progress=False)
+    assert old.fg.layers[0].params["W"].used == 16  # unknown in version 1: every slot is summed
+    np.testing.assert_array_equal(old.fg.layers[0].params["W"].msgs.tau, tr.fg.layers[0].params["W"].msgs.tau)
+    old.train(1, 1)
+    tr.train(1, 1)
+    np.testing.assert_array_equal(old.fg.predict(X)[0], tr.fg.predict(X)[0])
+
+
+def test_slot_state_of_another_shape_is_refused_before_anything_changes():
+    tr, _ = _chunk_trainer()
+    tr.train(1, 1)
+    W = tr.fg.layers[0].params["W"]
+    state, before = W.state(), W.msgs.tau.copy()
+    for bad in (dict(state, tau=state["tau"][:, :2]), dict(state, tau=np.zeros((17,) + W.shape)),
+                {k: v for k, v in dict(state, tau=np.zeros((5,) + W.shape)).items() if "prior" not in k}):
+        with pytest.raises(ValueError, match="do not fit 16 slots"):
+            W.load_state(bad)
+    np.testing.assert_array_equal(W.msgs.tau, before)
+    assert W.used == 4
+
+
 def test_a_diverging_schedule_raises_instead_of_leaving_nan_marginals():
     from factorgraph import guards
     from factorgraph.guards import ImproperMessageError

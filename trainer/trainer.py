@@ -35,7 +35,10 @@ from schedules.epochs import Constant, EpochSchedule
 from schedules.orders import ByEpoch, Parallel, is_order
 from trainer.damping import thesis_damping
 
-_FORMAT = "factorgraph-trainer-1"
+#: written by :meth:`Trainer.save`; version 2 stores only the weight slots in use (``WeightSlots.state``)
+_FORMAT = "factorgraph-trainer-2"
+#: what :meth:`Trainer.load` reads (version 1 held all ``B + 1`` slots of every weight tensor)
+_READS = ("factorgraph-trainer-1", _FORMAT)
 #: weight of the old average in the warm-start moving average
 WARM_RATE = 0.9
 
@@ -246,7 +249,7 @@ class Trainer:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
         meta = json.loads(str(arrays["meta"]))
-        if meta.get("format") != _FORMAT:
+        if meta.get("format") not in _READS:
             raise ValueError(f"{path}: not a factorgraph trainer file (format {meta.get('format')!r})")
         templates = _templates_from_json(meta["templates"])
         fg = create_factor_graph(templates, meta["batch_size"], seed=meta["seed"], dtype=meta["dtype"])
