@@ -7,7 +7,8 @@ digits) and training wall time; ``--torch`` adds PyTorch SGD epochs of the same 
 timed in the same run.  Orders are Python expressions over :mod:`schedules`:
 
 * ``Shuffled()``: the thesis schedule, one example at a time;
-* ``Parallel(c, d)``: chunks of ``c`` examples as matrices, chunk messages damped by ``d``;
+* ``Parallel(c, d)``: chunks of ``c`` examples as matrices, chunk messages damped by ``d`` (a number, or
+  one per weighted layer: ``Parallel(64, (0.125, 0.35, 0.35), max_step=1.0)``);
 * ``Chunked(c, d)``: per-example messages from the marginals of the chunk start;
 * ``Chains(k, d)``: ``k`` sequential chains merged after every sweep.
 

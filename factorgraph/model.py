@@ -203,6 +203,7 @@ class FactorGraph:
             if bad:
                 raise ValueError(f"{order} needs layers with batched messages (forward_chunk/backward_chunk); "
                                  f"not supported by: {', '.join(bad)}")
+            order.layer_damping(len(self.weighted_layers()))
         perm = order.permutation(n, self.rng)
         xp = self._xp()
         X, Y = xp.asarray(X), xp.asarray(Y)
@@ -292,6 +293,8 @@ class FactorGraph:
         slots = self._slots()
         for s in slots:
             s.max_step = getattr(order, "max_step", None)
+        weighted = [l for l, _ in self.weighted_layers()]
+        damping = dict(zip(weighted, order.layer_damping(len(weighted))))
         try:
             for k, start in enumerate(range(0, len(perm), order.chunk_size)):
                 idx = perm[start:start + order.chunk_size]
@@ -301,7 +304,8 @@ class FactorGraph:
                 steps = iter(self.schedules["backward"])
                 m = self.layers[next(steps).layer].backward_signal_chunk(Y[idx], idx)
                 for step in steps:
-                    m = self.layers[step.layer].backward_chunk(m, idx, k, order.damping, order.messages)
+                    m = self.layers[step.layer].backward_chunk(m, idx, k, damping.get(step.layer, 1.0),
+                                                               order.messages)
                     if m is None:
                         break
         finally:

@@ -36,6 +36,22 @@ def _g(rng, shape, scale=1.0):
     return Gaussian(mu / var, 1 / var)
 
 
+MLP_REG = [(3,), ("Linear", 6), ("LeakyReLU", 0.1), ("Linear", 6), ("LeakyReLU", 0.1), ("Linear", 2),
+           ("Regression", 0.05)]
+
+
+@contextlib.contextmanager
+def _kernels(on):
+    """The compiled CPU kernels on or off for the block (the previous setting restored)."""
+    from factorgraph import kernels
+
+    prev = kernels.set_enabled(on)
+    try:
+        yield
+    finally:
+        kernels.set_enabled(prev)
+
+
 def _weights(fg):
     return [s.q for _, layer in fg.weighted_layers() for s in layer.params.values()]
 
@@ -255,10 +271,56 @@ def test_parallel_rejects_a_factor_without_chunk_messages_before_any_change():
                                  dict(chunk_size=2, max_step=0), dict(chunk_size=2, max_step=-1.0),
                                  dict(chunk_size=2, max_step=float("inf")), dict(chunk_size=2, max_step=True),
                                  dict(chunk_size=2, expansion=2), dict(chunk_size=2, expansion=True),
-                                 dict(chunk_size=2, expansion=0.5)])
+                                 dict(chunk_size=2, expansion=0.5), dict(chunk_size=2, damping=()),
+                                 dict(chunk_size=2, damping=(0.5, 0)),
+                                 dict(chunk_size=2, damping=(0.5, "x"))])
 def test_parallel_rejects_bad_arguments(bad):
     with pytest.raises(ValueError):
         Parallel(**bad)
+
+
+@pytest.mark.parametrize("kernels_on", [True, False])
+def test_parallel_damps_each_weighted_layer_by_its_own_damping(kernels_on):
+    """One chunk per sweep: within a chunk a layer's new site depends on the other layers' marginals before
+    the chunk only, so each layer's site under ``(0.3, 0.7, 0.45)`` is its site under that layer's damping
+    alone (same graphs, same order)."""
+    from factorgraph import kernels
+
+    X, y = _reg_data(16)
+    dampings = (0.3, 0.7, 0.45)
+    with _kernels(kernels_on):
+        graphs = {d: create_factor_graph(MLP_REG, 16, seed=4) for d in (dampings, *dampings)}
+        for d, fg in graphs.items():
+            fg.train_batch(X, y, 1, order=Parallel(16, d))
+        mixed = graphs[dampings]
+        assert [l for l, _ in mixed.weighted_layers()] == [0, 2, 4]
+        for j, (l, layer) in enumerate(mixed.weighted_layers()):
+            alone = graphs[dampings[j]].layers[l]
+            for name, slots in layer.params.items():
+                np.testing.assert_array_equal(slots.msgs.tau[0], alone.params[name].msgs.tau[0])
+                np.testing.assert_array_equal(slots.msgs.rho[0], alone.params[name].msgs.rho[0])
+                np.testing.assert_array_equal(slots.q.tau, alone.params[name].q.tau)
+        # and a uniform sequence is the scalar
+        same = create_factor_graph(MLP_REG, 16, seed=4)
+        same.train_batch(X, y, 1, order=Parallel(16, (0.3, 0.3, 0.3)))
+        for (_, a), (_, b) in zip(same.weighted_layers(), graphs[0.3].weighted_layers()):
+            np.testing.assert_array_equal(a.params["W"].q.tau, b.params["W"].q.tau)
+    assert kernels.enabled()
+    assert str(Parallel(64, (0.125, 0.35, 0.35), max_step=1.0)) == \
+        "Parallel(64, damping=(0.125, 0.35, 0.35), max_step=1.0)"
+
+
+def test_per_layer_dampings_must_fit_the_graph_before_anything_changes():
+    X, y = _reg_data(16)
+    fg = create_factor_graph(MLP_REG, 16, seed=4)
+    before, rng = [q.tau.copy() for q in _weights(fg)], fg.rng.bit_generator.state
+    with pytest.raises(ValueError, match="2 dampings but the graph has 3 weighted layers"):
+        fg.train_batch(X, y, 1, order=Parallel(8, (0.5, 0.25)))
+    with pytest.raises(ValueError, match="4 dampings"):
+        Trainer(fg, X, y, order=ByEpoch(Parallel(8, 0.5), (2, Parallel(8, (0.5, 0.2, 0.2, 0.2)))))
+    for q, t in zip(_weights(fg), before):
+        np.testing.assert_array_equal(q.tau, t)
+    assert fg.rng.bit_generator.state == rng  # not even the batch's order was drawn
 
 
 # --- Bayesian linear regression ---------------------------------------------------------------------

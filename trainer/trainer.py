@@ -92,6 +92,9 @@ class Trainer:
                             f"schedules.ByEpoch, got {order!r}")
         if self.mixing and any(isinstance(o, Parallel) for o in _orders(order)):
             raise ValueError("mixing needs per-example messages; Parallel stores one message per chunk")
+        for o in _orders(order):  # per-layer dampings must fit the graph before any epoch starts
+            if isinstance(o, Parallel):
+                o.layer_damping(len(fg.weighted_layers()))
         B = fg.batch_size
         if self.mixing and B < 2:
             raise ValueError("mixing needs batch_size >= 2 (batches are made of two halves)")
