@@ -13,7 +13,8 @@ timed in the same run.  Orders are Python expressions over :mod:`schedules`:
 * ``Chains(k, d)``: ``k`` sequential chains merged after every sweep.
 
 Options ``--warm`` (warm-start each batch's activation messages) and ``--mix`` (recombine half batches
-between epochs) apply to every order given.
+between epochs) apply to every order given; ``--whiten EPS`` ZCA-whitens the inputs first (for every order
+and for the PyTorch epochs).
 
     python examples/schedules_experiment.py --n 5120 --arch mlp \\
         --orders "Shuffled()" "Parallel(8, 0.5)" "Parallel(32, 0.5)" "Parallel(320, 0.2)" --torch
@@ -39,14 +40,21 @@ def _order(spec):
     return eval(spec, vars(schedules))
 
 
-def load(n, arch, seed):
+def load(n, arch, seed, whiten=None):
+    """``(X_train, y_train, X_test, y_test, X_ood)``: the first ``n`` training images of the seed's order,
+    5000 test images, the upsampled digits; scalar-normalised with training statistics, then ZCA-whitened
+    (:class:`factorgraph.datasets.Whitening`, fitted on the training images) when ``whiten`` is its ``eps``."""
     d = datasets.load_fashion_mnist(seed=seed)
     Xtr, ytr = d.X_train[:n], d.y_train[:n]
     mean, std = float(Xtr.mean()), float(Xtr.std(ddof=1))
     Xd, _ = datasets.load_digits(upsample_to=28)
     Xood = (Xd - Xd.mean()) / Xd.std(ddof=1)
     prep = lambda x: ((x - mean) / std).reshape(-1, 28, 28, 1)  # noqa: E731
-    return prep(Xtr), ytr, prep(d.X_test[:5000]), d.y_test[:5000], Xood.reshape(-1, 28, 28, 1)
+    out = [prep(Xtr), ytr, prep(d.X_test[:5000]), d.y_test[:5000], Xood.reshape(-1, 28, 28, 1)]
+    if whiten is not None:
+        w = datasets.Whitening.fit(out[0], eps=whiten)
+        out[0], out[2], out[4] = w(out[0]), w(out[2]), w(out[4])
+    return tuple(out)
 
 
 def _graph(arch, batch, seed, dtype="float64", device="cpu"):
@@ -168,6 +176,8 @@ def main(argv=None):
                                                    "Parallel(320, 0.2)"])
     p.add_argument("--warm", action="store_true", help="warm-start activation messages of each new batch")
     p.add_argument("--mix", action="store_true", help="recombine half batches between epochs")
+    p.add_argument("--whiten", type=float, default=None, metavar="EPS",
+                   help="ZCA-whiten the inputs (fitted on the training images, eps EPS; 0.1 in the README)")
     p.add_argument("--torch", action="store_true", help="time PyTorch SGD epochs in the same run")
     p.add_argument("--throughput", action="store_true",
                    help="only time one sweep over one batch per order (median of 5) and exit")
@@ -182,7 +192,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.rounds < 1:
         p.error(f"--rounds must be at least 1, got {args.rounds}")
-    data = load(args.n, args.arch, args.seed)
+    data = load(args.n, args.arch, args.seed, args.whiten)
     if args.throughput:
         # rounds alternate the orders and PyTorch, so a slow phase of a shared machine hits them alike
         runs, torch_runs = [], []
@@ -212,10 +222,12 @@ def main(argv=None):
                   f"{1e6 * t:.1f}{span} us / example{ratios}")
         return
     os.makedirs(args.out, exist_ok=True)
-    tag = f"{args.arch}_n{args.n}" + ("_cuda" if args.device == "cuda" else "") + ("_warm" if args.warm else "") + ("_mix" if args.mix else "")
+    tag = (f"{args.arch}_n{args.n}" + ("_cuda" if args.device == "cuda" else "") + ("_warm" if args.warm else "")
+           + ("_mix" if args.mix else "") + (f"_whiten{args.whiten:g}" if args.whiten is not None else ""))
     rows = []
     print(f"| order ({args.arch}, {args.device}, n = {args.n}, batch {args.batch}, Staircase({args.staircase})"
-          f"{', warm' if args.warm else ''}{', mix' if args.mix else ''}) | acc | NLL | ECE15 | OOD AUROC "
+          f"{', warm' if args.warm else ''}{', mix' if args.mix else ''}"
+          f"{f', whitened (eps {args.whiten:g})' if args.whiten is not None else ''}) | acc | NLL | ECE15 | OOD AUROC "
           f"| train time [s] | us / example-pass |\n|---|---|---|---|---|---|---|", flush=True)
     for spec in args.orders:
         r = run_order(spec, args.arch, data, args)

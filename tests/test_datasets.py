@@ -146,6 +146,52 @@ def test_normalise_uses_training_statistics_only():
         D.normalise(np.array([1.0, np.nan]))
 
 
+def _correlated_images(n=400, seed=0):
+    rng = np.random.default_rng(seed)
+    A = rng.normal(size=(12, 12)) + 3 * np.eye(12)  # strongly correlated pixels
+    return (rng.normal(size=(n, 12)) @ A.T + 5.0).reshape(n, 3, 4, 1)
+
+
+def test_whitening_decorrelates_the_training_inputs_and_keeps_shapes():
+    X = _correlated_images()
+    w = D.Whitening.fit(X, eps=1e-12)
+    Z = w(X)
+    assert Z.shape == X.shape and Z.dtype == X.dtype
+    C = np.cov(Z.reshape(len(Z), -1), rowvar=False)
+    np.testing.assert_allclose(C, np.eye(12) * C[0, 0], atol=1e-9)  # white: a multiple of the identity
+    assert abs(Z.std() - 1) < 1e-12 and np.abs(Z.reshape(len(Z), -1).mean(axis=0)).max() < 1e-12
+    np.testing.assert_allclose(w.matrix, w.matrix.T, atol=1e-12)  # ZCA: the symmetric whitening
+    np.testing.assert_allclose(w(X[7:8]), Z[7:8], rtol=1e-12)  # one example as in the batch
+    assert w(X.astype(np.float32)).dtype == np.float32 and w(np.ones((2, 3, 4, 1), int)).dtype == np.float64
+
+
+def test_whitening_eps_shrinks_the_small_variance_directions():
+    """With ``eps`` the covariance of the whitened training set is ``V diag(l / (l + eps)) V^T / scale^2``."""
+    X = _correlated_images(seed=1)
+    flat = X.reshape(len(X), -1)
+    lam, V = np.linalg.eigh(np.cov(flat, rowvar=False))
+    eps = 0.5 * np.median(lam)
+    w = D.Whitening.fit(X, eps=eps)
+    want = (V * (lam / (lam + eps))) @ V.T / w.scale ** 2
+    np.testing.assert_allclose(np.cov(w(X).reshape(len(X), -1), rowvar=False), want, atol=1e-10)
+
+
+@pytest.mark.parametrize("bad", ["one", "nan", "eps0", "epsbool", "shape"])
+def test_whitening_rejects_bad_input(bad):
+    X = _correlated_images(20)
+    with pytest.raises(ValueError, match={"one": "at least 2", "nan": "NaN", "eps0": "eps", "epsbool": "eps",
+                                          "shape": "fitted to examples of 12"}[bad]):
+        if bad == "one":
+            D.Whitening.fit(X[:1])
+        elif bad == "nan":
+            X[3, 0, 0, 0] = np.nan
+            D.Whitening.fit(X)
+        elif bad in ("eps0", "epsbool"):
+            D.Whitening.fit(X, eps=0.0 if bad == "eps0" else True)
+        else:
+            D.Whitening.fit(X)(np.zeros((2, 13)))
+
+
 def test_train_test_split():
     X, y = np.arange(20).reshape(10, 2), np.arange(10)
     s = D.train_test_split(X, y, 0.3, seed=1)
