@@ -43,7 +43,8 @@ def _order(spec):
 def load(n, arch, seed, whiten=None):
     """``(X_train, y_train, X_test, y_test, X_ood)``: the first ``n`` training images of the seed's order,
     5000 test images, the upsampled digits; scalar-normalised with training statistics, then ZCA-whitened
-    (:class:`factorgraph.datasets.Whitening`, fitted on the training images) when ``whiten`` is its ``eps``."""
+    (:class:`factorgraph.datasets.Whitening`, fitted on the training images) when ``whiten`` is its
+    ``eps``."""
     d = datasets.load_fashion_mnist(seed=seed)
     Xtr, ytr = d.X_train[:n], d.y_train[:n]
     mean, std = float(Xtr.mean()), float(Xtr.std(ddof=1))
@@ -222,12 +223,14 @@ def main(argv=None):
                   f"{1e6 * t:.1f}{span} us / example{ratios}")
         return
     os.makedirs(args.out, exist_ok=True)
-    tag = (f"{args.arch}_n{args.n}" + ("_cuda" if args.device == "cuda" else "") + ("_warm" if args.warm else "")
-           + ("_mix" if args.mix else "") + (f"_whiten{args.whiten:g}" if args.whiten is not None else ""))
+    tag = (f"{args.arch}_n{args.n}" + ("_cuda" if args.device == "cuda" else "")
+           + ("_warm" if args.warm else "") + ("_mix" if args.mix else "")
+           + (f"_whiten{args.whiten:g}" if args.whiten is not None else ""))
     rows = []
     print(f"| order ({args.arch}, {args.device}, n = {args.n}, batch {args.batch}, Staircase({args.staircase})"
           f"{', warm' if args.warm else ''}{', mix' if args.mix else ''}"
-          f"{f', whitened (eps {args.whiten:g})' if args.whiten is not None else ''}) | acc | NLL | ECE15 | OOD AUROC "
+          f"{f', whitened (eps {args.whiten:g})' if args.whiten is not None else ''}) "
+          f"| acc | NLL | ECE15 | OOD AUROC "
           f"| train time [s] | us / example-pass |\n|---|---|---|---|---|---|---|", flush=True)
     for spec in args.orders:
         r = run_order(spec, args.arch, data, args)
