@@ -189,9 +189,10 @@ class Whitening:
     where it was, so images stay images.  ``eps`` (relative to the inputs' scale) keeps the directions of
     tiny variance from being blown up into noise.
 
-    Why it matters here: a batched chunk's weight messages to a layer whose inputs are correlated (pixels)
-    all push the weights the same way, and large chunks overshoot; decorrelated inputs let
-    :class:`schedules.Parallel` take larger chunks and less damping (README, Schedules).
+    Why it matters here: on Fashion-MNIST's MLP, whitened inputs let :class:`schedules.Parallel` train
+    chunks of 64-128 stably at damping 0.25, more accurately than the sequential schedule (README,
+    Schedules); on the raw pixels the first layer's chunk steps overshoot (our reading: correlated inputs
+    make a chunk's messages push its weights the same way).
 
     >>> w = Whitening.fit(X_train, eps=0.1)
     >>> X_train, X_test = w(X_train), w(X_test)
