@@ -57,6 +57,19 @@ def test_train_digits_writes_checkpoint_metrics_plots(digits_run):
     assert info["templates"] == json.loads(TINY)
 
 
+def test_train_with_the_batched_order(tmp_path, capsys):
+    out = tmp_path / "par"
+    assert run("train", "--model", TINY, "--epochs", 2, "--order", "Parallel(16, (0.5, 0.25), max_step=1.0)",
+               "--out", out, "--no-progress") == 0
+    assert "order Parallel(16, damping=(0.5, 0.25), max_step=1.0)" in capsys.readouterr().out
+    info = json.loads((out / "model.json").read_text())
+    assert info["schedule"]["order"] == "Parallel(16, damping=(0.5, 0.25), max_step=1.0)"
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["test"]["accuracy"] > 0.5  # 10 classes
+    with np.load(out / "checkpoint.npz") as f:  # one slot per chunk of the last batch
+        assert f["fg.layer0.W.tau"].shape[0] <= 320 // 16
+
+
 def test_evaluate_reproduces_test_metrics(digits_run, capsys):
     capsys.readouterr()
     out = digits_run / "eval.json"
@@ -210,6 +223,11 @@ def test_importing_factorgraph_does_not_import_trainer():
      "targets have shape (1,)"),
     (["train", "--n-train", "100000"], "larger than the"),
     (["train", "--staircase", "2", "--epochs", "3"], "either --staircase"),
+    (["train", "--order", "Parallel(0)"], "bad order 'Parallel(0)': ValueError: chunk_size"),
+    (["train", "--order", "__import__('os')"], "NameError"),
+    (["train", "--order", "3"], "'3' is not an order"),
+    (["train", "--model", TINY, "--order", "Parallel(8, (0.5, 0.5, 0.5))"],
+     "3 dampings but the graph has 2 weighted layers"),
     (["train", "--epochs", "0"], "--epochs"),
     (["evaluate", "--checkpoint", "missing/checkpoint.npz"], "checkpoint not found"),
     (["graph", "--model", '[[64],["Linear",10],["Regression",0.01]]', "--branches", "999"], "--branches"),

@@ -8,6 +8,7 @@
     factorgraph train --data uci:yacht:0 --out runs/yacht0
     factorgraph train --data toy1d --its 100
     factorgraph train --data mydata.npz --model model.toml --epochs 5 --its 2
+    factorgraph train --data fashion-mnist --n-train 5120 --staircase 2 --order "Parallel(32, 0.5, max_step=1.0)"
     factorgraph evaluate --checkpoint runs/yacht0/checkpoint.npz [--data uci:yacht:1] [--out m.json]
     factorgraph predict --checkpoint runs/x/checkpoint.npz --input X.npz [--out preds.npz]
     factorgraph graph --model model.json --branches 2 --out graph.png
@@ -417,6 +418,22 @@ def make_schedule(args, default):
     return Constant(default[1], default[2])
 
 
+def parse_order(s):
+    """A within-batch order from its expression over :mod:`schedules` (``Shuffled()``, ``Parallel(64, 0.25,
+    max_step=1.0)``, ``ByEpoch(...)``, ...): evaluated with those names only, no builtins."""
+    import schedules
+    from schedules.orders import is_order
+
+    names = {k: getattr(schedules, k) for k in ("Shuffled", "Fixed", "Chunked", "Parallel", "Chains", "ByEpoch")}
+    try:
+        order = eval(s, {"__builtins__": {}}, names)  # noqa: S307 - the user's own command line, names only
+    except Exception as e:  # syntax errors, unknown names, bad arguments: one line
+        raise argparse.ArgumentTypeError(f"bad order {s!r}: {type(e).__name__}: {e}") from None
+    if not (isinstance(order, schedules.ByEpoch) or is_order(order)):
+        raise argparse.ArgumentTypeError(f"{s!r} is not an order (Shuffled(), Parallel(64, 0.25), ...)")
+    return order
+
+
 def parse_mapping(s):
     if s in ("argmax", "probit"):
         return s
@@ -506,7 +523,7 @@ def cmd_train(args):
     X_test = fit_data(fg, data.name, data.X_test)
     Y, target = targets_for(fg, data)
     with _user_errors(f"{data.name}: "):
-        tr = Trainer(fg, X_train, Y, progress=_progress(args))
+        tr = Trainer(fg, X_train, Y, order=args.order, progress=_progress(args))
         fg._check_inputs(X_test, "X_test")
 
     out_dir = Path(args.out) if args.out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
@@ -516,7 +533,8 @@ def cmd_train(args):
         raise CLIError(f"cannot create output folder {out_dir}: {e}") from None
 
     print(f"data: {data.name} ({X_train.shape[0]} train, {X_test.shape[0]} test, {data.task}); "
-          f"model: {fg.num_parameters()} parameters, {_head(fg)} head, batch {fg.batch_size}; {schedule}")
+          f"model: {fg.num_parameters()} parameters, {_head(fg)} head, batch {fg.batch_size}; {schedule}"
+          f"{f', order {args.order}' if args.order is not None else ''}")
     guards.reset()
     t0 = time.perf_counter()
     tr.train(schedule=schedule)
@@ -539,7 +557,8 @@ def cmd_train(args):
         "num_classes": data.num_classes,
         "data": data.spec,
         "preprocess": data.preprocess,
-        "schedule": {"name": schedule.name, "iterations": schedule.iterations},
+        "schedule": {"name": schedule.name, "iterations": schedule.iterations,
+                     "order": str(args.order or "Shuffled()")},
         "mapping": args.mapping,
     }
     _write_json(out_dir / "model.json", info)
@@ -744,6 +763,9 @@ def build_parser():
     t.add_argument("--staircase", type=_positive_int, metavar="N",
                    help="staircase schedule 1,1,2,2,...,N,N (default: staircase 3; toy1d 1 epoch x 100 "
                         "iterations; UCI staircase 5)")
+    t.add_argument("--order", type=parse_order,
+                   help="within-batch order, e.g. 'Parallel(64, 0.25, max_step=1.0)' (the batched schedule; "
+                        "default Shuffled(), the thesis schedule)")
     t.add_argument("--mapping", type=parse_mapping, default="argmax",
                    help="probabilities of a regression head on one-hot targets: argmax (noise 0.3), probit, "
                         "or an argmax noise variance (default argmax)")
