@@ -8,7 +8,8 @@
     factorgraph train --data uci:yacht:0 --out runs/yacht0
     factorgraph train --data toy1d --its 100
     factorgraph train --data mydata.npz --model model.toml --epochs 5 --its 2
-    factorgraph train --data fashion-mnist --n-train 5120 --staircase 2 --order "Parallel(32, 0.5, max_step=1.0)"
+    factorgraph train --data fashion-mnist --n-train 5120 --staircase 2 \\
+        --order "Parallel(32, 0.5, max_step=1.0)"
     factorgraph evaluate --checkpoint runs/yacht0/checkpoint.npz [--data uci:yacht:1] [--out m.json]
     factorgraph predict --checkpoint runs/x/checkpoint.npz --input X.npz [--out preds.npz]
     factorgraph graph --model model.json --branches 2 --out graph.png
@@ -424,7 +425,8 @@ def parse_order(s):
     import schedules
     from schedules.orders import is_order
 
-    names = {k: getattr(schedules, k) for k in ("Shuffled", "Fixed", "Chunked", "Parallel", "Chains", "ByEpoch")}
+    names = {k: getattr(schedules, k)
+             for k in ("Shuffled", "Fixed", "Chunked", "Parallel", "Chains", "ByEpoch")}
     try:
         order = eval(s, {"__builtins__": {}}, names)  # noqa: S307 - the user's own command line, names only
     except Exception as e:  # syntax errors, unknown names, bad arguments: one line
