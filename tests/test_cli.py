@@ -70,6 +70,35 @@ def test_train_with_the_batched_order(tmp_path, capsys):
         assert f["fg.layer0.W.tau"].shape[0] <= 320 // 16
 
 
+def test_whitened_run_stores_its_transform_for_evaluate_and_predict(tmp_path, capsys):
+    from factorgraph.datasets import load_digits, Whitening
+
+    out = tmp_path / "wh"
+    assert run("train", "--model", TINY, "--epochs", 1, "--whiten", 0.1, "--out", out, "--no-progress") == 0
+    info = json.loads((out / "model.json").read_text())
+    assert info["whiten"] == {"eps": 0.1, "file": "whitening.npz"}
+    m = json.loads((out / "metrics.json").read_text())
+    capsys.readouterr()
+    assert run("evaluate", "--checkpoint", out / "checkpoint.npz") == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["test"]["accuracy"] == m["test"]["accuracy"] and again["test"]["nll"] == m["test"]["nll"]
+    X, _ = load_digits()  # predict applies the stored scalar normalisation and whitening to raw inputs
+    np.save(tmp_path / "x.npy", X[:5])
+    assert run("predict", "--checkpoint", out / "checkpoint.npz", "--input", tmp_path / "x.npy",
+               "--out", tmp_path / "p.npz") == 0
+    from trainer import Trainer
+
+    fg = Trainer.load(out / "checkpoint.npz").fg
+    pre = info["preprocess"]
+    with np.load(out / "whitening.npz") as f:
+        w = Whitening(f["mean"], f["matrix"], float(f["scale"]))
+    want = fg.predict_proba(w((X[:5] - pre["x_mean"]) / pre["x_std"]).reshape(5, -1), "argmax")
+    with np.load(tmp_path / "p.npz") as f:
+        np.testing.assert_allclose(f["probabilities"], want, rtol=1e-12)
+    (out / "whitening.npz").unlink()
+    assert "cannot be read" in refused(capsys, "evaluate", "--checkpoint", out / "checkpoint.npz")
+
+
 def test_evaluate_reproduces_test_metrics(digits_run, capsys):
     capsys.readouterr()
     out = digits_run / "eval.json"
@@ -226,6 +255,7 @@ def test_importing_factorgraph_does_not_import_trainer():
     (["train", "--order", "Parallel(0)"], "bad order 'Parallel(0)': ValueError: chunk_size"),
     (["train", "--order", "__import__('os')"], "NameError"),
     (["train", "--order", "3"], "'3' is not an order"),
+    (["train", "--whiten", "0"], "--whiten: must be a positive number"),
     (["train", "--model", TINY, "--order", "Parallel(8, (0.5, 0.5, 0.5))"],
      "3 dampings but the graph has 2 weighted layers"),
     (["train", "--epochs", "0"], "--epochs"),

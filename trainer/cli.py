@@ -22,7 +22,8 @@ optionally ``X_test``, ``y_test`` (integer ``y`` of shape (n,) = class labels, f
 targets; without a test part 20 % of the examples are held out).
 
 ``train`` writes into ``--out`` (default ``runs/<timestamp>``): ``checkpoint.npz`` (:meth:`Trainer.save`),
-``model.json`` (templates, data spec, preprocessing, schedule), ``metrics.json`` (train and test metrics)
+``model.json`` (templates, data spec, preprocessing, schedule and order), ``whitening.npz`` (with
+``--whiten``), ``metrics.json`` (train and test metrics)
 and PNG plots (a reliability diagram and relative calibration curve for classification, predictive bands
 for 1-D regression).  Every bad input ends with a one-line message on stderr and exit status 2.
 """
@@ -377,6 +378,34 @@ def fit_data(fg, data, X):
                    f"examples of shape {tuple(X.shape[1:])} ({int(np.prod(X.shape[1:]))} values)")
 
 
+WHITENING_FILE = "whitening.npz"
+
+
+def _save_whitening(w, path):
+    np.savez(path, mean=w.mean, matrix=w.matrix, scale=np.float64(w.scale))
+
+
+def _load_whitening(checkpoint, info):
+    """The :class:`factorgraph.datasets.Whitening` a run was trained with (``None`` without one)."""
+    from factorgraph.datasets import Whitening
+
+    if not info.get("whiten"):
+        return None
+    path = Path(checkpoint).parent / info["whiten"]["file"]
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return Whitening(f["mean"], f["matrix"], float(f["scale"]))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
+        raise CLIError(f"the model was trained on whitened inputs but {path} cannot be read: {e}") from None
+
+
+def _whiten(w, X, what):
+    if w is None:
+        return X
+    with _user_errors(f"{what}: "):
+        return w(X)
+
+
 def targets_for(fg, data):
     """Training targets and evaluation targets for the graph's head: ``(Y_train, kind)`` with ``kind`` one of
     ``labels`` (Argmax/Softmax on class labels), ``onehot`` (a regression head on one-hot targets; evaluated
@@ -521,8 +550,14 @@ def cmd_train(args):
     dtype = args.dtype or model.get("dtype", "float64")
     schedule = make_schedule(args, data.default_schedule)
     fg = build_graph(model["templates"], batch_size, seed, dtype)
-    X_train = fit_data(fg, data.name, data.X_train)
-    X_test = fit_data(fg, data.name, data.X_test)
+    whitening = None
+    if args.whiten is not None:
+        from factorgraph.datasets import Whitening
+
+        with _user_errors(f"{data.name}: --whiten: "):
+            whitening = Whitening.fit(data.X_train, eps=args.whiten)
+    X_train = fit_data(fg, data.name, _whiten(whitening, data.X_train, data.name))
+    X_test = fit_data(fg, data.name, _whiten(whitening, data.X_test, data.name))
     Y, target = targets_for(fg, data)
     with _user_errors(f"{data.name}: "):
         tr = Trainer(fg, X_train, Y, order=args.order, progress=_progress(args))
@@ -545,6 +580,8 @@ def cmd_train(args):
     m.update({"train_seconds": seconds, "guards": guards.counts(), "mapping": args.mapping})
 
     tr.save(out_dir / "checkpoint.npz")
+    if whitening is not None:
+        _save_whitening(whitening, out_dir / WHITENING_FILE)
     info = {
         "format": MODEL_FORMAT,
         "templates": model["templates"],
@@ -562,6 +599,7 @@ def cmd_train(args):
         "schedule": {"name": schedule.name, "iterations": schedule.iterations,
                      "order": str(args.order or "Shuffled()")},
         "mapping": args.mapping,
+        "whiten": {"eps": args.whiten, "file": WHITENING_FILE} if whitening is not None else None,
     }
     _write_json(out_dir / "model.json", info)
     _write_json(out_dir / "metrics.json", m)
@@ -570,7 +608,8 @@ def cmd_train(args):
     for part in ("train", "test", "test_original_units"):
         if part in m:
             print(f"{part}: {_summary(m[part])}")
-    names = ["checkpoint.npz", "model.json", "metrics.json"] + [Path(p).name for p in pngs]
+    names = (["checkpoint.npz", "model.json", "metrics.json"] + ([WHITENING_FILE] if whitening is not None else [])
+             + [Path(p).name for p in pngs])
     print(f"wrote {out_dir}/{{{','.join(names)}}}")
     return 0
 
@@ -607,8 +646,9 @@ def cmd_evaluate(args):
         data = load_data(spec["name"], args.n_train or spec.get("n_train"), args.n_test or spec.get("n_test"))
     else:
         raise CLIError(f"no model.json next to {args.checkpoint} names the data; pass --data")
-    X_train = fit_data(fg, data.name, data.X_train)
-    X_test = fit_data(fg, data.name, data.X_test)
+    w = _load_whitening(args.checkpoint, info)
+    X_train = fit_data(fg, data.name, _whiten(w, data.X_train, data.name))
+    X_test = fit_data(fg, data.name, _whiten(w, data.X_test, data.name))
     _, target = targets_for(fg, data)
     mapping = args.mapping if args.mapping is not None else info.get("mapping", "argmax")
     m = compute_metrics(fg, data, X_train, X_test, target, mapping)
@@ -664,7 +704,7 @@ def cmd_predict(args):
             raise CLIError(f"{args.input}: X has {X.shape[-1]} features but the model was trained on "
                            f"{x_mean.shape[-1]}")
         X = (X - x_mean) / x_std
-    X = fit_data(fg, args.input, X)
+    X = fit_data(fg, args.input, _whiten(_load_whitening(args.checkpoint, info), X, args.input))
     mapping = args.mapping if args.mapping is not None else info.get("mapping", "argmax")
     out = {}
     with _user_errors(f"{args.input}: "):
@@ -740,6 +780,17 @@ _positive_int = _int_at_least(1, "positive")
 _nonneg_int = _int_at_least(0, "non-negative")
 
 
+def _positive_float(s):
+    """An argparse type: a finite number > 0."""
+    try:
+        v = float(s)
+    except ValueError:
+        v = None
+    if v is None or not 0 < v < np.inf:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {s!r}")
+    return v
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog=PROG, description="Bayesian neural networks trained by Gaussian message "
                                 "passing: train, evaluate, predict, draw the factor graph.")
@@ -768,6 +819,9 @@ def build_parser():
     t.add_argument("--order", type=parse_order,
                    help="within-batch order, e.g. 'Parallel(64, 0.25, max_step=1.0)' (the batched schedule; "
                         "default Shuffled(), the thesis schedule)")
+    t.add_argument("--whiten", type=_positive_float, metavar="EPS",
+                   help="ZCA-whiten the inputs (fitted on the training part, eps EPS, e.g. 0.1; stored next to "
+                        "the checkpoint and applied by evaluate and predict)")
     t.add_argument("--mapping", type=parse_mapping, default="argmax",
                    help="probabilities of a regression head on one-hot targets: argmax (noise 0.3), probit, "
                         "or an argmax noise variance (default argmax)")
