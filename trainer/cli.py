@@ -608,8 +608,8 @@ def cmd_train(args):
     for part in ("train", "test", "test_original_units"):
         if part in m:
             print(f"{part}: {_summary(m[part])}")
-    names = (["checkpoint.npz", "model.json", "metrics.json"] + ([WHITENING_FILE] if whitening is not None else [])
-             + [Path(p).name for p in pngs])
+    names = (["checkpoint.npz", "model.json", "metrics.json"]
+             + ([WHITENING_FILE] if whitening is not None else []) + [Path(p).name for p in pngs])
     print(f"wrote {out_dir}/{{{','.join(names)}}}")
     return 0
 
@@ -820,8 +820,8 @@ def build_parser():
                    help="within-batch order, e.g. 'Parallel(64, 0.25, max_step=1.0)' (the batched schedule; "
                         "default Shuffled(), the thesis schedule)")
     t.add_argument("--whiten", type=_positive_float, metavar="EPS",
-                   help="ZCA-whiten the inputs (fitted on the training part, eps EPS, e.g. 0.1; stored next to "
-                        "the checkpoint and applied by evaluate and predict)")
+                   help="ZCA-whiten the inputs (fitted on the training part, eps EPS, e.g. 0.1; stored next "
+                        "to the checkpoint and applied by evaluate and predict)")
     t.add_argument("--mapping", type=parse_mapping, default="argmax",
                    help="probabilities of a regression head on one-hot targets: argmax (noise 0.3), probit, "
                         "or an argmax noise variance (default argmax)")
