@@ -160,7 +160,7 @@ def main(argv=None):
                    help="ZCA-whiten the inputs of every method (fitted on the training images, eps EPS)")
     p.add_argument("--out", default="examples/out/fashion")
     args = p.parse_args(argv)
-    order = eval(args.order, vars(schedules))
+    order = schedules.parse_order(args.order)
     os.makedirs(args.out, exist_ok=True)
     results = {}
     for n in args.n:

@@ -37,7 +37,7 @@ from trainer import Trainer
 
 def _order(spec):
     """An order from its expression, e.g. ``"Parallel(32, 0.5)"`` (names from :mod:`schedules`)."""
-    return eval(spec, vars(schedules))
+    return schedules.parse_order(spec)
 
 
 def load(n, arch, seed, whiten=None):

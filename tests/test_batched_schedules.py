@@ -866,3 +866,15 @@ def test_trust_region_trains_a_cnn_that_diverges_without_it():
         assert guards.get("parallel_step_limit") > 0
     assert accuracy[None] is None
     assert accuracy[1.0] > 0.9
+
+
+def test_parse_order_takes_order_expressions_only():
+    from schedules import parse_order
+
+    assert parse_order("Parallel(64, (0.125, 0.35, 0.35), max_step=1.0)") == \
+        Parallel(64, (0.125, 0.35, 0.35), max_step=1.0)
+    assert parse_order("ByEpoch(Shuffled(), (2, Chains(2, 0.5)))").at(2) == Chains(2, 0.5)
+    for bad, match in (("Parallel(0)", "chunk_size"), ("open('x')", "NameError"), ("3", "not an order"),
+                       ("Parallel(8", "SyntaxError")):
+        with pytest.raises(ValueError, match=match):
+            parse_order(bad)
