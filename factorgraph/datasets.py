@@ -219,6 +219,15 @@ class Whitening:
         scale = float(((flat - mean) @ W).std())
         return cls(mean, W, scale if scale > 0 else 1.0)
 
+    def save(self, path):
+        """Write the transform to an ``.npz`` file (:meth:`load` reads it back)."""
+        np.savez(path, mean=self.mean, matrix=self.matrix, scale=np.float64(self.scale))
+
+    @classmethod
+    def load(cls, path):
+        with np.load(path, allow_pickle=False) as f:
+            return cls(f["mean"], f["matrix"], float(f["scale"]))
+
     def __call__(self, X):
         """Whiten ``X`` (the fitted example shape, any number of examples); floating inputs keep their
         dtype, others become float64."""

@@ -165,6 +165,13 @@ def test_whitening_decorrelates_the_training_inputs_and_keeps_shapes():
     assert w(X.astype(np.float32)).dtype == np.float32 and w(np.ones((2, 3, 4, 1), int)).dtype == np.float64
 
 
+def test_whitening_saves_and_loads(tmp_path):
+    X = _correlated_images()
+    w = D.Whitening.fit(X, eps=0.3)
+    w.save(tmp_path / "w.npz")
+    np.testing.assert_array_equal(D.Whitening.load(tmp_path / "w.npz")(X), w(X))
+
+
 def test_whitening_eps_shrinks_the_small_variance_directions():
     """With ``eps`` the covariance of the whitened training set is ``V diag(l / (l + eps)) V^T / scale^2``."""
     X = _correlated_images(seed=1)

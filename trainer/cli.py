@@ -381,10 +381,6 @@ def fit_data(fg, data, X):
 WHITENING_FILE = "whitening.npz"
 
 
-def _save_whitening(w, path):
-    np.savez(path, mean=w.mean, matrix=w.matrix, scale=np.float64(w.scale))
-
-
 def _load_whitening(checkpoint, info):
     """The :class:`factorgraph.datasets.Whitening` a run was trained with (``None`` without one)."""
     from factorgraph.datasets import Whitening
@@ -393,8 +389,7 @@ def _load_whitening(checkpoint, info):
         return None
     path = Path(checkpoint).parent / info["whiten"]["file"]
     try:
-        with np.load(path, allow_pickle=False) as f:
-            return Whitening(f["mean"], f["matrix"], float(f["scale"]))
+        return Whitening.load(path)
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
         raise CLIError(f"the model was trained on whitened inputs but {path} cannot be read: {e}") from None
 
@@ -574,7 +569,7 @@ def cmd_train(args):
 
     tr.save(out_dir / "checkpoint.npz")
     if whitening is not None:
-        _save_whitening(whitening, out_dir / WHITENING_FILE)
+        whitening.save(out_dir / WHITENING_FILE)
     info = {
         "format": MODEL_FORMAT,
         "templates": model["templates"],
