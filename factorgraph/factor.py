@@ -318,6 +318,10 @@ class WeightSlots:
     def load_state(self, arrays):
         """Inverse of :meth:`state`; also reads the older form that held all ``B + 1`` slots (prior last)."""
         tau, rho, B = arrays["tau"], arrays["rho"], self.batch_size
+        for key in ("prior_tau", "prior_rho", "q_tau", "q_rho"):
+            if key in arrays and arrays[key].shape != self.shape:
+                raise ValueError(f"saved {key} of shape {arrays[key].shape} does not fit weights of shape "
+                                 f"{self.shape}")
         if "prior_tau" in arrays:
             u = tau.shape[0]
             if tau.shape[1:] != self.shape or rho.shape != tau.shape or u > B:

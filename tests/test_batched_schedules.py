@@ -693,6 +693,9 @@ def test_slot_state_of_another_shape_is_refused_before_anything_changes():
                 {k: v for k, v in dict(state, tau=np.zeros((5,) + W.shape)).items() if "prior" not in k}):
         with pytest.raises(ValueError, match="do not fit 16 slots"):
             W.load_state(bad)
+    for key in ("prior_tau", "q_rho"):
+        with pytest.raises(ValueError, match=f"saved {key} of shape \\(3,\\) does not fit"):
+            W.load_state(dict(state, **{key: np.zeros(3)}))
     np.testing.assert_array_equal(W.msgs.tau, before)
     assert W.used == 4
 
