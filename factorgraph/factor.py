@@ -162,16 +162,23 @@ class WeightSlots:
         return divide(self.q, self.msgs[i])
 
     def cavity_moments(self, i):
-        """:meth:`cavity` with its mean and variance (:class:`WithMoments`), in one compiled pass on the
-        CPU."""
+        """:meth:`cavity` with its mean and variance (:class:`WithMoments`), in one compiled pass.  On the GPU
+        the counts stay on the device: an improper division raises when the guards are flushed (after the
+        batch, :func:`factorgraph.guards.flush`), not at once."""
         m = self.msgs[i]
-        if (type(m.tau) is not np.ndarray or not kernels.enabled() or not self.q.tau.flags.c_contiguous
+        cpu = type(m.tau) is np.ndarray
+        if ((cpu and not kernels.enabled()) or not self.q.tau.flags.c_contiguous
                 or not self.q.rho.flags.c_contiguous):
             return self.cavity(i).with_moments()
-        out = [np.empty(self.shape, m.dtype) for _ in range(4)]
-        roundoff, bad = kernels.module(m.tau, "sites").cavity_moments(
-            self.q.tau.reshape(-1), self.q.rho.reshape(-1), m.tau.reshape(-1), m.rho.reshape(-1),
-            config.STRICT_DIVISION_RTOL, *(o.reshape(-1) for o in out))
+        xp = self.q.xp
+        out = [xp.empty(self.shape, m.dtype) for _ in range(4)]
+        args = (self.q.tau.reshape(-1), self.q.rho.reshape(-1), m.tau.reshape(-1), m.rho.reshape(-1),
+                config.STRICT_DIVISION_RTOL, *(o.reshape(-1) for o in out))
+        if not cpu:  # counted on the device; an improper division raises when the guards are flushed
+            counts = guards.device_counts(("strict_division_roundoff", "improper_division"), xp)
+            kernels.module(m.tau, "sites").cavity_moments(*args, counts)
+            return WithMoments.of(*out)
+        roundoff, bad = kernels.module(m.tau, "sites").cavity_moments(*args)
         if bad:
             worst = float((self.q.rho - m.rho).min())
             raise guards.ImproperMessageError(f"division would give negative precision (worst {worst:.3g}); "
@@ -198,9 +205,7 @@ class WeightSlots:
             if xp is np:
                 guards.record("parallel_step_limit", mod.replace_site(*args))
             else:  # the count stays on the device until the guards are flushed
-                counts = xp.zeros(1, np.int64)
-                mod.replace_site(*args, counts)
-                guards.record("parallel_step_limit", counts)
+                mod.replace_site(*args, guards.device_counts(("parallel_step_limit",), xp))
             return
         if damping != 1.0:
             new = Gaussian(old_tau + damping * (new.tau - old_tau), old_rho + damping * (new.rho - old_rho))
@@ -215,10 +220,10 @@ class WeightSlots:
     def fused_site(self, i, damping=None):
         """``(q_tau, q_rho, s_tau, s_rho, damping, kappa)`` for a compiled kernel that computes slot ``i``'s
         new message and replaces it in place as :meth:`replace` does (``kappa = -1``: no step bound), or
-        ``None`` where only :meth:`replace` can (deferred, device arrays, kernels off).  The kernel's
-        caller calls :meth:`touch` first."""
+        ``None`` where only :meth:`replace` can (deferred, CPU kernels off).  The kernel's caller calls
+        :meth:`touch` first."""
         q = self.q
-        if (self.pending is not None or type(q.tau) is not np.ndarray or not kernels.enabled()
+        if (self.pending is not None or (type(q.tau) is np.ndarray and not kernels.enabled())
                 or not q.tau.flags.c_contiguous or not q.rho.flags.c_contiguous):
             return None
         damping = self.damping if damping is None else damping

@@ -15,6 +15,7 @@ import numpy as np
 
 _COUNTS = Counter()
 _DEFERRED = []  # (name, 0-d device array): counts of GPU masks, summed on the device, not yet read
+_DEVICE = {}  # (array module, names) -> int64 array of counters that kernels add to, read and zeroed by flush
 
 
 def record(name, mask_or_count):
@@ -45,17 +46,52 @@ def fired(name, mask):
     return True if n is None else n > 0
 
 
-def flush():
-    """Read the counts of device masks into the counters (one transfer)."""
-    if _DEFERRED:
-        from factorgraph.backend import get_array_module, to_device
+#: device counts under these names raise :class:`ImproperMessageError` when read (an improper division the
+#: CPU refuses at once)
+FATAL = ("improper_division",)
 
-        names, values = zip(*_DEFERRED)
-        values = to_device(get_array_module(values[0]).stack(values), "cpu")
-        _DEFERRED.clear()
+
+def device_counts(names, xp):
+    """The counters of ``names`` (a tuple) as one int64 array of module ``xp`` (CuPy on the GPU), made once:
+    kernels add to it (atomics) and :func:`flush` reads and zeroes it, so a kernel's guards cost no
+    operation per call."""
+    key = (xp.__name__, names)
+    arr = _DEVICE.get(key)
+    if arr is None:
+        arr = _DEVICE[key] = xp.zeros(len(names), np.int64)
+    return arr
+
+
+def flush():
+    """Read the counts of device masks and the :func:`device_counts` into the counters (one transfer per
+    array module), zeroing the latter; raise :class:`ImproperMessageError` where a :data:`FATAL` count is
+    non-zero."""
+    if not _DEFERRED and not _DEVICE:
+        return
+    from factorgraph.backend import get_array_module, to_device
+
+    parts = {}  # array module -> ([names], [1-d arrays])
+    for (_, names), arr in _DEVICE.items():
+        part = parts.setdefault(get_array_module(arr), ([], []))
+        part[0].extend(names)
+        part[1].append(arr)
+    for name, value in _DEFERRED:
+        part = parts.setdefault(get_array_module(value), ([], []))
+        part[0].append(name)
+        part[1].append(value.reshape(1))
+    _DEFERRED.clear()
+    fatal = 0
+    for xp, (names, arrays) in parts.items():
+        values = to_device(xp.concatenate(arrays), "cpu")
         for name, n in zip(names, values):
             if n:
                 _COUNTS[name] += int(n)
+                fatal += int(n) if name in FATAL else 0
+    for arr in _DEVICE.values():
+        arr[...] = 0
+    if fatal:
+        raise ImproperMessageError(f"division would give negative precision in {fatal} element(s) beyond "
+                                   "tolerance (counted on the device)")
 
 
 def counts():
@@ -74,6 +110,8 @@ def reset():
     """Set all counters to zero."""
     _DEFERRED.clear()
     _COUNTS.clear()
+    for arr in _DEVICE.values():
+        arr[...] = 0
 
 
 class ImproperMessageError(ArithmeticError):

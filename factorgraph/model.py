@@ -231,19 +231,30 @@ class FactorGraph:
         warn (guard ``mean_shift_beyond_prior``) when marginal means ran more than
         ``config.MEAN_SHIFT_WARN_SDS`` batch-prior standard deviations away from the batch prior."""
         far = []
-        for l, layer in self.weighted_layers():
-            for name, s in layer.params.items():
-                ok, n, top = self._marginal_health(s)
-                if not ok:
-                    self._diverged(order, f"the marginal of layer {l} ({layer.kind}) {name} is non-finite or "
-                                          "improper after a sweep")
-                if n:
-                    far.append(f"layer {l} ({layer.kind}) {name}: {n} of {s.q.tau.size}, up to {top:.3g}")
+        named = [(l, layer, name, s) for l, layer in self.weighted_layers()
+                 for name, s in layer.params.items()]
+        for (l, layer, name, s), (ok, n, top) in zip(named, self._marginals_health([e[3] for e in named])):
+            if not ok:
+                self._diverged(order, f"the marginal of layer {l} ({layer.kind}) {name} is non-finite or "
+                                      "improper after a sweep")
+            if n:
+                far.append(f"layer {l} ({layer.kind}) {name}: {n} of {s.q.tau.size}, up to {top:.3g}")
         if far:
             guards.record("mean_shift_beyond_prior", len(far))
             warnings.warn(f"training under {order} may be diverging: weight means moved more than "
                           f"{config.MEAN_SHIFT_WARN_SDS:g} batch-prior standard deviations ({'; '.join(far)}); "
                           "use smaller chunks or stronger damping", RuntimeWarning, stacklevel=3)
+
+    @classmethod
+    def _marginals_health(cls, slots):
+        """:meth:`_marginal_health` of each weight slots; on the GPU one kernel per tensor and one transfer
+        for all (:func:`factorgraph.kernels.sites_cuda.marginal_checks`)."""
+        if slots and type(slots[0].q.tau) is not np.ndarray and all(s.q.tau.shape == s.prior.tau.shape
+                                                                    for s in slots):
+            tensors = [(s.q.tau, s.q.rho, s.prior.tau, s.prior.rho) for s in slots]
+            sites = kernels.module(slots[0].q.tau, "sites")
+            return sites.marginal_checks(tensors, config.MEAN_SHIFT_WARN_SDS)
+        return [cls._marginal_health(s) for s in slots]
 
     @staticmethod
     def _marginal_health(s):

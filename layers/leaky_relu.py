@@ -128,7 +128,7 @@ class LeakyReLU(Factor):
         ``store`` and met with the slots' rows of the cache ``other`` inside the kernel (no gathered
         copies); returns the output message in ``fresh``'s shape."""
         caches = [v.reshape(-1) for v in (store.tau, store.rho, other.tau, other.rho)]
-        return self._launch(fn, fresh.tau, fresh.rho, extra=(*caches, fresh.xp.asarray(rows, dtype=np.int64)))
+        return self._launch(fn, fresh.tau, fresh.rho, extra=(*caches, kernels.device_index(rows, fresh.xp)))
 
     def predict(self, m_in):
         return kernels.leaky_moment_match(m_in, self.slope)

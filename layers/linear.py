@@ -16,13 +16,15 @@ messages are matrix products with the cavities ``q / m_site`` (first layer, bias
 (or, with ``expansion=None``, from the product of the per-example messages) and replaces slot ``site``.
 On NumPy arrays with the compiled kernels on, the GEMM forms (the hidden layers' to order 0) run fused
 with the cavity or marginal moments and the site replacement, one pass over the weights in blocks of rows
-(:mod:`factorgraph.kernels.chunk_cpu`); the exact product, order 1 for hidden layers, deferred slots and
-device arrays take the equations.
+(:mod:`factorgraph.kernels.chunk_cpu`); on CuPy arrays the same steps run as one CUDA kernel each around
+cuBLAS products (:mod:`factorgraph.kernels.chunk_cuda`); the exact product, order 1 for hidden layers and
+deferred slots take the equations.
 """
 
 import numpy as np
 
 from factorgraph import config, guards, kernels
+from factorgraph.backend import get_array_module
 from factorgraph.equations import (
     s1_backward_to_b,
     s1_backward_to_b_gemm,
@@ -34,7 +36,7 @@ from factorgraph.equations import (
 )
 from factorgraph.factor import Factor, WeightSlots
 from factorgraph.gaussian import Gaussian, WithMoments, clamp_min_rho
-from factorgraph.kernels import chunk_cpu, linear_cpu
+from factorgraph.kernels import linear_cpu
 from layers.priors import bias_prior, weight_prior
 
 OPTIONS = ("prior_mean", "prior_var", "bias_prior_mean", "bias_prior_var", "prior")
@@ -152,22 +154,23 @@ class Linear(Factor):
         fused = self._fused(m_in, site)
         if self.constant_input:
             self._x = m_in
-            if fused is not None and self._fused_s1_forward(fused):
+            if fused is not None and self._fused_s1_forward(fused, self._chunk_module(fused)):
                 return self._out
             self._cav_w = W.cavity_moments(site)
             self._out = s1_forward(m_in, self._cav_w, self._cav_c).with_moments()
         else:
             if fused is not None:
-                t, r, mu, var = np.empty((4,) + m_in.shape, m_in.dtype)
-                low = chunk_cpu.input_marginal(m_in.tau, m_in.rho, self.m_to_x.tau, self.m_to_x.rho,
-                                               np.asarray(idx), m_in.dtype.type(config.MIN_PRECISION), t, r,
-                                               mu, var)
+                chunk, xp = self._chunk_module(fused), m_in.xp
+                t, r, mu, var = xp.empty((4,) + m_in.shape, m_in.dtype)
+                low = chunk.input_marginal(m_in.tau, m_in.rho, self.m_to_x.tau, self.m_to_x.rho,
+                                           np.asarray(idx), m_in.dtype.type(config.MIN_PRECISION), t, r, mu,
+                                           var)
                 guards.record("min_rho_clamp", low)
                 self._x = WithMoments.of(t, r, mu, var)
-                self._inputs = chunk_cpu.s2_inputs(mu, var)  # the backward reads them again
-                mu, var = np.empty((2, len(m_in), self.d_out), self._x.dtype)
-                chunk_cpu.s2_chunk_forward(self._inputs, fused[0], fused[1], mu, var)
-                self._out = self._with_bias(mu, var)
+                self._inputs = chunk.s2_inputs(mu, var)  # the backward reads them again
+                mu, var = xp.empty((2, len(m_in), self.d_out), self._x.dtype)
+                chunk.s2_chunk_forward(self._inputs, fused[0], fused[1], mu, var)
+                self._out = self._with_bias(mu, var, chunk)
                 return self._out
             self._x = clamp_min_rho(m_in * self.m_to_x[idx], config.MIN_PRECISION).with_moments()
             self._qw = W.q.with_moments()  # W.q changes only in the backward's replace, after its last use
@@ -175,30 +178,34 @@ class Linear(Factor):
         return self._out
 
     def _fused(self, m_in, site):
-        """The weight site's arrays for the fused chunk kernels (:mod:`factorgraph.kernels.chunk_cpu`), or
-        ``None`` where the NumPy equations run (kernels off, device arrays, a single example, deferred
-        updates, another dtype)."""
+        """The weight site's arrays for the fused chunk kernels of their device
+        (:mod:`factorgraph.kernels.chunk_cpu` / :mod:`~factorgraph.kernels.chunk_cuda`), or ``None`` where
+        the NumPy equations run (CPU kernels off, a single example, deferred updates, another dtype)."""
         fused = self.params["W"].fused_site(site)
         x = m_in if self.constant_input else m_in.tau
-        if fused is None or type(x) is not np.ndarray or x.ndim != 2 or x.dtype != fused[0].dtype:
+        if fused is None or type(x) is not type(fused[0]) or x.ndim != 2 or x.dtype != fused[0].dtype:
             return None
         return fused
 
-    def _with_bias(self, mu, var):
-        tau, rho = np.empty_like(mu), np.empty_like(var)
-        chunk_cpu.add_bias(mu, var, self._cav_c.mean, self._cav_c.var, tau, rho)
+    @staticmethod
+    def _chunk_module(fused):
+        return kernels.module(fused[0], "chunk")
+
+    def _with_bias(self, mu, var, chunk):
+        tau, rho = (get_array_module(mu).empty(mu.shape, mu.dtype) for _ in range(2))
+        chunk.add_bias(mu, var, self._cav_c.mean, self._cav_c.var, tau, rho)
         return WithMoments.of(tau, rho, mu, var)
 
-    def _fused_s1_forward(self, fused):
+    def _fused_s1_forward(self, fused, chunk):
         """The first layer's chunk forward by the fused kernel; ``False`` (nothing changed) where a cavity
         has zero precision: the NumPy form's zero-coefficient rule handles it."""
-        mu, var = np.empty((2, len(self._x), self.d_out), fused[0].dtype)
-        self._inputs = chunk_cpu.s1_inputs(self._x)  # the backward reads them again
-        counts = chunk_cpu.s1_chunk_forward(self._inputs, *fused[:4], config.STRICT_DIVISION_RTOL, mu, var)
-        if counts[chunk_cpu.BAD] or counts[chunk_cpu.ZERO]:
+        mu, var = get_array_module(fused[0]).empty((2, len(self._x), self.d_out), fused[0].dtype)
+        self._inputs = chunk.s1_inputs(self._x)  # the backward reads them again
+        counts = chunk.s1_chunk_forward(self._inputs, *fused[:4], config.STRICT_DIVISION_RTOL, mu, var)
+        if counts[chunk.BAD] or counts[chunk.ZERO]:
             return False  # W.cavity_moments raises on the first, the NumPy form takes the second
-        guards.record("strict_division_roundoff", int(counts[chunk_cpu.ROUNDOFF]))
-        self._out = self._with_bias(mu, var)
+        guards.record("strict_division_roundoff", int(counts[chunk.ROUNDOFF]))
+        self._out = self._with_bias(mu, var, chunk)
         return True
 
     def backward_chunk(self, m_out, idx, site, damping, expansion):
@@ -240,23 +247,24 @@ class Linear(Factor):
         messages to the inputs (edge rule and ``min_rho``) stored in one pass."""
         W, c = self.params["W"], self.params["c"]
         out, cav_c, dt = self._out, self._cav_c, fused[0].dtype.type
-        r_t, r_r = np.ascontiguousarray(m_out.tau), np.ascontiguousarray(m_out.rho)
-        g, h, tau_c, rho_c, clamps = chunk_cpu.gh_bias(out.mean, out.var, r_t, r_r, cav_c.mean, cav_c.var)
+        chunk, xp = self._chunk_module(fused), get_array_module(fused[0])
+        r_t, r_r = xp.ascontiguousarray(m_out.tau), xp.ascontiguousarray(m_out.rho)
+        g, h, tau_c, rho_c, clamps = chunk.gh_bias(out.mean, out.var, r_t, r_r, cav_c.mean, cav_c.var)
         guards.record("s1_rest_variance_clamp", clamps)
         W.touch(site)
         to_x = None
         inputs = self._inputs
         if self.constant_input:
-            inputs = chunk_cpu.s1_inputs(self._x) if inputs is None else inputs
-            hits = chunk_cpu.s1_chunk_backward(inputs, g, h, *fused[:4], config.STRICT_DIVISION_RTOL,
-                                               *fused[4:], expansion)
+            inputs = chunk.s1_inputs(self._x) if inputs is None else inputs
+            hits = chunk.s1_chunk_backward(inputs, g, h, *fused[:4], config.STRICT_DIVISION_RTOL, *fused[4:],
+                                           expansion)
         else:
-            inputs = chunk_cpu.s2_inputs(self._x.mean, self._x.var) if inputs is None else inputs
-            ta, ra, hits = chunk_cpu.s2_chunk_backward(inputs, g, h, *fused)
-            to_x = Gaussian(np.empty(self._x.shape, self._x.dtype), np.empty(self._x.shape, self._x.dtype))
-            flats, low = chunk_cpu.store_input_messages(ta, ra, out.rho, r_r, dt(config.TINY_PRECISION),
-                                                        dt(config.MIN_PRECISION), to_x.tau, to_x.rho,
-                                                        self.m_to_x.tau, self.m_to_x.rho, np.asarray(idx))
+            inputs = chunk.s2_inputs(self._x.mean, self._x.var) if inputs is None else inputs
+            ta, ra, hits = chunk.s2_chunk_backward(inputs, g, h, *fused)
+            to_x = Gaussian(xp.empty(self._x.shape, self._x.dtype), xp.empty(self._x.shape, self._x.dtype))
+            flats, low = chunk.store_input_messages(ta, ra, out.rho, r_r, dt(config.TINY_PRECISION),
+                                                    dt(config.MIN_PRECISION), to_x.tau, to_x.rho,
+                                                    self.m_to_x.tau, self.m_to_x.rho, np.asarray(idx))
             guards.record("linear_all_tiny_precision", flats)
             guards.record("min_rho_clamp", low)
         guards.record("parallel_step_limit", hits)

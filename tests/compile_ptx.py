@@ -20,7 +20,8 @@ def main():
 
     dispatcher.get_current_device = lambda: _Sm90()
 
-    from factorgraph.kernels import leaky_cuda, linear_cuda, patches_cuda, pool_cuda, signals_cuda, sites_cuda
+    from factorgraph.kernels import (chunk_cuda, leaky_cuda, linear_cuda, patches_cuda, pool_cuda, signals_cuda,
+                                     sites_cuda)
 
     def sig(*args):
         return tuple(numba.typeof(a) for a in args)
@@ -52,6 +53,16 @@ def main():
             signals_cuda.KERNELS["softmax_bwd"]: sig(m, m, i64, np.zeros(12), np.zeros(12), m, m, c),
             signals_cuda.KERNELS["argmax_probs"]: sig(m, m, s, m),
             sites_cuda.KERNELS["replace_site"]: sig(v, v, v, v, v, v, s, s, i64),
+            sites_cuda.KERNELS["cavity_moments"]: sig(v, v, v, v, s, s, s, s, v, v, v, v, i64),
+            sites_cuda.KERNELS["marginal_check"]: sig(v, v, v, v, 3.0, np.zeros((2, 3)), 1),
+            chunk_cuda.KERNELS["chunk_cavity"]: sig(v, v, v, v, s, s, s, s, v, v, c),
+            chunk_cuda.KERNELS["chunk_marginal"]: sig(v, v, s, s, s, v, v, v, v),
+            chunk_cuda.KERNELS["chunk_replace"]: sig(*(v,) * 10, 2, s, s, True, True, c),
+            chunk_cuda.KERNELS["chunk_input_marginal"]: sig(m, m, m, m, i64, s, s, s, s, m, m, m, m, c),
+            chunk_cuda.KERNELS["chunk_store_inputs"]: sig(m, m, m, m, s, s, s, m, m, m, m, i64, c),
+            chunk_cuda.KERNELS["chunk_add_bias"]: sig(m, m, v, v, s, m, m),
+            chunk_cuda.KERNELS["chunk_gh_bias"]: sig(m, m, m, m, v, v, s, m, m, m, c),
+            chunk_cuda.KERNELS["chunk_add_product"]: sig(m, m, m),
             pool_cuda.KERNELS["maxpool_fwd"]: sig(img, img, 2, s, win, win, img, True),
             pool_cuda.KERNELS["maxpool_bwd"]: sig(img, img, img, win, win, win, win, 2, img, img, c),
         }

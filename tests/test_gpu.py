@@ -109,3 +109,36 @@ def test_gpu_parallel_schedule_equals_cpu(name, order):
             q_gpu = layer_gpu.params[key].q
             np.testing.assert_allclose(q_gpu.tau.get(), slots.q.tau, rtol=1e-7, atol=1e-9, err_msg=f"{l}.{key}")
             np.testing.assert_allclose(q_gpu.rho.get(), slots.q.rho, rtol=1e-7, atol=1e-9, err_msg=f"{l}.{key}")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_GPU, reason="needs cupy and a CUDA device")
+def test_fast_launch_equals_numba_launch():
+    """``kernels._device.launch`` passes CuPy arrays (contiguous, strided, 2-D, int64) and scalars (float,
+    int, bool, float32) to the compiled kernel itself: the same results as Numba's launch, and it took the
+    fast path."""
+    import cupy as cp
+    from numba import cuda
+
+    from factorgraph.kernels import _device
+
+    @cuda.jit
+    def kern(a, b, idx, s, n, flag, f32, out):
+        i = cuda.grid(1)
+        if i < out.shape[0]:
+            v = a[i] * s + b[idx[i], i % b.shape[1]] + n + f32
+            out[i] = -v if flag else v
+
+    rng = np.random.default_rng(0)
+    a = cp.asarray(rng.normal(size=40))[::2]  # strided
+    b = cp.asarray(rng.normal(size=(7, 5)))
+    idx = cp.asarray(rng.integers(0, 7, 20))
+    for flag in (True, False):
+        want, got = cp.zeros(20), cp.zeros(20)
+        kern[_device.grid(20, 32)](a, b, idx, 1.5, 3, flag, np.float32(0.25), want)
+        for _ in range(2):  # the first launch goes through Numba and fills the cache
+            got[...] = 0
+            _device.launch(kern, _device.grid(20, 32), a, b, idx, 1.5, 3, flag, np.float32(0.25), got)
+        cp.testing.assert_array_equal(got, want)
+    entries = [v for k, v in _device._FAST.items() if k[0] is kern]
+    assert len(entries) == 1 and entries[0] is not None  # one entry for these argument kinds, fast

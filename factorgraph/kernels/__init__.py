@@ -84,6 +84,19 @@ def module(array, name):
     return mod
 
 
+_INDEX = [None, None]  # the last host index array given to device_index and its device copy
+
+
+def device_index(idx, xp):
+    """The int64 index array ``idx`` (a host array) in array module ``xp``.  On a device the copy of the last
+    one is kept: every layer of a chunk indexes its caches with the same array, copied once."""
+    if xp is np:
+        return np.asarray(idx, np.int64)
+    if _INDEX[0] is not idx:
+        _INDEX[0], _INDEX[1] = idx, xp.asarray(np.asarray(idx, np.int64))
+    return _INDEX[1]
+
+
 class GuardCounts:
     """Guard counters of one layer's kernels, kept on the device of its arrays.
 

@@ -1,7 +1,8 @@
 """Numba CUDA kernels of the LeakyReLU factor: one thread per unit, on device copies of the CPU
 per-element functions of :mod:`factorgraph.kernels.leaky_cpu` (same numbers, same guards)."""
 
-from factorgraph.kernels._device import device_functions, grid  # first: it carries a NumPy shim numba.cuda needs
+# first: it carries a NumPy shim numba.cuda needs
+from factorgraph.kernels._device import device_functions, grid, launch
 from numba import cuda  # noqa: E402, I001
 
 from factorgraph.kernels import leaky_cpu, scalar
@@ -98,29 +99,29 @@ def _bwd_slots_kernel(z_t, z_r, cz_t, cz_r, ca_t, ca_r, rows, units, slope, out_
 
 
 def leaky_fwd_moment_match(a_t, a_r, slope, out_t, out_r, counts):
-    _moment_match_kernel[grid(a_t.shape[0])](a_t, a_r, slope, out_t, out_r, counts)
+    launch(_moment_match_kernel, grid(a_t.shape[0]), a_t, a_r, slope, out_t, out_r, counts)
 
 
 def leaky_fwd_marginal(a_t, a_r, z_t, z_r, slope, out_t, out_r, counts):
-    _fwd_marginal_kernel[grid(a_t.shape[0])](a_t, a_r, z_t, z_r, slope, out_t, out_r, counts)
+    launch(_fwd_marginal_kernel, grid(a_t.shape[0]), a_t, a_r, z_t, z_r, slope, out_t, out_r, counts)
 
 
 def leaky_bwd_marginal(a_t, a_r, z_t, z_r, slope, out_t, out_r, counts):
-    _bwd_marginal_kernel[grid(a_t.shape[0])](a_t, a_r, z_t, z_r, slope, out_t, out_r, counts)
+    launch(_bwd_marginal_kernel, grid(a_t.shape[0]), a_t, a_r, z_t, z_r, slope, out_t, out_r, counts)
 
 
 def leaky_fwd_marginal_slots(a_t, a_r, cache_a_t, cache_a_r, cache_z_t, cache_z_r, rows, slope, out_t, out_r,
                              counts):
     """As :func:`factorgraph.kernels.leaky_cpu.leaky_fwd_marginal_slots` (``rows`` a device array)."""
-    _fwd_slots_kernel[grid(a_t.shape[0])](a_t, a_r, cache_a_t, cache_a_r, cache_z_t, cache_z_r, rows,
-                                          a_t.shape[0] // rows.shape[0], slope, out_t, out_r, counts)
+    launch(_fwd_slots_kernel, grid(a_t.shape[0]), a_t, a_r, cache_a_t, cache_a_r, cache_z_t, cache_z_r, rows,
+           a_t.shape[0] // rows.shape[0], slope, out_t, out_r, counts)
 
 
 def leaky_bwd_marginal_slots(z_t, z_r, cache_z_t, cache_z_r, cache_a_t, cache_a_r, rows, slope, out_t, out_r,
                              counts):
     """As :func:`factorgraph.kernels.leaky_cpu.leaky_bwd_marginal_slots` (``rows`` a device array)."""
-    _bwd_slots_kernel[grid(z_t.shape[0])](z_t, z_r, cache_z_t, cache_z_r, cache_a_t, cache_a_r, rows,
-                                          z_t.shape[0] // rows.shape[0], slope, out_t, out_r, counts)
+    launch(_bwd_slots_kernel, grid(z_t.shape[0]), z_t, z_r, cache_z_t, cache_z_r, cache_a_t, cache_a_r, rows,
+           z_t.shape[0] // rows.shape[0], slope, out_t, out_r, counts)
 
 
 KERNELS = {"leaky_moment_match": _moment_match_kernel, "leaky_fwd_marginal": _fwd_marginal_kernel,

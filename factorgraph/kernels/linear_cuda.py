@@ -10,7 +10,8 @@ Guard counters are device arrays updated with atomics (only when a guard fires).
 import math
 
 import numpy as np
-from factorgraph.kernels._device import device_functions, grid  # first: carries a NumPy shim for numba.cuda
+# first: carries a NumPy shim for numba.cuda
+from factorgraph.kernels._device import device_functions, grid, launch
 from numba import cuda  # noqa: E402, I001
 
 from factorgraph.kernels import scalar
@@ -194,12 +195,13 @@ def _grid2(K, J, tk=8, tj=32):
 
 
 def linear_const_fwd(x, wq_t, wq_r, wm_t, wm_r, cq_t, cq_r, cm_t, cm_r, out_mu, out_var, counts):
-    _const_fwd[grid(wq_t.shape[1])](x, wq_t, wq_r, wm_t, wm_r, cq_t, cq_r, cm_t, cm_r, out_mu, out_var, counts)
+    launch(_const_fwd, grid(wq_t.shape[1]), x, wq_t, wq_r, wm_t, wm_r, cq_t, cq_r, cm_t, cm_r, out_mu, out_var,
+           counts)
 
 
 def s1_rows(x, q_t, q_r, m_t, m_r, a_t, a_r, damp, f_mu, f_var, r_t, r_r, counts):
     blocks, threads = _grid2(*q_t.shape)
-    _s1_rows[blocks, threads](x, q_t, q_r, m_t, m_r, a_t, a_r, damp, f_mu, f_var, r_t, r_r, counts)
+    launch(_s1_rows, (blocks, threads), x, q_t, q_r, m_t, m_r, a_t, a_r, damp, f_mu, f_var, r_t, r_r, counts)
 
 
 _ONES = {}
@@ -223,8 +225,8 @@ def linear_const_bwd(x, wq_t, wq_r, wm_t, wm_r, wa_t, wa_r, cq_t, cq_r, cm_t, cm
 
 def linear_var_fwd(in_t, in_r, mx_t, mx_r, wq_t, wq_r, cq_t, cq_r, cm_t, cm_r, x_mu, x_var, out_mu, out_var,
                    counts):
-    _var_input[grid(in_t.shape[0])](in_t, in_r, mx_t, mx_r, x_mu, x_var, counts)
-    _var_fwd[grid(wq_t.shape[1])](x_mu, x_var, wq_t, wq_r, cq_t, cq_r, cm_t, cm_r, out_mu, out_var, counts)
+    launch(_var_input, grid(in_t.shape[0]), in_t, in_r, mx_t, mx_r, x_mu, x_var, counts)
+    launch(_var_fwd, grid(wq_t.shape[1]), x_mu, x_var, wq_t, wq_r, cq_t, cq_r, cm_t, cm_r, out_mu, out_var, counts)
 
 
 def linear_var_bwd(x_mu, x_var, wq_t, wq_r, wm_t, wm_r, wa_t, wa_r, cq_t, cq_r, cm_t, cm_r, ca_t, ca_r, damp, f_mu,
@@ -232,9 +234,11 @@ def linear_var_bwd(x_mu, x_var, wq_t, wq_r, wm_t, wm_r, wa_t, wa_r, cq_t, cq_r, 
     J = cq_t.shape[0]
     s1_rows(_ones(cq_t.dtype), cq_t.reshape(1, J), cq_r.reshape(1, J), cm_t.reshape(1, J), cm_r.reshape(1, J),
             ca_t.reshape(1, J), ca_r.reshape(1, J), damp, f_mu, f_var, r_t, r_r, counts)
-    _var_to_x[grid(wq_t.shape[0])](x_mu, x_var, wq_t, wq_r, f_mu, f_var, r_t, r_r, to_x_t, to_x_r, counts)
+    launch(_var_to_x, grid(wq_t.shape[0]), x_mu, x_var, wq_t, wq_r, f_mu, f_var, r_t, r_r, to_x_t, to_x_r,
+           counts)
     blocks, threads = _grid2(*wq_t.shape)
-    _s2_weights[blocks, threads](x_mu, x_var, wq_t, wq_r, wm_t, wm_r, wa_t, wa_r, damp, f_mu, f_var, r_t, r_r, counts)
+    launch(_s2_weights, (blocks, threads), x_mu, x_var, wq_t, wq_r, wm_t, wm_r, wa_t, wa_r, damp, f_mu, f_var, r_t,
+           r_r, counts)
 
 
 KERNELS = {"linear_const_fwd": _const_fwd, "linear_s1_rows": _s1_rows, "linear_var_input": _var_input,

@@ -7,7 +7,8 @@ pixel in a fixed order (a CSR list per pixel, :func:`factorgraph.equations.im2co
 once), so it is deterministic, unlike an atomic scatter-add; both take a leading example axis.
 """
 
-from factorgraph.kernels._device import device_functions, grid  # first: carries a NumPy shim for numba.cuda
+# first: carries a NumPy shim for numba.cuda
+from factorgraph.kernels._device import device_functions, launch
 from numba import cuda  # noqa: E402, I001
 
 from factorgraph.kernels import patches_cpu, scalar
@@ -112,27 +113,27 @@ def _gather(values, src, pad, out):
 
 def s1_patches_bwd(A, b_mu, b_var, f_mu, f_var, r_t, r_r, out_t, out_r, counts):
     blocks, threads = _grid2(*b_mu.shape)
-    _s1_to_b[blocks, threads](A, b_mu, b_var, f_mu, f_var, r_t, r_r, out_t, out_r, counts)
+    launch(_s1_to_b, (blocks, threads), A, b_mu, b_var, f_mu, f_var, r_t, r_r, out_t, out_r, counts)
 
 
 def s2_patches_bwd(a_mu, a_var, b_mu, b_var, f_mu, f_var, r_t, r_r, to_a_t, to_a_r, to_b_t, to_b_r, counts):
     blocks, threads = _grid2(*a_mu.shape)
-    _s2_to_a[blocks, threads](a_mu, a_var, b_mu, b_var, f_mu, f_var, r_t, r_r, to_a_t, to_a_r)
+    launch(_s2_to_a, (blocks, threads), a_mu, a_var, b_mu, b_var, f_mu, f_var, r_t, r_r, to_a_t, to_a_r)
     blocks, threads = _grid2(*b_mu.shape)
-    _s2_to_b[blocks, threads](a_mu, a_var, b_mu, b_var, f_mu, f_var, r_t, r_r, to_b_t, to_b_r, counts)
+    launch(_s2_to_b, (blocks, threads), a_mu, a_var, b_mu, b_var, f_mu, f_var, r_t, r_r, to_b_t, to_b_r, counts)
 
 
 def fold(msg_t, msg_r, plan, out_t, out_r):
     """Sum the patch-entry messages (L, P * D) into the input messages (L, n) (deterministic): one thread
     per pixel walking its CSR list of ``plan = (src, offsets, entries)``."""
     blocks, threads = _grid2(*out_t.shape, ta=1, tb=128)
-    _fold[blocks, threads](msg_t, msg_r, plan[1], plan[2], out_t, out_r)
+    launch(_fold, (blocks, threads), msg_t, msg_r, plan[1], plan[2], out_t, out_r)
 
 
 def gather(values, src, pad, out):
     """im2col: ``out[e, p, d] = values[e, src[p, d]]`` (``pad`` where ``src < 0``); values (L, n)."""
     blocks, threads = _grid2(out.shape[0], src.size, ta=1, tb=128)
-    _gather[blocks, threads](values, src, pad, out)
+    launch(_gather, (blocks, threads), values, src, pad, out)
 
 
 KERNELS = {"patches_s1_to_b": _s1_to_b, "patches_s2_to_b": _s2_to_b, "patches_s2_to_a": _s2_to_a,

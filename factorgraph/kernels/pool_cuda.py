@@ -2,7 +2,8 @@
 window, on device copies of the per-window functions of :mod:`factorgraph.kernels.pool_cpu` (same
 numbers, same guards)."""
 
-from factorgraph.kernels._device import device_functions, grid  # first: carries a NumPy shim for numba.cuda
+# first: carries a NumPy shim for numba.cuda
+from factorgraph.kernels._device import device_functions, grid, launch
 from numba import cuda, float64  # noqa: E402, I001
 
 from factorgraph.kernels import pool_cpu, scalar, signals_cpu
@@ -60,17 +61,17 @@ def maxpool_predict(tau, rho, k, beta2, out_t, out_r):
     no_p = _NO_P.get(out_t.dtype)
     if no_p is None:
         no_p = _NO_P[out_t.dtype] = cuda.device_array((1, 1, 1, 1), out_t.dtype)
-    _fwd_kernel[grid(out_t.size)](tau, rho, k, beta2, out_t, out_r, no_p, False)
+    launch(_fwd_kernel, grid(out_t.size), tau, rho, k, beta2, out_t, out_r, no_p, False)
 
 
 def maxpool_fwd(tau, rho, k, beta2, out_t, out_r, P):
     """:func:`factorgraph.kernels.pool_cpu.maxpool_fwd` on device arrays."""
-    _fwd_kernel[grid(out_t.size)](tau, rho, k, beta2, out_t, out_r, P, True)
+    launch(_fwd_kernel, grid(out_t.size), tau, rho, k, beta2, out_t, out_r, P, True)
 
 
 def maxpool_bwd(tau, rho, P, f_t, f_r, r_t, r_r, k, out_t, out_r, counts):
     """:func:`factorgraph.kernels.pool_cpu.maxpool_bwd` on device arrays (the counts stay on the device)."""
-    _bwd_kernel[grid(f_t.size)](tau, rho, P, f_t, f_r, r_t, r_r, k, out_t, out_r, counts)
+    launch(_bwd_kernel, grid(f_t.size), tau, rho, P, f_t, f_r, r_t, r_r, k, out_t, out_r, counts)
 
 
 KERNELS = {"maxpool_fwd": _fwd_kernel, "maxpool_bwd": _bwd_kernel}

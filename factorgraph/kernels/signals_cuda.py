@@ -2,7 +2,8 @@
 per logit (softmax), on device copies of the CPU per-class functions of
 :mod:`factorgraph.kernels.signals_cpu` (same numbers, same guards)."""
 
-from factorgraph.kernels._device import device_functions, grid  # first: carries a NumPy shim for numba.cuda
+# first: carries a NumPy shim for numba.cuda
+from factorgraph.kernels._device import device_functions, grid, launch
 from numba import cuda  # noqa: E402, I001
 
 from factorgraph.kernels import scalar, signals_cpu
@@ -78,7 +79,7 @@ def _gl_nodes():
 
 
 def argmax_bwd(tau, rho, y, beta2, reg_var, regularize, out_t, out_r, counts):
-    _argmax_kernel[grid(tau.shape[0], 64)](tau, rho, y, beta2, reg_var, regularize, out_t, out_r, counts)
+    launch(_argmax_kernel, grid(tau.shape[0], 64), tau, rho, y, beta2, reg_var, regularize, out_t, out_r, counts)
 
 
 def softmax_bwd(tau, rho, y, xg, wg, out_t, out_r, counts):
@@ -88,11 +89,11 @@ def softmax_bwd(tau, rho, y, xg, wg, out_t, out_r, counts):
     n, C = tau.shape
     threads = (8, 16)
     blocks = ((n + 7) // 8, (C + 15) // 16)
-    _softmax_kernel[blocks, threads](tau, rho, y, xg, wg, out_t, out_r, counts)
+    launch(_softmax_kernel, (blocks, threads), tau, rho, y, xg, wg, out_t, out_r, counts)
 
 
 def argmax_probs(tau, rho, beta2, out):
-    _argmax_probs_kernel[grid(tau.shape[0])](tau, rho, beta2, out)
+    launch(_argmax_probs_kernel, grid(tau.shape[0]), tau, rho, beta2, out)
 
 
 KERNELS = {"argmax_bwd": _argmax_kernel, "softmax_bwd": _softmax_kernel, "argmax_probs": _argmax_probs_kernel}
