@@ -27,10 +27,11 @@ from factorgraph import guards
 from factorgraph.backend import get_array_module
 from factorgraph.kernels import chunk_cpu, device_index, moments_cpu, scalar, sites_cpu
 from factorgraph.kernels.chunk_cpu import BAD, ROUNDOFF, ZERO  # noqa: F401  (re-exported, as in chunk_cpu)
+from factorgraph.kernels.sites_cuda import cavity_counted
 
 _D = device_functions([sites_cpu, moments_cpu, scalar, chunk_cpu],
-                      ["cavity_one", "moments_one", "step_one", "s1_term", "_min_rho"])
-_cavity_one, _moments_one, _step_one = _D["cavity_one"], _D["moments_one"], _D["step_one"]
+                      ["moments_one", "step_one", "replace_one", "s1_term", "_min_rho"])
+_moments_one, _replace_one = _D["moments_one"], _D["replace_one"]
 _s1_term, _min_rho = _D["s1_term"], _D["_min_rho"]
 
 # site replacement modes: the new message from the products (see _replace_kernel)
@@ -50,14 +51,9 @@ def _cavity_kernel(q_t, q_r, s_t, s_r, rtol, zero, one, inf, mu, var, counts):
     it and zero precisions into ``counts[ROUNDOFF, BAD, ZERO]``."""
     i = cuda.grid(1)
     if i < q_t.shape[0]:
-        t, d, rounded, beyond = _cavity_one(q_t[i], q_r[i], s_t[i], s_r[i], rtol, zero)
-        if rounded:
-            cuda.atomic.add(counts, 0, 1)
-        if beyond:
-            cuda.atomic.add(counts, 1, 1)
+        _, d, mu[i], var[i] = cavity_counted(q_t, q_r, s_t, s_r, i, rtol, zero, one, inf, counts)
         if not d > zero:
             cuda.atomic.add(counts, 2, 1)
-        mu[i], var[i] = _moments_one(t, d, zero, one, inf)
 
 
 @cuda.jit
@@ -79,7 +75,8 @@ def _replace_kernel(q_t, q_r, s_t, s_r, tau, rho, mu, var, prod_t, prod_r, mode,
     """The chunk's joint weight message from its products, replacing the site in place (flat arrays):
     S1 ``tau + mu rho`` (expanded: ``rho += var prod_r``, ``tau += var prod_t`` first), S2
     ``tau + mu prod_t``, each as the CPU kernel adds them; then :func:`sites_cpu.step_one` (damping, step
-    bound) and the marginal update; bound hits counted into ``counts[0]``."""
+    bound), the marginal update and the store (:func:`sites_cpu.replace_one`); bound hits counted into
+    ``counts[0]``."""
     i = cuda.grid(1)
     if i < q_t.shape[0]:
         r = rho[i]
@@ -91,14 +88,7 @@ def _replace_kernel(q_t, q_r, s_t, s_r, tau, rho, mu, var, prod_t, prod_r, mode,
             t += mu[i] * prod_t[i]
         else:
             t += mu[i] * r
-        ot = s_t[i]
-        orr = s_r[i]
-        nt, nr, hit = _step_one(q_t[i], q_r[i], ot, orr, t, r, damping, kappa, damp, bound)
-        q_t[i] += nt - ot
-        q_r[i] += nr - orr
-        s_t[i] = nt
-        s_r[i] = nr
-        if hit:
+        if _replace_one(q_t, q_r, s_t, s_r, i, t, r, damping, kappa, damp, bound):
             cuda.atomic.add(counts, 0, 1)
 
 

@@ -13,37 +13,41 @@ import numpy as np
 
 from factorgraph.kernels import moments_cpu, sites_cpu
 
-_D = device_functions([sites_cpu, moments_cpu], ["step_one", "cavity_one", "moments_one"])
-_step, _cavity_one, _moments_one = _D["step_one"], _D["cavity_one"], _D["moments_one"]
+_D = device_functions([sites_cpu, moments_cpu], ["step_one", "replace_one", "cavity_one", "moments_one"])
+_replace_one, _cavity_one, _moments_one = _D["replace_one"], _D["cavity_one"], _D["moments_one"]
 
 
 @cuda.jit
 def _replace_kernel(q_t, q_r, s_t, s_r, new_t, new_r, damping, kappa, counts):
     j = cuda.grid(1)
     if j < q_t.shape[0]:
-        ot = s_t[j]
-        orr = s_r[j]
-        nt, nr, hit = _step(q_t[j], q_r[j], ot, orr, new_t[j], new_r[j], damping, kappa, damping != 1.0, kappa > 0)
-        q_t[j] += nt - ot
-        q_r[j] += nr - orr
-        s_t[j] = nt
-        s_r[j] = nr
-        if hit:
+        if _replace_one(q_t, q_r, s_t, s_r, j, new_t[j], new_r[j], damping, kappa, damping != 1.0,
+                        kappa > 0):
             cuda.atomic.add(counts, 0, 1)
+
+
+@cuda.jit(device=True, inline=True)
+def cavity_counted(q_t, q_r, s_t, s_r, j, rtol, zero, one, inf, counts):
+    """Element ``j`` of the strict division ``q / s``: ``(tau, rho, mean, var)``, adding a round-off
+    deficit to ``counts[0]`` and one beyond it to ``counts[1]``."""
+    t, d, rounded, beyond = _cavity_one(q_t[j], q_r[j], s_t[j], s_r[j], rtol, zero)
+    if rounded:
+        cuda.atomic.add(counts, 0, 1)
+    if beyond:
+        cuda.atomic.add(counts, 1, 1)
+    mu, var = _moments_one(t, d, zero, one, inf)
+    return t, d, mu, var
 
 
 @cuda.jit
 def _cavity_kernel(q_t, q_r, s_t, s_r, rtol, zero, one, inf, out_t, out_r, out_mu, out_var, counts):
     j = cuda.grid(1)
     if j < q_t.shape[0]:
-        t, d, rounded, beyond = _cavity_one(q_t[j], q_r[j], s_t[j], s_r[j], rtol, zero)
-        if rounded:
-            cuda.atomic.add(counts, 0, 1)
-        if beyond:
-            cuda.atomic.add(counts, 1, 1)
+        t, d, mu, var = cavity_counted(q_t, q_r, s_t, s_r, j, rtol, zero, one, inf, counts)
         out_t[j] = t
         out_r[j] = d
-        out_mu[j], out_var[j] = _moments_one(t, d, zero, one, inf)
+        out_mu[j] = mu
+        out_var[j] = var
 
 
 @cuda.jit
