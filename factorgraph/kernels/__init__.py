@@ -98,34 +98,35 @@ def device_index(idx, xp):
 
 
 class GuardCounts:
-    """Guard counters of one layer's kernels, kept on the device of its arrays.
+    """Guard counters of one layer's kernels.
 
-    CPU counters are flushed into :mod:`factorgraph.guards` after every kernel call (so an improper
-    division raises at once); device counters at :meth:`flush`, which the graph calls after each
-    ``train_batch`` and ``predict``, so no host round-trip happens per example.
+    On the CPU one NumPy array, flushed into :mod:`factorgraph.guards` after every kernel call (so an
+    improper division raises at once); on a device the shared :func:`factorgraph.guards.device_counts` of
+    these names, which :func:`factorgraph.guards.flush` reads after each ``train_batch`` and ``predict``, so
+    no host round-trip happens per example.
     """
 
     def __init__(self, names):
         self.names = names
-        self._arrays = {}
+        self._cpu = None
 
     def array(self, like):
-        xp = get_array_module(like)
-        key = xp.__name__
-        if key not in self._arrays:
-            self._arrays[key] = xp.zeros(len(self.names), np.int64)
-        return self._arrays[key]
+        if type(like) is not np.ndarray:
+            return guards.device_counts(self.names, get_array_module(like))
+        if self._cpu is None:
+            self._cpu = np.zeros(len(self.names), np.int64)
+        return self._cpu
 
     def after_call(self, like):
         if type(like) is np.ndarray:
             self.flush()
 
     def flush(self):
-        for arr in self._arrays.values():
-            host = arr.copy() if type(arr) is np.ndarray else to_device(arr, "cpu")  # a copy: ``arr`` is zeroed
-            if np.count_nonzero(host):
-                arr[...] = 0
-                record_counts(host, self.names)
+        """Record the CPU counts (device counts are read by :func:`factorgraph.guards.flush`)."""
+        if self._cpu is not None and np.count_nonzero(self._cpu):
+            host = self._cpu.copy()  # a copy: the array is zeroed before recording, which may raise
+            self._cpu[...] = 0
+            record_counts(host, self.names)
 
 
 def argmax_probs(m, beta2):
