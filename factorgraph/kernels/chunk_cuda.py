@@ -81,10 +81,10 @@ def _replace_kernel(q_t, q_r, s_t, s_r, tau, rho, mu, var, prod_t, prod_r, mode,
     if i < q_t.shape[0]:
         r = rho[i]
         t = tau[i]
-        if mode == 1:
+        if mode == _S1_EXPANDED:
             r += var[i] * prod_r[i]
             t += var[i] * prod_t[i]
-        if mode == 2:
+        if mode == _S2:
             t += mu[i] * prod_t[i]
         else:
             t += mu[i] * r
