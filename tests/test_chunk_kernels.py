@@ -130,10 +130,15 @@ def test_fused_chunk_equals_the_numpy_equations(constant, expansion, dtype, damp
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("constant", [True, False])
-def test_fused_chunk_of_64_or_more_examples_equals_the_numpy_equations(constant, dtype, monkeypatch):
-    """Chunks of 64 examples or more take blocks of ``ROWS // 2`` weight rows: the same checks for 70."""
-    monkeypatch.setattr(sys.modules[__name__], "U", 70)
-    assert chunk_cpu._block_rows(K, J, 70) == chunk_cpu.ROWS // 2 < chunk_cpu._block_rows(K, J, 7)
+@pytest.mark.parametrize("uses, fwd_rows, weight_rows", [(70, 29, 29), (200, chunk_cpu.ROWS, 10)])
+def test_fused_chunk_of_many_examples_equals_the_numpy_equations(constant, dtype, uses, fwd_rows, weight_rows,
+                                                                 monkeypatch):
+    """Larger chunks take other blocks of weight rows (``chunk_cpu._block_rows``): the same checks for
+    chunks of 70 and 200 examples, whose blocks split the threads' parts unevenly."""
+    monkeypatch.setattr(sys.modules[__name__], "U", uses)
+    assert chunk_cpu._block_rows(K, J, uses, False) == fwd_rows
+    assert chunk_cpu._block_rows(K, J, uses, True) == weight_rows
+    assert chunk_cpu._block_rows(K, J, 7, True) == chunk_cpu._block_rows(K, J, 7, False) == chunk_cpu.ROWS
     test_fused_chunk_equals_the_numpy_equations(constant, 0, dtype, 0.5, 0.2, True, (K, J), monkeypatch)
 
 

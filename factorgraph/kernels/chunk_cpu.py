@@ -5,8 +5,8 @@ The NumPy form of a chunk (:func:`~factorgraph.equations.s1_forward`,
 :func:`~factorgraph.equations.s2_backward_gemm`, then :meth:`factorgraph.factor.WeightSlots.replace`) makes
 many passes over the (K, J) weight arrays: the cavity or marginal moments, each matrix product's output,
 each elementwise term, the site replacement.  These kernels go over the weights once, in blocks of
-``ROWS`` input rows (half as many for chunks of 64 examples or more): per block the weights' moments are
-computed into a small scratch, the block's matrix products are BLAS calls
+input rows (``ROWS``, fewer for chunks of 64 examples or more: :func:`_block_rows`): per block the
+weights' moments are computed into a small scratch, the block's matrix products are BLAS calls
 (:func:`factorgraph.kernels.blas_cpu.gemm` on the inputs' column blocks as they stand, one BLAS thread
 each) on that scratch, and the block's new site messages are formed and replace the old ones
 (:func:`factorgraph.kernels.sites_cpu.replace_site`) while the block is in cache.  Inside
@@ -36,6 +36,8 @@ from factorgraph.kernels.sites_cpu import cavity_one, replace_site
 
 #: input rows per block: a (ROWS, J) scratch per array stays in the L2 cache
 ROWS = 64
+#: the chunk's examples times a block's rows that the BLAS products ran fastest with (:func:`_block_rows`)
+BLOCK_USES = 2048
 #: from this many weights on, the kernels use all threads inside :func:`factorgraph.kernels.threaded`
 THREADS_MIN = 16384
 
@@ -85,14 +87,23 @@ def _replace_block(q_t, q_r, s_t, s_r, b, tau, rho, damping, kappa):
 
 
 @njit(cache=True, inline="always")
-def _block_rows(n, J, U):
-    """Rows per block: all ``n`` rows of a small weight tensor (fewer, larger BLAS calls), else ``ROWS``, or
-    ``ROWS // 2`` for chunks of ``U >= 64`` examples.  Blocks of 32 rows made the chunk kernels 8-16 % faster
-    than blocks of 64 for chunks of 64 (float32 and float64, in one process on the 2-core machine): the
-    block products, ``U x rows x J`` multiply-adds, stay about as small as for chunks of 32 with 64 rows."""
+def _block_rows(n, J, U, weights_only):
+    """Rows per block: all ``n`` rows of a small weight tensor (fewer, larger BLAS calls), else about
+    ``BLOCK_USES // U`` rows for a chunk of ``U`` examples: within ``[8, ROWS]`` for a kernel whose products
+    all sum over the examples (``weights_only``: the S1 backward's weight messages), else within ``[16,
+    ROWS]`` up to ``U = 128`` and ``ROWS`` beyond.  OpenBLAS ran the weight messages' products fastest per
+    example at ``U x rows = 2048`` and up to 2x slower at 4096 (784 x 256 weights, one thread, float32 and
+    float64, 2-core AVX-512 machine: U = 128, 7.5 us per example with 16 rows against 11.9 with 32; U =
+    256, 7.8 with 8 rows against 15.5 with 16); the forward's products and the S2 backward's (which also
+    form the (U, rows) messages to the inputs) ran best with 16 rows at U = 128 and with 64 or more from
+    U = 256 on."""
     if n * J < THREADS_MIN:
         return max(n, 1)
-    return ROWS // 2 if U >= 64 else ROWS
+    if weights_only:
+        return max(8, min(ROWS, BLOCK_USES // U))
+    if U > 128:
+        return ROWS
+    return max(16, min(ROWS, BLOCK_USES // U))
 
 
 def _parts(K, threads):
@@ -142,7 +153,7 @@ def _add_row(out, c):
 
 @njit(cache=True, error_model="numpy")
 def _s1_fwd_rows(x, x2, q_t, q_r, s_t, s_r, rtol, lo, hi, out_mu, out_var, counts):
-    rows = _block_rows(hi - lo, q_t.shape[1], x.shape[0])
+    rows = _block_rows(hi - lo, q_t.shape[1], x.shape[0], False)
     mu = np.empty((rows, q_t.shape[1]), q_t.dtype)
     var = np.empty((rows, q_t.shape[1]), q_t.dtype)
     for b in range(lo, hi, rows):
@@ -196,7 +207,7 @@ def s1_chunk_forward(inputs, q_t, q_r, s_t, s_r, rtol, out_mu, out_var):
 @njit(cache=True, error_model="numpy")
 def _s1_bwd_rows(a, a2, a3, a4, g, h, gh, hh, q_t, q_r, s_t, s_r, rtol, damping, kappa, expansion, lo, hi):
     J = q_t.shape[1]
-    rows = _block_rows(hi - lo, J, g.shape[0])
+    rows = _block_rows(hi - lo, J, g.shape[0], True)
     mu = np.empty((rows, J), q_t.dtype)
     var = np.empty((rows, J), q_t.dtype)
     tau = np.empty((rows, J), q_t.dtype)
@@ -252,7 +263,7 @@ def s1_chunk_backward(inputs, g, h, q_t, q_r, s_t, s_r, rtol, damping, kappa, ex
 
 @njit(cache=True, error_model="numpy")
 def _s2_fwd_rows(mua, vara, mua2, q_t, q_r, lo, hi, out_mu, out_var):
-    rows = _block_rows(hi - lo, q_t.shape[1], mua.shape[0])
+    rows = _block_rows(hi - lo, q_t.shape[1], mua.shape[0], False)
     mu = np.empty((rows, q_t.shape[1]), q_t.dtype)
     var = np.empty((rows, q_t.shape[1]), q_t.dtype)
     m2 = np.empty((rows, q_t.shape[1]), q_t.dtype)
@@ -302,7 +313,7 @@ def s2_chunk_forward(inputs, q_t, q_r, out_mu, out_var):
 @njit(cache=True, error_model="numpy")
 def _s2_bwd_rows(mua, m2a, mua2, g, h, q_t, q_r, s_t, s_r, damping, kappa, lo, hi, ta, ra):
     J = q_t.shape[1]
-    rows = _block_rows(hi - lo, J, g.shape[0])
+    rows = _block_rows(hi - lo, J, g.shape[0], False)
     mu = np.empty((rows, J), q_t.dtype)
     var = np.empty((rows, J), q_t.dtype)
     mub2 = np.empty((rows, J), q_t.dtype)
