@@ -103,6 +103,13 @@ class Parallel:
     ``parallel_step_limit``).  Fixed points are unchanged (there the steps are zero); it stops the runaway
     in which large chunks push many weights at once past what their shared outputs need, and the larger
     means then produce still larger messages.
+
+    What trained on Fashion-MNIST (n = 5120, batch 320, ``Staircase(2)``, README "Schedules"): chunks of 32 at
+    damping 0.5 with ``max_step=1.0`` on scalar-normalised inputs (0.25 from epoch 3 on, ``ByEpoch``, the best
+    there); chunks of 64 or 128 at 0.25 with ``max_step=1.0`` on ZCA-whitened inputs
+    (:class:`factorgraph.datasets.Whitening`); and for the MLP one chunk per batch, ``Parallel(320, 0.2,
+    max_step=0.3)``, on inputs whitened with ``eps=1`` (with ``max_step=1.0`` it diverged; LeNet-5 diverged
+    with one chunk per batch in every setting tried).
     """
 
     chunk_size: int
