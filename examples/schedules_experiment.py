@@ -146,6 +146,7 @@ def plot(rows, path, title):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401  (matplotlib.ticker below)
 
     shown = [r for r in rows if "failed" not in r and "time_s" in r]  # not failed orders, not the PyTorch line
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.2 + 0.2 * len(shown)))
@@ -155,8 +156,11 @@ def plot(rows, path, title):
     times = [r["time_s"] for r in shown]
     wide = bool(times) and max(times) > 10 * min(times)  # a log axis only where it spans a decade
     for ax, key in zip(axes, ("test accuracy", "test NLL", "ECE15")):
-        if wide:
+        if wide:  # plain-number labels at 1-2-5 steps; no minor labels (they overlapped within a decade)
             ax.set_xscale("log")
+            ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("training wall time [s]")
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
@@ -247,7 +251,9 @@ def main(argv=None):
               f"(test acc after 5 epochs {acc:.3f})", flush=True)
     with open(os.path.join(args.out, f"schedules_{tag}.json"), "w") as f:
         json.dump(rows, f, indent=1)
-    plot(rows, os.path.join(args.out, f"schedules_{tag}.png"), f"{args.arch}, Fashion-MNIST n = {args.n}")
+    inputs = "scalar-normalised" if args.whiten is None else f"whitened (eps {args.whiten:g})"
+    plot(rows, os.path.join(args.out, f"schedules_{tag}.png"),
+         f"{args.arch}, Fashion-MNIST n = {args.n}, {inputs}, seed {args.seed}")
 
 
 if __name__ == "__main__":

@@ -95,3 +95,34 @@ def test_schedules_experiment_refuses_fewer_than_one_round(capsys):
     with pytest.raises(SystemExit):
         main(["--throughput", "--rounds", "0"])  # before any data is loaded
     assert "--rounds must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_schedules_experiment_plot_log_axis_has_plain_labels(tmp_path, monkeypatch):
+    """Wall times spanning more than a decade get a log axis labelled 1-2-5 in plain numbers, without the
+    minor labels that overlapped within a decade."""
+    import pathlib
+    import sys
+
+    import matplotlib.figure
+    import matplotlib.ticker
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "examples"))
+    from schedules_experiment import plot
+
+    figures = []
+    real = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda self, *a, **kw: figures.append(self) or real(self, *a, **kw))
+    rows = [{"order": "Shuffled()", "accuracy": 0.79, "nll": 0.69, "ece": 0.09, "time_s": 33.1},
+            {"order": "Parallel(320, 0.2, max_step=0.3)", "accuracy": 0.8, "nll": 0.66, "ece": 0.05,
+             "time_s": 2.8}]
+    path = tmp_path / "schedules.png"
+    plot(rows, path, "title")
+    assert path.read_bytes().startswith(PNG)
+    for ax in figures[0].axes:
+        assert ax.get_xscale() == "log"
+        assert isinstance(ax.xaxis.get_minor_formatter(), matplotlib.ticker.NullFormatter)
+        lo, hi = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+        assert ticks == [5.0, 10.0, 20.0]
+        assert [ax.xaxis.get_major_formatter()(t) for t in ticks] == ["5", "10", "20"]
