@@ -404,16 +404,57 @@ def test_quadrature_oracle_agrees_with_high_precision_formula():
         assert abs(m - m_ref) <= 1e-14 * abs(m_ref) and abs(var - v_ref) <= 1e-14 * v_ref, t
 
 
+def _tail_scalar_many(x):
+    from factorgraph.kernels import scalar
+
+    return np.array([scalar.tail_moments(float(v)) for v in x]).T
+
+
+def test_tail_moments_equal_60_digit_values_and_the_kernel_bit_for_bit(record_cases):
+    """:func:`tail_moments` (NumPy) and ``scalar.tail_moments`` (the kernels' copy) against the truncation
+    moments from 60-digit Mills ratios: ``E X`` within 1e-15 and ``Var X`` within 5e-15 relative from
+    ``TAIL_T`` out to 1e7, on both sides of ``TAIL_SPLIT`` (the two pieces meet to 3e-15), the two copies
+    bit for bit equal; far out (beyond 60 digits' reach of the subtraction) the series ``1/x (1 - 2/x^2)``,
+    ``1/x^2 (1 - 6/x^2)`` holds to double precision, and ``x = inf`` gives (0, 0)."""
+    mpmath = pytest.importorskip("mpmath")
+    from factorgraph.gaussian import TAIL_SPLIT, TAIL_T, tail_moments
+
+    mpmath.mp.dps = 60
+    edges = [TAIL_T, np.nextafter(TAIL_T, 4), np.nextafter(TAIL_SPLIT, 0), TAIL_SPLIT,
+             np.nextafter(TAIL_SPLIT, 6)]
+    x = np.concatenate([edges, np.linspace(3.0, 60.0, 571), np.geomspace(60.0, 1e7, 60)])
+    K, V = tail_moments(x)
+    np.testing.assert_array_equal(np.stack([K, V]), _tail_scalar_many(x))
+    for i, xi in enumerate(x):
+        xx = mpmath.mpf(float(xi))
+        k = 1 / (mpmath.sqrt(mpmath.pi / 2) * mpmath.erfc(xx / mpmath.sqrt(2)) * mpmath.exp(xx * xx / 2)) - xx
+        v = 1 - k * (k + xx)
+        assert abs(K[i] - k) <= 1e-15 * k, (xi, "mean")
+        assert abs(V[i] - v) <= 5e-15 * v, (xi, "variance")
+    near = tail_moments(np.array([np.nextafter(TAIL_SPLIT, 0)]))
+    far = tail_moments(np.array([TAIL_SPLIT]))
+    assert abs(near[1][0] / far[1][0] - 1) <= 3e-15 and abs(near[0][0] / far[0][0] - 1) <= 3e-15
+    big = np.array([1e8, 1e30, 1e100, 1e150, 1e300, np.inf])
+    K, V = tail_moments(big)
+    np.testing.assert_array_equal(np.stack([K, V]), _tail_scalar_many(big))
+    for xi, k, v in zip(big[:-1], K[:-1], V[:-1]):
+        y = 1 / xi
+        want_k, want_v = y * (1 - 2 * y * y), y * y * (1 - 6 * y * y)
+        assert abs(k - want_k) <= 1e-15 * want_k and abs(v - want_v) <= 1e-15 * want_v + 1e-320, xi
+    assert K[-1] == 0.0 and V[-1] == 0.0
+    record_cases("tail moments vs 60 digits", x.size + big.size)
+
+
 def test_truncation_moments_equal_80_digit_values_on_both_sides_of_the_switch(record_cases):
     """``(E X, Var X)`` of ``N(t, 1)`` restricted to ``X >= 0``, the NumPy reference and the compiled scalar
-    kernel, to 1e-12 relative from t = 6 down to t = -1e6: the direct formula above ``-CF_T``, the
-    continued fraction below (the direct formula lost 1e-9 relative in ``Var X`` at t = -16)."""
+    kernel, to 1e-12 relative from t = 6 down to t = -1e6: the direct formula above ``-TAIL_T``,
+    :func:`tail_moments` below (the direct formula lost 1e-9 relative in ``Var X`` at t = -16)."""
     mpmath = pytest.importorskip("mpmath")
-    from factorgraph.gaussian import CF_T, truncation_shift_and_factor
+    from factorgraph.gaussian import TAIL_T, truncation_shift_and_factor
     from factorgraph.kernels import scalar
 
     mpmath.mp.dps = 80
-    t = np.concatenate([np.linspace(-12.0, 6.0, 361), [-CF_T - 1e-12, -CF_T, -CF_T + 1e-12],
+    t = np.concatenate([np.linspace(-12.0, 6.0, 361), [-TAIL_T - 1e-12, -TAIL_T, -TAIL_T + 1e-12],
                         -np.geomspace(12.0, 1e6, 40)])
     ref_shift, ref_u = truncation_shift_and_factor(t)
     for i, ti in enumerate(t):
@@ -425,7 +466,7 @@ def test_truncation_moments_equal_80_digit_values_on_both_sides_of_the_switch(re
             assert abs(got_shift - want_shift) <= 1e-12 * want_shift, (name, ti, "shift")
             assert abs(got_u - want_u) <= 1e-12 * want_u, (name, ti, "factor")
     # far tails, beyond 80 digits' reach: the series -1/t (1 - 2/t^2 ...), 1/t^2 (1 - 6/t^2 ...) is exact
-    # to double precision there (the kernel's scaled recurrence must not overflow or underflow)
+    # to double precision there (nothing on the way may overflow or underflow)
     for ti in (-1e30, -1e100, -1e150):
         want_u = 1 / ti / ti
         for got_shift, got_u in (scalar.shift_and_factor(ti), [v[0] for v in truncation_shift_and_factor(np.array([ti]))]):

@@ -15,14 +15,13 @@ import numpy as np
 from numba import njit, prange
 
 from factorgraph import config
-from factorgraph.gaussian import CF_T
+from factorgraph.gaussian import TAIL_T
 from factorgraph.kernels import use_threads
 from factorgraph.kernels.scalar import (
     LOG_SQRT_2PI, MIN_NORMAL, MIN_U, NEGLIGIBLE_LOG_WEIGHT, SQRT1_2, block52_log_weight, block52_moments,
     block52_parts, block52_prep, block52_prep_fast, erfc_log_weight_ok, floored_moments, mixture,
-    mixture_exponent, mixture_with, shift_and_factor_from)
-from factorgraph.kernels.vecmath import (
-    CF_LANES, continued_fraction_map, erfc_map, exp_map, log1p_map, log_map)
+    mixture_exponent, mixture_with, shift_and_factor_from, tail_moments)
+from factorgraph.kernels.vecmath import erfc_map, exp_map, log1p_map, log_map
 
 L_FWD_FALLBACK, L_BWD_CLAMP, L_BWD_FALLBACK, L_U_FLOOR, L_MIN_RHO = range(5)
 GUARD_NAMES = ("leaky_forward_fallback", "leaky_backward_clamp", "leaky_backward_fallback",
@@ -229,28 +228,25 @@ def _block_args(b, backward, ta, ra, tz, rz, slope, inv_s2):
 
 
 @njit(cache=True, inline="always")
-def _tail_block(w, b, m, cf_x, cf_at, nq, floors):
-    """Truncation block ``b``'s tail units of a tile (``t < -CF_T``; :func:`block52_moments`): where the
-    component is negligible (log-weight ``NEGLIGIBLE_LOG_WEIGHT`` below the other's) its moments from the
-    leading asymptotic terms ``(-1/t, 1/t^2)``, else queued for the continued fraction (``cf_x[nq] = -t``,
-    ``cf_at[nq] = 2 i + b``).  The moments over all the tile's lanes with selects (a loop that vectorises),
-    then the queue, written branch-free (the arrays have room for one entry past it).  Returns the queue
-    length and the u-floor count."""
+def _tail_block(w, b, m, floors):
+    """Truncation block ``b``'s tail units of a tile (``t < -TAIL_T``; :func:`block52_moments`): their
+    moments from :func:`~factorgraph.kernels.scalar.tail_moments`, or where the component is negligible
+    (log-weight ``NEGLIGIBLE_LOG_WEIGHT`` below the other's) from the leading asymptotic terms ``(-1/t,
+    1/t^2)``.  Over all the tile's lanes with selects (a loop that vectorises; other lanes keep their
+    moments).  Returns the u-floor count plus ``floors``."""
     o = 8 * b
     for i in range(w.shape[1]):
         t = w[_T + o, i]
+        tail = t < -TAIL_T
         negligible = w[_LW + o, i] < w[_LW + 8 - o, i] - NEGLIGIBLE_LOG_WEIGHT
-        mb, vb, f = floored_moments(w[_S + o, i], -1.0 / t, 1.0 / (t * t))
-        asymptotic = (t < -CF_T) & negligible
-        w[_M1 + 2 * b, i] = (mb if b == 0 else -mb) if asymptotic else w[_M1 + 2 * b, i]
-        w[_V1 + 2 * b, i] = vb if asymptotic else w[_V1 + 2 * b, i]
-        floors += f & asymptotic & (i < m)
-    for i in range(m):
-        t = w[_T + o, i]
-        cf_x[nq] = -t
-        cf_at[nq] = 2 * i + b
-        nq += (t < -CF_T) & (not w[_LW + o, i] < w[_LW + 8 - o, i] - NEGLIGIBLE_LOG_WEIGHT)
-    return nq, floors
+        k, v = tail_moments(-t if tail else TAIL_T)
+        k = -1.0 / t if negligible else k
+        v = 1.0 / (t * t) if negligible else v
+        mb, vb, f = floored_moments(w[_S + o, i], k, v)
+        w[_M1 + 2 * b, i] = (mb if b == 0 else -mb) if tail else w[_M1 + 2 * b, i]
+        w[_V1 + 2 * b, i] = vb if tail else w[_V1 + 2 * b, i]
+        floors += f & tail & (i < m)
+    return floors
 
 
 @njit(cache=True, error_model="numpy")
@@ -261,12 +257,12 @@ def _marginal_serial(backward, a_t, a_r, z_t, z_r, slope, out_t, out_r):
     truncation blocks' ``block52_prep`` (its two-division form, and where a unit's precisions leave that
     form's range, the exact form for the tile's units: ``block52_prep``'s numbers either way); erfc and exp;
     ``log(sqrt(h) Phi)``; the log-weights and the direct-formula moments; then, only for the units that need
-    them, the tail-accurate log-cdf and the continued fraction (``t < -CF_T``; the tile's tails queued and run
-    together by :func:`~factorgraph.kernels.vecmath.continued_fraction_map`); exp (and log1p) of the mixture
-    exponents; the finish, and moment matching for the forward's fallbacks.  The same operations as the
-    per-unit functions, so the same numbers.  Returns the guard counts (forward: fallbacks, u-floors;
-    backward: clamps, fallbacks, u-floors, min_rho); error_model "numpy": divisions by zero give inf / NaN as
-    in the per-unit functions' unused branches, never an exception."""
+    them, the tail-accurate log-cdf and, in tiles with tail units (``t < -TAIL_T``), their moments over all
+    lanes (:func:`_tail_block`); exp (and log1p) of the mixture exponents; the finish, and moment matching for
+    the forward's fallbacks. The same operations as the per-unit functions, so the same numbers. Returns the
+    guard counts (forward: fallbacks, u-floors; backward: clamps, fallbacks, u-floors, min_rho); error_model
+    "numpy": divisions by zero give inf / NaN as in the per-unit functions' unused branches, never an
+    exception."""
     if backward:  # a constant flag in each inlined copy: no branch on it inside the loops, which vectorise
         return _marginal_tiles(True, a_t, a_r, z_t, z_r, slope, out_t, out_r)
     return _marginal_tiles(False, a_t, a_r, z_t, z_r, slope, out_t, out_r)
@@ -279,9 +275,7 @@ def _marginal_tiles(backward, a_t, a_r, z_t, z_r, slope, out_t, out_r):
     n = a_t.shape[0]
     w = np.empty((_ROWS, TILE))
     acc = np.zeros(4, np.int64)
-    cf = np.empty((3, 2 * TILE + CF_LANES))  # the continued fraction's lanes: x, K, K (L - K)
-    cf_x, cf_k, cf_v = cf[0], cf[1], cf[2]
-    cf_at = np.empty(2 * TILE, np.int64)  # queued: the continued fraction's (2 i + b), the fallbacks' (i)
+    fb_at = np.empty(TILE, np.int64)  # the fallbacks' units, queued
     inv_s2 = 1.0 / (slope * slope)
     log_slope = math.log(slope) if backward else 0.0
     for lo in range(0, n, TILE):
@@ -336,7 +330,7 @@ def _marginal_tiles(backward, a_t, a_r, z_t, z_r, slope, out_t, out_r):
                 v = w[_PHI + o, i] / mass
                 shift = t + v
                 u = 1.0 - v * shift
-                tail = t < -CF_T
+                tail = t < -TAIL_T
                 if tail:
                     w[_TAIL, i] = 1.0
                 floored = u < MIN_U
@@ -354,18 +348,9 @@ def _marginal_tiles(backward, a_t, a_r, z_t, z_r, slope, out_t, out_r):
                         shm = math.sqrt(w[_H + o, i]) * w[_MASS + o, i]
                         w[_LW + o, i] = block52_log_weight(w[_T + o, i], w[_H + o, i], w[_Q + o, i], shm,
                                                            w[_LOG + o, i]) - (log_slope if o == 8 else 0.0)
-        nq = 0
-        if tails:  # tail moments: asymptotic where the component is negligible, else the continued fraction
-            nq, floors = _tail_block(w, 0, m, cf_x, cf_at, 0, floors)
-            nq, floors = _tail_block(w, 1, m, cf_x, cf_at, nq, floors)
-            if nq:
-                continued_fraction_map(cf_x, cf_k, cf_v, nq)
-                for k in range(nq):
-                    i, b = cf_at[k] // 2, cf_at[k] % 2
-                    mb, vb, f = floored_moments(w[_S + 8 * b, i], cf_k[k], cf_v[k])
-                    w[_M1 + 2 * b, i] = mb if b == 0 else -mb
-                    w[_V1 + 2 * b, i] = vb
-                    floors += f
+        if tails:  # tail moments: tail_moments, or asymptotic where the component is negligible
+            floors = _tail_block(w, 0, m, floors)
+            floors = _tail_block(w, 1, m, floors)
         acc[2 if backward else 1] += floors
         for i in range(TILE):
             w[_X, i] = mixture_exponent(w[_LW, i], w[_LW + 8, i])
@@ -414,7 +399,7 @@ def _marginal_tiles(backward, a_t, a_r, z_t, z_r, slope, out_t, out_r):
             for i in range(m):
                 if w[_FB, i] != 0.0:
                     w[_T, nf], w[_S, nf], w[_MASS, nf], w[_PHI, nf] = moment_match_args(w[_TA, i], w[_RA, i])
-                    cf_at[nf] = i
+                    fb_at[nf] = i
                     nf += 1
             nf4 = (nf + 3) // 4 * 4
             for k in range(nf, nf4):
@@ -422,7 +407,7 @@ def _marginal_tiles(backward, a_t, a_r, z_t, z_r, slope, out_t, out_r):
             erfc_map(w[_MASS], w[_MASS], nf4)
             exp_map(w[_PHI], w[_PHI], nf4)
             for k in range(nf):
-                i = cf_at[k]
+                i = fb_at[k]
                 w[_OT, i], w[_OR, i], f = moment_match_from(w[_T, k], w[_S, k], slope, 0.5 * w[_MASS, k],
                                                             w[_PHI, k])
                 acc[1] += f

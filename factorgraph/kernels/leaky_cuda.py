@@ -9,7 +9,7 @@ from factorgraph.kernels import leaky_cpu, scalar
 from factorgraph.kernels.leaky_cpu import L_BWD_CLAMP, L_BWD_FALLBACK, L_FWD_FALLBACK, L_MIN_RHO, L_U_FLOOR
 
 _D = device_functions([scalar, leaky_cpu], [
-    "log_ndtr", "continued_fraction", "shift_and_factor_log", "shift_and_factor", "shift_and_factor_from",
+    "log_ndtr", "tail_moments", "shift_and_factor_log", "shift_and_factor", "shift_and_factor_from",
     "block52_prep_fast", "block52_prep_exact", "block52_prep", "erfc_log_weight_ok", "block52_log_weight",
     "block52_parts", "floored_moments",
     "block52_moments", "mixture_exponent", "mixture_with", "mixture", "moment_match_t", "moment_match_args",

@@ -10,7 +10,7 @@ from factorgraph.kernels import pool_cpu, scalar, signals_cpu
 from factorgraph.kernels.pool_cpu import GUARD_NAMES, P_CLAMP, P_SMALL  # noqa: F401  (the CPU module's API)
 
 _D = device_functions([scalar, signals_cpu, pool_cpu], [
-    "log_ndtr", "continued_fraction", "shift_and_factor_log", "shift_and_factor", "log_ndtr_pair",
+    "log_ndtr", "tail_moments", "shift_and_factor_log", "shift_and_factor", "log_ndtr_pair",
     "_pairwise", "argmax_probs_row", "window_moments", "pool_window", "window_fwd", "window_out", "pixel_bwd",
     "window_bwd"])
 _window_fwd, _window_bwd = _D["window_fwd"], _D["window_bwd"]

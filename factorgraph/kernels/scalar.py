@@ -9,11 +9,12 @@ import math
 from numba import njit
 
 from factorgraph import config
-from factorgraph.gaussian import CF_BASE, CF_SCALE, CF_T
+from factorgraph.gaussian import TAIL_FAR, TAIL_NEAR, TAIL_SPLIT, TAIL_T
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 SQRT1_2 = 1 / math.sqrt(2)
 MIN_U = config.MIN_TRUNCATION_FACTOR
+(_CN, _KN, _PN, _QN), (_CF, _KF, _PF, _QF) = TAIL_NEAR, TAIL_FAR
 
 
 @njit(cache=True, inline="always")
@@ -29,35 +30,39 @@ def log_ndtr(t):
 
 
 @njit(cache=True, inline="always")
-def continued_fraction(x):
-    """(E X, Var X) of N(-x, 1) restricted to X >= 0 for x >= CF_T: ``(K, K (L - K))`` from Laplace's
-    continued fraction of the Mills ratio (:func:`factorgraph.gaussian.continued_fraction_moments`)."""
-    terms = CF_BASE + int(CF_SCALE / x)
-    n = terms + 1.0
-    tail = 2.0 * n / (math.sqrt(x * x + 4.0 * n) + x)
-    # L = 2 / (x + 3 / (x + ... terms / (x + tail))), the same convergent as the reference's backward loop,
-    # by the forward (Wallis) recurrence A_j = b_j A_{j-1} + a_j A_{j-2} (likewise B), a_j = j + 1,
-    # scaled by x^-j: no division in the loop (a dependent division per term made it the LeakyReLU
-    # kernels' hot spot) and, all terms being positive, no cancellation
+def tail_moments(x):
+    """(E X, Var X) of N(-x, 1) restricted to X >= 0 for x >= TAIL_T: ``(K, K (L - K))`` from the rational
+    approximation of :func:`factorgraph.gaussian.tail_moments`, the same operations (the piece chosen by
+    selects: no branch, so loops over it vectorise)."""
     y = 1.0 / x
-    y2 = y * y
-    p0, p1, q0, q1 = 0.0, 2.0 * y, 1.0, 1.0
-    for j in range(2, terms - 1):
-        c = (j + 1) * y2
-        p0, p1 = p1, p1 + c * p0
-        q0, q1 = q1, q1 + c * q0
-    g, c = 1.0 + tail * y, terms * y2
-    L = (g * p1 + c * p0) / (g * q1 + c * q0)
+    s = y * y
+    near = x < TAIL_SPLIT
+    z = (s - _CN) * _KN if near else (s - _CF) * _KF
+    p = _PN[6] if near else _PF[6]
+    q = _QN[6] if near else _QF[6]
+    p = p * z + (_PN[5] if near else _PF[5])
+    q = q * z + (_QN[5] if near else _QF[5])
+    p = p * z + (_PN[4] if near else _PF[4])
+    q = q * z + (_QN[4] if near else _QF[4])
+    p = p * z + (_PN[3] if near else _PF[3])
+    q = q * z + (_QN[3] if near else _QF[3])
+    p = p * z + (_PN[2] if near else _PF[2])
+    q = q * z + (_QN[2] if near else _QF[2])
+    p = p * z + (_PN[1] if near else _PF[1])
+    q = q * z + (_QN[1] if near else _QF[1])
+    p = p * z + (_PN[0] if near else _PF[0])
+    q = q * z + (_QN[0] if near else _QF[0])
+    L = 2.0 * (p / q) * y
     K = 1.0 / (x + L)
     return K, K * (L - K)
 
 
 @njit(cache=True, inline="always")
 def shift_and_factor_log(t, log_cdf):
-    """(E X, Var X) of N(t, 1) restricted to X >= 0, given ``log_cdf = log Phi(t)``; the continued
-    fraction below -CF_T."""
-    if t < -CF_T:
-        return continued_fraction(-t)
+    """(E X, Var X) of N(t, 1) restricted to X >= 0, given ``log_cdf = log Phi(t)``; :func:`tail_moments`
+    below -TAIL_T."""
+    if t < -TAIL_T:
+        return tail_moments(-t)
     v = math.exp(-0.5 * t * t - LOG_SQRT_2PI - log_cdf)
     shift = t + v
     return shift, 1.0 - v * shift
@@ -65,14 +70,14 @@ def shift_and_factor_log(t, log_cdf):
 
 @njit(cache=True, inline="always")
 def shift_and_factor(t):
-    """(E X, Var X) of N(t, 1) restricted to X >= 0; the continued fraction below -CF_T."""
-    return shift_and_factor_log(t, log_ndtr(t) if t >= -CF_T else 0.0)
+    """(E X, Var X) of N(t, 1) restricted to X >= 0; :func:`tail_moments` below -TAIL_T."""
+    return shift_and_factor_log(t, log_ndtr(t) if t >= -TAIL_T else 0.0)
 
 
 @njit(cache=True, inline="always")
 def shift_and_factor_from(t, phi, mass):
     """The direct formula of :func:`shift_and_factor` given ``phi(t)`` and ``Phi(t)`` computed by the
-    caller (one erfc and one exp serve both sides of a rectifier).  No continued fraction: the caller
+    caller (one erfc and one exp serve both sides of a rectifier).  No tail moments: the caller
     uses it for the small side only with its mass ``Phi(t)`` as weight, which scales the direct
     formula's cancellation error (~eps t^4) below rounding of the mixture.  Below t = -30, where ``phi``
     and the mass reach the subnormal range, the leading asymptotic terms (-1/t, 1/t^2) keep it finite."""
@@ -84,7 +89,7 @@ def shift_and_factor_from(t, phi, mass):
 
 
 #: a mixture component this much below the other in log-weight (weight < 2e-22 relative) gets its
-#: truncation moments from the leading asymptotic terms instead of the continued fraction
+#: truncation moments from the leading asymptotic terms instead of :func:`tail_moments`
 NEGLIGIBLE_LOG_WEIGHT = 50.0
 
 
@@ -168,16 +173,16 @@ def block52_log_weight(t, h, quad, sqrt_h_mass, log_sqrt_h_mass):
 def block52_parts(tau1, rho1, tau2, rho2):
     """``(log B0, t, sigma_m, v)`` of the product of two Gaussians restricted to a >= 0:
     ``log B0 = log N(mu1; mu2, 1/rho1 + 1/rho2) + log Phi(t)`` (``-inf`` when a precision is 0) and
-    ``v = phi(t) / Phi(t)`` above ``t = -CF_T``, NaN below (the tail, whose moments come from the continued
-    fraction).  The mass comes from one erfc, ``v`` from one exp, and one log serves both logarithms
-    (``log(sqrt(h) Phi)``): three transcendental calls where the reference
+    ``v = phi(t) / Phi(t)`` above ``t = -TAIL_T``, NaN below (the tail, whose moments come from
+    :func:`tail_moments`).  The mass comes from one erfc, ``v`` from one exp, and one log serves both
+    logarithms (``log(sqrt(h) Phi)``): three transcendental calls where the reference
     (:func:`factorgraph.equations.block52_log`) takes four.  :func:`block52_prep` and
     :func:`block52_log_weight` are its two halves, for kernels that compute the calls four lanes at a time."""
     t, sigma_m, h, quad = block52_prep(tau1, rho1, tau2, rho2)
     mass = 0.5 * math.erfc(-t * SQRT1_2)
     shm = math.sqrt(h) * mass
     lw = block52_log_weight(t, h, quad, shm, math.log(shm) if shm >= MIN_NORMAL else 0.0)
-    if t >= -CF_T:
+    if t >= -TAIL_T:
         return lw, t, sigma_m, math.exp(-0.5 * t * t - LOG_SQRT_2PI) / mass
     return lw, t, sigma_m, math.nan
 
@@ -185,14 +190,14 @@ def block52_parts(tau1, rho1, tau2, rho2):
 @njit(cache=True, inline="always")
 def block52_moments(t, sigma_m, v, negligible):
     """``(mean, var, floored)`` for :func:`block52_parts`; a ``negligible`` tail component takes the
-    leading asymptotic terms ``(-1/t, 1/t^2)`` instead of the continued fraction."""
-    if t >= -CF_T:
+    leading asymptotic terms ``(-1/t, 1/t^2)`` instead of :func:`tail_moments`."""
+    if t >= -TAIL_T:
         shift = t + v
         u = 1.0 - v * shift
     elif negligible:
         shift, u = -1.0 / t, 1.0 / (t * t)
     else:
-        shift, u = continued_fraction(-t)
+        shift, u = tail_moments(-t)
     return floored_moments(sigma_m, shift, u)
 
 

@@ -10,7 +10,7 @@ from factorgraph.kernels import scalar, signals_cpu
 from factorgraph.kernels.signals_cpu import A_U_FLOOR, GL_W, GL_X, S_CLAMP, S_IMPROPER, S_LOW, S_NONFINITE
 
 _D = device_functions([scalar, signals_cpu], [
-    "log_ndtr", "continued_fraction", "shift_and_factor_log", "shift_and_factor", "argmax_pair_one", "_edge", "_q",
+    "log_ndtr", "tail_moments", "shift_and_factor_log", "shift_and_factor", "argmax_pair_one", "_edge", "_q",
     "_panel", "_node",
     "softmax_one", "softmax_message_one", "_t", "softmax_setup", "softmax_logit", "log_ndtr_pair",
     "_pairwise", "argmax_probs_row"])

@@ -12,10 +12,6 @@ overflow, underflow) exactly as the scalar functions; elsewhere within 4 eps rel
 1e-13 relative in its far tail (arguments beyond 20, values below 1e-170), as ``tests/test_vecmath.py``
 checks for every width the machine has.
 
-``continued_fraction_map`` is the one function here that is not a libm call: the continued fraction of the
-Mills ratio (:func:`factorgraph.kernels.scalar.continued_fraction`) sixteen lanes at a time as LLVM vector
-operations, with the scalar function's numbers.
-
 The maps take ``(x, out, n)`` with ``n`` a multiple of 4 (callers pad their scratch arrays); the eight-lane
 maps need C-contiguous float64 arrays (the kernels' scratch rows).
 """
@@ -27,7 +23,6 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from factorgraph.gaussian import CF_BASE, CF_SCALE
 
 _SYMBOLS = {"erfc": "_ZGVdN4v_erfc", "exp": "_ZGVdN4v_exp", "log": "_ZGVdN4v_log", "log1p": "_ZGVdN4v_log1p"}
 
@@ -167,117 +162,3 @@ WIDTHS = {4: {k: _map(_LANES[k]) for k in _FUNCTIONS}}
 if WIDE:
     WIDTHS[8] = {k: _map8(_lanes8(_SYMBOLS8[k]), _LANES[k]) for k in _FUNCTIONS}
 erfc_map, exp_map, log_map, log1p_map = (WIDTHS[max(WIDTHS)][k] for k in ("erfc", "exp", "log", "log1p"))
-
-
-#: lanes per call of the continued fraction's vector form (two AVX-512 registers: the two halves' independent
-#: recurrences hide each other's latency; 8.0-8.8 ns per value against 33-35 for the scalar function)
-CF_LANES = 16
-#: padding lanes take this value: 6 terms, never the largest count of a group
-CF_PAD = 1e3
-
-
-def _continued_fraction_lanes():
-    """A Numba intrinsic ``f(x, K, V, i)``: :func:`factorgraph.kernels.scalar.continued_fraction` of
-    ``x[i:i + CF_LANES]`` into ``K`` and ``V`` as ``<CF_LANES x double>`` vector operations (any x86-64:
-    the backend splits the vectors into what the CPU has).  Each lane runs the same operations as the scalar
-    function, so gives the same numbers; the recurrence runs to the largest lane's number of terms, each
-    lane frozen (select) after its own.  1-D C-contiguous float64 arrays, ``i + CF_LANES <= len``
-    (unchecked)."""
-    from llvmlite import ir
-
-    @intrinsic
-    def cf_lanes(typingctx, x, K, V, i):
-        for a in (x, K, V):
-            ok = isinstance(a, types.Array) and a.dtype == types.float64 and a.layout == "C" and a.ndim == 1
-            if not ok:
-                raise TypeError(f"the continued fraction lanes take 1-D C-contiguous float64 arrays, got {a}")
-        sig = types.none(x, K, V, types.intp)
-
-        def codegen(context, builder, signature, args):
-            f64, i64 = ir.DoubleType(), ir.IntType(64)
-            vec, ivec = ir.VectorType(f64, CF_LANES), ir.VectorType(i64, CF_LANES)
-
-            def splat(v):
-                return ir.Constant(vec, [v] * CF_LANES)
-
-            def splat_val(v):  # a run-time double into all lanes
-                out = ir.Constant(vec, ir.Undefined)
-                for k in range(CF_LANES):
-                    out = builder.insert_element(out, v, ir.Constant(ir.IntType(32), k))
-                return out
-
-            def ptr(arg, ty):
-                arr = context.make_array(ty)(context, builder, arg)
-                return builder.bitcast(cgutils.gep(builder, arr.data, args[3]), vec.as_pointer())
-
-            px, pk, pv = (ptr(args[k], signature.args[k]) for k in range(3))
-            x = builder.load(px, align=8)
-            terms_i = builder.add(builder.fptosi(builder.fdiv(splat(CF_SCALE), x), ivec),
-                                  ir.Constant(ivec, [CF_BASE] * CF_LANES))
-            top = builder.extract_element(terms_i, ir.Constant(ir.IntType(32), 0))
-            for k in range(1, CF_LANES):
-                e = builder.extract_element(terms_i, ir.Constant(ir.IntType(32), k))
-                top = builder.select(builder.icmp_signed(">", e, top), e, top)
-            terms = builder.sitofp(terms_i, vec)
-            last = builder.fsub(terms, splat(1.0))
-            y = builder.fdiv(splat(1.0), x)
-            y2 = builder.fmul(y, y)
-            p1_0 = builder.fmul(splat(2.0), y)
-            entry = builder.block
-            loop = builder.append_basic_block("cf_loop")
-            body = builder.append_basic_block("cf_body")
-            done = builder.append_basic_block("cf_done")
-            builder.branch(loop)
-            builder.position_at_end(loop)
-            j = builder.phi(i64)
-            p0, p1, q0, q1 = (builder.phi(vec) for _ in range(4))
-            j.add_incoming(ir.Constant(i64, 2), entry)
-            for ph, v0 in ((p0, splat(0.0)), (p1, p1_0), (q0, splat(1.0)), (q1, splat(1.0))):
-                ph.add_incoming(v0, entry)
-            go = builder.icmp_signed("<", j, builder.sub(top, ir.Constant(i64, 1)))
-            builder.cbranch(go, body, done)
-            builder.position_at_end(body)
-            cj = splat_val(builder.sitofp(builder.add(j, ir.Constant(i64, 1)), f64))
-            fj = splat_val(builder.sitofp(j, f64))
-            c = builder.fmul(cj, y2)
-            live = builder.fcmp_ordered("<", fj, last)
-            np1 = builder.fadd(p1, builder.fmul(c, p0))
-            nq1 = builder.fadd(q1, builder.fmul(c, q0))
-            for ph, v in ((p0, builder.select(live, p1, p0)), (p1, builder.select(live, np1, p1)),
-                          (q0, builder.select(live, q1, q0)), (q1, builder.select(live, nq1, q1))):
-                ph.add_incoming(v, body)
-            j.add_incoming(builder.add(j, ir.Constant(i64, 1)), body)
-            builder.branch(loop)
-            builder.position_at_end(done)
-            nt = builder.fadd(terms, splat(1.0))
-            sqrt = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec]),
-                                                  f"llvm.sqrt.v{CF_LANES}f64")
-            root = builder.call(sqrt, [builder.fadd(builder.fmul(x, x), builder.fmul(splat(4.0), nt))])
-            tail = builder.fdiv(builder.fmul(splat(2.0), nt), builder.fadd(root, x))
-            g = builder.fadd(splat(1.0), builder.fmul(tail, y))
-            cc = builder.fmul(terms, y2)
-            L = builder.fdiv(builder.fadd(builder.fmul(g, p1), builder.fmul(cc, p0)),
-                             builder.fadd(builder.fmul(g, q1), builder.fmul(cc, q0)))
-            kk = builder.fdiv(splat(1.0), builder.fadd(x, L))
-            builder.store(kk, pk, align=8)
-            builder.store(builder.fmul(kk, builder.fsub(L, kk)), pv, align=8)
-            return context.get_dummy_value()
-
-        return sig, codegen
-
-    return cf_lanes
-
-
-_cf_lanes = _continued_fraction_lanes()
-
-
-@njit(inline="always")
-def continued_fraction_map(x, K, V, n):
-    """``(K, V)[:n]`` = :func:`factorgraph.kernels.scalar.continued_fraction` of ``x[:n]`` (each ``>= CF_T``),
-    ``CF_LANES`` at a time; ``x[n:]`` is padded up to the next multiple of ``CF_LANES``, which the three
-    arrays (1-D, C-contiguous float64) must have room for."""
-    top = (n + CF_LANES - 1) // CF_LANES * CF_LANES
-    for i in range(n, top):
-        x[i] = CF_PAD
-    for i in range(0, top, CF_LANES):
-        _cf_lanes(x, K, V, i)
