@@ -40,18 +40,9 @@ def tail_moments(x):
     z = (s - _CN) * _KN if near else (s - _CF) * _KF
     p = _PN[6] if near else _PF[6]
     q = _QN[6] if near else _QF[6]
-    p = p * z + (_PN[5] if near else _PF[5])
-    q = q * z + (_QN[5] if near else _QF[5])
-    p = p * z + (_PN[4] if near else _PF[4])
-    q = q * z + (_QN[4] if near else _QF[4])
-    p = p * z + (_PN[3] if near else _PF[3])
-    q = q * z + (_QN[3] if near else _QF[3])
-    p = p * z + (_PN[2] if near else _PF[2])
-    q = q * z + (_QN[2] if near else _QF[2])
-    p = p * z + (_PN[1] if near else _PF[1])
-    q = q * z + (_QN[1] if near else _QF[1])
-    p = p * z + (_PN[0] if near else _PF[0])
-    q = q * z + (_QN[0] if near else _QF[0])
+    for d in range(5, -1, -1):
+        p = p * z + (_PN[d] if near else _PF[d])
+        q = q * z + (_QN[d] if near else _QF[d])
     L = 2.0 * (p / q) * y
     K = 1.0 / (x + L)
     return K, K * (L - K)
