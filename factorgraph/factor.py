@@ -302,13 +302,17 @@ class WeightSlots:
         self.msgs[self.batch_size] = prior
         self.q = prior.copy()
 
-    def likelihood(self, n=None, start=0):
-        """Product of the per-example messages of slots ``start .. n-1`` (prior slot excluded)."""
+    def likelihood(self, n=None, start=0, copy=True):
+        """Product of the per-example messages of slots ``start .. n-1`` (prior slot excluded).  With
+        ``copy=False`` the sums of the last :meth:`recompute` may be returned as they are (read them only:
+        they are the slots' state)."""
         n = min(self.batch_size if n is None else n, self.used)
         xp = self.msgs.xp
         if n <= start:
             return Gaussian(xp.zeros(self.shape, self.msgs.dtype), xp.zeros(self.shape, self.msgs.dtype))
         if start == 0 and n == self.used and self._sums is not None:  # the same sums :meth:`recompute` took
+            if not copy:
+                return Gaussian(self._sums[0], self._sums[1])
             return Gaussian(self._sums[0].copy(), self._sums[1].copy())
         return Gaussian(self.msgs.tau[start:n].sum(axis=0), self.msgs.rho[start:n].sum(axis=0))
 

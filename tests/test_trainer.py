@@ -98,6 +98,63 @@ def test_damped_message_is_ema_of_old_message_and_new_batch_likelihood():
     assert sorted(checked) == list(range(tr.num_batches))
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("order", [None, "parallel"])
+def test_compiled_fold_equals_the_gaussian_arithmetic_bit_for_bit(dtype, order, monkeypatch):
+    """The Trainer's compiled update after a batch (``sites_cpu.fold_message``: damp, total, store in one
+    pass, in place) leaves the stored batch messages, the total and the marginals bit for bit where the
+    Gaussian arithmetic it replaces leaves them: two epochs at damping 0.3 (the first from uniform
+    messages), sequential and chunked orders, float64 and float32."""
+    from schedules import Parallel
+
+    from factorgraph.kernels import sites_cpu
+
+    X, Y = _data(50)
+    runs, calls = [], []
+    fold = sites_cpu.fold_message
+    monkeypatch.setattr(sites_cpu, "fold_message", lambda *a: calls.append(1) or fold(*a))
+    for compiled in (True, False):
+        if not compiled:
+            assert len(calls) == 2 * 4 * 4 * 2  # epochs, batches, weight tensors, tau and rho
+            monkeypatch.setattr(Trainer, "_fold_compiled", staticmethod(lambda total, store: False))
+        fg = create_factor_graph(TEMPLATES, batch_size=16, seed=4, dtype=dtype)
+        tr = Trainer(fg, X, Y, damping=constant_damping(0.3), progress=False,
+                     order=Parallel(4, 0.5) if order else None)
+        tr.train(num_epochs=2, num_training_its=2)
+        runs.append(tr)
+    a, b = runs
+    for key in a.msgs:
+        for x, y in ((a.msgs[key], b.msgs[key]), (a.total[key], b.total[key])):
+            assert x.tau.dtype == np.dtype(dtype)
+            np.testing.assert_array_equal(x.tau, y.tau)
+            np.testing.assert_array_equal(x.rho, y.rho)
+    for key, (tau, rho) in _marginals(a.fg).items():
+        np.testing.assert_array_equal(tau, _marginals(b.fg)[key][0])
+        np.testing.assert_array_equal(rho, _marginals(b.fg)[key][1])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_fold_message_kernel_equals_the_numpy_formula(dtype):
+    """``fold_message`` against ``(1 - beta) old + beta new``, ``total + damped - old`` in NumPy, bit for bit,
+    with infinities and NaN passed through as NumPy passes them, for beta 1 and 0.37."""
+    from factorgraph.kernels import sites_cpu
+
+    rng = np.random.default_rng(2)
+    for beta in (1.0, 0.37):
+        total, old, new = (rng.normal(0, 10, 203).astype(dtype) for _ in range(3))
+        old[:3] = [np.inf, -np.inf, np.nan]
+        new[3] = np.nan
+        with np.errstate(invalid="ignore"):
+            damped = (1 - beta) * old + beta * new
+            want_total = total + damped - old
+        got_total, store = total.copy(), old.copy()
+        with np.errstate(invalid="ignore"):
+            sites_cpu.fold_message(got_total, store, new, beta)
+        np.testing.assert_array_equal(store, damped)
+        np.testing.assert_array_equal(got_total, want_total)
+        assert store.dtype == got_total.dtype == dtype
+
+
 def test_save_load_resume_reproduces_uninterrupted_run(tmp_path):
     X, Y = _data(40)
     full = Trainer(create_factor_graph(TEMPLATES, batch_size=16, seed=3), X, Y, progress=False)

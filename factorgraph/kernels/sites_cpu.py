@@ -9,6 +9,7 @@ fixed cost per chunk):
 * :func:`cavity_moments`: strict division ``q / m_site`` with the cavity's mean and variance;
 * :func:`marginal_check`: the after-sweep health check of a marginal against its batch prior;
 * :func:`slot_sums`: the exact marginal's recompute, the slots' sum and the prior in one pass.
+* :func:`fold_message`: the Trainer's damped batch message and total after a batch.
 
 ``tests/test_batched_schedules.py`` checks them against the NumPy forms.
 """
@@ -217,3 +218,22 @@ def slot_sums(m, u, prior, s, q):
         _slot_sums_threads(m, u, prior, s, q, 16)
     else:
         _slot_sums_part(m, u, prior, s, q, 0, s.shape[0])
+
+
+@njit(cache=True, error_model="numpy")
+def _fold_loop(total, store, new, a, b):
+    for i in range(total.shape[0]):
+        old = store[i]
+        damped = a * old + b * new[i]
+        total[i] = total[i] + damped - old
+        store[i] = damped
+
+
+def fold_message(total, store, new, beta):
+    """The Trainer's update after a batch, in place, for one natural parameter (flat arrays of one dtype):
+    the block's stored message ``store`` damped toward its new likelihood ``new``, ``d = (1 - beta) store +
+    beta new`` (:meth:`factorgraph.gaussian.Gaussian.damp`), the total ``total + d - store``, then ``store =
+    d``: one pass where the NumPy form takes six and four temporaries, with its numbers (``1 - beta`` and
+    ``beta`` rounded to the arrays' dtype first, as NumPy does with a Python float)."""
+    dt = total.dtype.type
+    _fold_loop(total, store, new, dt(1 - beta), dt(beta))
