@@ -494,7 +494,7 @@ def _tilted_exact(mu_a, var_a, mu_z, var_z, slope):
 
 
 # conflicting messages: each side's truncation sits 3 to 40 sd beyond the kink (t from -3 to -40), where
-# u = 1 - v (v + t) by the direct formula lost up to 1e-9 relative before the continued fraction
+# u = 1 - v (v + t) by the direct formula lost up to 1e-9 relative before the tail moments (now tail_moments)
 CONFLICTS = [
     (2.647347418342025, 0.01148043035209221, -2.10271330627373, 0.00396802630047717),
     (1.4382328997062102, 0.003812730916045304, -6.355092372420756, 0.0060771982522463104),
