@@ -150,6 +150,7 @@ class WeightSlots:
         self.damping = 1.0
         self.used = 0  # slots 0 .. used-1 may hold messages; the others are G(0, 0)
         self._sums = None  # (tau, rho) sums of slots 0 .. used-1 from the last recompute, while unchanged
+        self._sum_buf = None  # the arrays the compiled recompute writes those sums into, kept between batches
         self.max_step = None  # trust region of :meth:`replace` in marginal sds (schedules.Parallel)
 
     @property
@@ -277,35 +278,79 @@ class WeightSlots:
         g = self.q if self.pending is None else self.pending
         return g.tau, g.rho
 
-    def recompute(self):
-        """Exact marginal: product of all B + 1 slots (the unused ones are G(0, 0) and skipped)."""
+    def recompute(self, limit=None):
+        """Exact marginal: product of all B + 1 slots (the unused ones are G(0, 0) and skipped).
+
+        On the CPU one compiled pass (:func:`factorgraph.kernels.sites_cpu.marginal_sums`) into the
+        marginal's own arrays; with ``limit`` (prior sds) it also checks the new marginal in that pass and
+        returns ``(finite and proper?, means beyond limit, largest shift)`` as
+        :meth:`factorgraph.model.FactorGraph._marginal_health` does.  Returns ``None`` where it did not check
+        (no ``limit``, or the array form ran)."""
         u, B = self.used, self.batch_size
         m = self.msgs
-        if (type(m.tau) is np.ndarray and kernels.enabled() and m.tau.flags.c_contiguous
-                and m.rho.flags.c_contiguous):
-            sums = tuple(np.empty(self.shape, m.dtype) for _ in range(2))
-            q = Gaussian(np.empty(self.shape, m.dtype), np.empty(self.shape, m.dtype))
+        if self._compiled():
+            q = self._writable_q()
+            if u == 1:  # the sum is slot 0 itself: the kernel does not copy it
+                sums = (m.tau[0], m.rho[0])
+            else:
+                if self._sum_buf is None:
+                    self._sum_buf = tuple(np.empty(self.shape, m.dtype) for _ in range(2))
+                sums = self._sum_buf
+            flat = [a.reshape(-1) for a in (m.tau[B], m.rho[B], *sums, q.tau, q.rho)]
             sites = kernels.module(m.tau, "sites")
-            for v, s, qv in ((m.tau, sums[0], q.tau), (m.rho, sums[1], q.rho)):  # the same numbers, threaded
-                sites.slot_sums(v.reshape(B + 1, -1), u, B, s.reshape(-1), qv.reshape(-1))
+            health = sites.marginal_sums(m.tau.reshape(B + 1, -1), m.rho.reshape(B + 1, -1), u, *flat, limit)
             self._sums, self.q = sums, q
-            return
+            return health
         self._sums = (m.tau[:u].sum(axis=0), m.rho[:u].sum(axis=0))
         self.q = Gaussian(self._sums[0] + m.tau[B], self._sums[1] + m.rho[B])
+        return None
 
-    def reset(self, prior):
-        """Set the batch prior, clear every per-example message, and set ``q`` to the prior."""
-        self.msgs.tau[:self.used] = 0
-        self.msgs.rho[:self.used] = 0
+    def _compiled(self):
+        """Whether the compiled CPU passes take the slots (NumPy, C-contiguous, kernels on)."""
+        m = self.msgs
+        return (type(m.tau) is np.ndarray and kernels.enabled() and m.tau.flags.c_contiguous
+                and m.rho.flags.c_contiguous)
+
+    def _writable_q(self, *avoid):
+        """The marginal's arrays where a compiled pass may write them in place (two distinct C-contiguous
+        NumPy arrays of the slots' shape and dtype, sharing no memory with the arrays ``avoid``), else new
+        arrays."""
+        q, dtype = self.q, self.msgs.dtype
+        arrays = (q.tau, q.rho)
+        if (all(type(a) is np.ndarray and a.shape == self.shape and a.dtype == dtype and a.flags.c_contiguous
+                for a in arrays) and not np.may_share_memory(*arrays)
+                and not any(np.may_share_memory(a, b) for a in avoid for b in arrays)):
+            return q
+        return Gaussian(np.empty(self.shape, dtype), np.empty(self.shape, dtype))
+
+    def reset(self, prior, removed=None):
+        """Set the batch prior to ``prior`` (to ``prior / removed``, natural parameters subtracted, where
+        ``removed`` is given), clear every per-example message, and set ``q`` to the batch prior.  On the
+        CPU one compiled pass (:func:`factorgraph.kernels.sites_cpu.reset_slots`) into the slots' and the
+        marginal's own arrays."""
+        m, B = self.msgs, self.batch_size
+        given = (prior.tau, prior.rho) + (() if removed is None else (removed.tau, removed.rho))
+        if self._compiled() and all(type(a) is np.ndarray and a.shape == self.shape for a in given):
+            self.q = q = self._writable_q(*given)
+            flat = [np.ascontiguousarray(a, m.dtype).reshape(-1) for a in given]
+            kernels.module(m.tau, "sites").reset_slots(m.tau.reshape(B + 1, -1), m.rho.reshape(B + 1, -1),
+                                                       self.used, B, *flat[:2], q.tau.reshape(-1),
+                                                       q.rho.reshape(-1), *flat[2:])
+        else:
+            if removed is not None:
+                prior = Gaussian(prior.tau - removed.tau, prior.rho - removed.rho)
+            m.tau[:self.used] = 0
+            m.rho[:self.used] = 0
+            m[B] = prior
+            self.q = prior.copy()
         self.used = 0
         self._sums = None
-        self.msgs[self.batch_size] = prior
-        self.q = prior.copy()
 
     def likelihood(self, n=None, start=0, copy=True):
         """Product of the per-example messages of slots ``start .. n-1`` (prior slot excluded).  With
-        ``copy=False`` the sums of the last :meth:`recompute` may be returned as they are (read them only:
-        they are the slots' state)."""
+        ``copy=False`` the sums of the last :meth:`recompute` may be returned as they are (read them only,
+        before the next :meth:`recompute` or :meth:`reset`: the sums are the recompute's arrays, or slot 0's
+        own message where only slot 0 is in use)."""
         n = min(self.batch_size if n is None else n, self.used)
         xp = self.msgs.xp
         if n <= start:

@@ -193,6 +193,11 @@ class FactorGraph:
         if not isinstance(num_training_its, (int, np.integer)) or num_training_its < 1:
             raise ValueError(f"num_training_its must be a positive integer, got {num_training_its!r}")
         order = order or Shuffled()
+        self._check_order(order)
+        self._train_checked(X, Y, num_training_its, order, progress)
+
+    def _check_order(self, order):
+        """Raise ``TypeError``/``ValueError`` unless ``order`` is a within-batch order this graph can run."""
         if not is_order(order):
             hint = (" (ByEpoch changes the order between epochs: pass it to trainer.Trainer)"
                     if hasattr(order, "at") else "")
@@ -204,10 +209,15 @@ class FactorGraph:
                 raise ValueError(f"{order} needs layers with batched messages (forward_chunk/backward_chunk); "
                                  f"not supported by: {', '.join(bad)}")
             order.layer_damping(len(self.weighted_layers()))
+
+    def _train_checked(self, X, Y, num_training_its, order, progress=False):
+        """:meth:`train_batch` after its checks: ``X``, ``Y`` as its checks return them (the Trainer checks
+        its whole training set once and passes batches of it), ``order`` passed :meth:`_check_order`."""
+        n = X.shape[0]
         perm = order.permutation(n, self.rng)
         xp = self._xp()
         X, Y = xp.asarray(X), xp.asarray(Y)
-        bar = tqdm(total=num_training_its * n, disable=not progress, desc="train_batch", leave=False)
+        bar = tqdm(total=num_training_its * n, desc="train_batch", leave=False) if progress else None
         for _ in range(num_training_its):
             try:
                 if isinstance(order, Parallel):
@@ -219,21 +229,27 @@ class FactorGraph:
                     self._sweep(X, Y, perm, getattr(order, "chunk_size", 1), getattr(order, "damping", 1.0))
             except (ZeroDivisionError, FloatingPointError) as e:  # compiled kernels raise these on inf/NaN
                 self._diverged(order, f"{type(e).__name__} ({e}) inside a sweep", e)
-            bar.update(n)
+            if bar is not None:
+                bar.update(n)
             with kernels.threaded():  # large passes once per sweep, whatever the order
-                self.recompute_marginals()
-                self._check_marginals(order)
-        bar.close()
+                self._check_marginals(order, self.recompute_marginals(check=True))
+        if bar is not None:
+            bar.close()
         self._flush_guards()
 
-    def _check_marginals(self, order):
+    def _check_marginals(self, order, health=None):
         """Raise (never continue silently) when a sweep left a weight marginal non-finite or improper;
         warn (guard ``mean_shift_beyond_prior``) when marginal means ran more than
-        ``config.MEAN_SHIFT_WARN_SDS`` batch-prior standard deviations away from the batch prior."""
+        ``config.MEAN_SHIFT_WARN_SDS`` batch-prior standard deviations away from the batch prior.
+        ``health``: the recompute's own checks (:meth:`recompute_marginals`), where it made them."""
         far = []
         named = [(l, layer, name, s) for l, layer in self.weighted_layers()
                  for name, s in layer.params.items()]
-        for (l, layer, name, s), (ok, n, top) in zip(named, self._marginals_health([e[3] for e in named])):
+        health = list(health or [None] * len(named))
+        missing = [j for j, h in enumerate(health) if h is None]
+        for j, h in zip(missing, self._marginals_health([named[j][3] for j in missing])):
+            health[j] = h
+        for (l, layer, name, s), (ok, n, top) in zip(named, health):
             if not ok:
                 self._diverged(order, f"the marginal of layer {l} ({layer.kind}) {name} is non-finite or "
                                       "improper after a sweep")
@@ -343,18 +359,21 @@ class FactorGraph:
             for s in slots:
                 s.damping = 1.0
 
-    def recompute_marginals(self):
-        """Set every weight marginal to the exact product of its batch prior and per-example messages."""
-        for _, layer in self.weighted_layers():
-            for slots in layer.params.values():
-                slots.recompute()
+    def recompute_marginals(self, check=False):
+        """Set every weight marginal to the exact product of its batch prior and per-example messages.  With
+        ``check``, the list of each weight tensor's health (:meth:`_marginal_health`) where the recompute's
+        compiled pass checked it, ``None`` for the others."""
+        limit = config.MEAN_SHIFT_WARN_SDS if check else None
+        health = [s.recompute(limit) for _, layer in self.weighted_layers() for s in layer.params.values()]
+        return health if check else None
 
-    def reset_batch(self, priors):
-        """Start a new batch: ``priors[l][name]`` becomes each weight's batch prior and marginal; every
+    def reset_batch(self, priors, removed=None):
+        """Start a new batch: ``priors[l][name]`` (divided by ``removed[l][name]`` where given: the Trainer's
+        total without the batch's own message) becomes each weight's batch prior and marginal; every
         per-example message and cache is cleared (SPEC 8.3 step 2)."""
         for l, layer in self.weighted_layers():
             for name, slots in layer.params.items():
-                slots.reset(priors[l][name])
+                slots.reset(priors[l][name], None if removed is None else removed[l][name])
         for layer in self.layers:
             layer.reset_batch_caches()
 

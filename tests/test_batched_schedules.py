@@ -437,7 +437,7 @@ def test_compiled_site_replacement_equals_the_numpy_form(dtype, damping, max_ste
 @pytest.mark.parametrize("used", [0, 1, 5, 40])
 @pytest.mark.parametrize("threads", [False, True])
 def test_recompute_by_the_compiled_slot_sums_equals_numpy(dtype, used, threads, monkeypatch):
-    """``WeightSlots.recompute`` through ``sites_cpu.slot_sums`` (threaded or not) against NumPy's
+    """``WeightSlots.recompute`` through ``sites_cpu.marginal_sums`` (threaded or not) against NumPy's
     ``msgs[:u].sum(axis=0)`` and ``+ prior``: the same marginal and sums, bit for bit, for 0, 1, 5 and 40
     used slots (the threaded kernel over parts of the weights)."""
     from factorgraph import kernels
@@ -881,3 +881,109 @@ def test_parse_order_takes_order_expressions_only():
                        ("Parallel(8", "SyntaxError")):
         with pytest.raises(ValueError, match=match):
             parse_order(bad)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("used", [0, 1, 5])
+@pytest.mark.parametrize("divide", [False, True])
+@pytest.mark.parametrize("threads", [False, True])
+def test_reset_by_the_compiled_pass_equals_numpy(dtype, used, divide, threads, monkeypatch):
+    """``WeightSlots.reset(prior[, removed])`` by ``sites_cpu.reset_slots`` (threaded or not) against the
+    array form: every slot, the batch prior ``prior - removed`` and the marginal bit for bit; the marginal
+    keeps its own arrays (written in place, never the prior's or the arguments')."""
+    from factorgraph import kernels
+    from factorgraph.factor import WeightSlots
+    from factorgraph.kernels import sites_cpu
+
+    shape = (130, 150)  # 19500 weights: threaded from sites_cpu.THREADS_MIN inside kernels.threaded
+    assert sites_cpu.THREADS_MIN <= shape[0] * shape[1]
+    results = []
+    for compiled in (False, True):
+        monkeypatch.setattr(kernels, "_ENABLED", compiled)
+        rng = np.random.default_rng(used)
+        s = WeightSlots(_g(rng, shape).astype(dtype), 8)
+        s.msgs.tau[:used] = rng.normal(0, 3, (used,) + shape)
+        s.msgs.rho[:used] = 10 ** rng.uniform(-3, 1, (used,) + shape)
+        s.used = used
+        s.recompute()
+        q_arrays = (s.q.tau, s.q.rho)
+        prior, removed = _g(rng, shape, 3.0).astype(dtype), _g(rng, shape).astype(dtype)
+        kept = prior.copy(), removed.copy()
+        with kernels.threaded() if threads else contextlib.nullcontext():
+            s.reset(prior, removed if divide else None)
+        assert s.used == 0 and s.likelihood().rho.max() == 0
+        for a, b in zip(kept, (prior, removed)):  # the arguments are not written
+            np.testing.assert_array_equal(a.tau, b.tau)
+            np.testing.assert_array_equal(a.rho, b.rho)
+        if compiled:
+            assert s.q.tau is q_arrays[0] and s.q.rho is q_arrays[1]  # in place
+        s.q.tau += 1  # the marginal shares no memory with the prior
+        assert not np.shares_memory(s.q.tau, s.msgs.tau) and not np.shares_memory(s.q.rho, prior.rho)
+        s.q.tau -= 1
+        results.append((s.msgs.tau, s.msgs.rho, s.q.tau, s.q.rho))
+    for a, b in zip(*results):
+        assert a.dtype == b.dtype == dtype
+        np.testing.assert_array_equal(b, a)
+    want_tau = (prior.tau - removed.tau) if divide else prior.tau
+    np.testing.assert_array_equal(results[1][0][-1], want_tau)
+
+
+def test_reset_with_its_own_marginal_as_the_prior():
+    """``reset(slots.q)`` (the prior is the marginal's own arrays) and ``reset(slots.prior)`` leave the
+    batch prior and the marginal equal to it, in separate arrays."""
+    from factorgraph.factor import WeightSlots
+
+    rng = np.random.default_rng(0)
+    s = WeightSlots(_g(rng, (20, 30)), 4)
+    s.msgs[0] = _g(rng, (20, 30))
+    s.used = 1
+    s.recompute()
+    want = s.q.copy()
+    s.reset(s.q)
+    for g in (s.prior, s.q):
+        np.testing.assert_array_equal(g.tau, want.tau)
+        np.testing.assert_array_equal(g.rho, want.rho)
+    assert not np.shares_memory(s.q.tau, s.msgs.tau)
+    s.reset(s.prior)
+    np.testing.assert_array_equal(s.q.rho, want.rho)
+    np.testing.assert_array_equal(s.prior.rho, want.rho)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("threads", [False, True])
+def test_recompute_checks_the_marginal_in_its_own_pass_as_the_separate_check(dtype, threads, monkeypatch):
+    """``WeightSlots.recompute(limit)`` returns the health the after-sweep check computes on its own
+    (``FactorGraph._marginal_health``: finite and proper, runaway means, the largest shift) for ordinary
+    marginals, two runaway means, and each kind of broken marginal (NaN, inf, zero and negative precision),
+    on one thread and in 16 parts."""
+    from factorgraph import config, kernels
+    from factorgraph.factor import WeightSlots
+    from factorgraph.kernels import sites_cpu
+    from factorgraph.model import FactorGraph
+
+    monkeypatch.setattr(sites_cpu, "THREADS_MIN", 1)
+    rng = np.random.default_rng(4)
+    shape = (40, 7)
+    base = WeightSlots(Gaussian(rng.normal(0, 1, shape), rng.uniform(0.5, 2, shape)).astype(dtype), 3)
+    base.msgs[0] = Gaussian(rng.normal(0, 1, shape), rng.uniform(0, 5, shape)).astype(dtype)
+    base.msgs[1] = Gaussian(rng.normal(0, 0.1, shape), rng.uniform(0, 1, shape)).astype(dtype)
+    base.used = 2
+    base.msgs.tau[0, 3, 4] = 5e5  # a runaway mean
+    base.msgs.tau[1, 9, 2] = -2e6
+    base.prior.rho[2, 2], base.msgs.rho[0, 2, 2] = 1.0, 0.5  # slot 1's precision -1.5 makes q's exactly 0
+    breaks = [(np.nan, 1.0), (np.inf, 1.0), (1.0, np.inf), (0.0, -1.5), (1.0, -50.0)]
+    for case in [None] + breaks:
+        s = WeightSlots(base.prior.copy(), 3)
+        s.msgs[:2] = base.msgs[:2]
+        s.used = 2
+        if case is not None:
+            s.msgs.tau[1, 2, 2], s.msgs.rho[1, 2, 2] = case
+        with kernels.threaded() if threads else contextlib.nullcontext():
+            got = s.recompute(config.MEAN_SHIFT_WARN_SDS)
+        want = FactorGraph._marginal_health(s)
+        assert got[0] == want[0] == (case is None)
+        if case is None:
+            assert got[1] == want[1] == 2
+            assert got[2] == want[2]
+    assert WeightSlots(base.prior.copy(), 3).recompute() is None  # no limit: no check
+    assert config.MEAN_SHIFT_WARN_SDS == 1e4  # both runaway means beyond it, nothing else

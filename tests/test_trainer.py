@@ -134,10 +134,17 @@ def test_compiled_fold_equals_the_gaussian_arithmetic_bit_for_bit(dtype, order, 
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_fold_message_kernel_equals_the_numpy_formula(dtype):
+@pytest.mark.parametrize("threads", [False, True])
+def test_fold_message_kernel_equals_the_numpy_formula(dtype, threads, monkeypatch):
     """``fold_message`` against ``(1 - beta) old + beta new``, ``total + damped - old`` in NumPy, bit for bit,
-    with infinities and NaN passed through as NumPy passes them, for beta 1 and 0.37."""
+    with infinities and NaN passed through as NumPy passes them, for beta 1 and 0.37, on one thread and in
+    16 parts on all threads."""
+    import contextlib
+
+    from factorgraph import kernels
     from factorgraph.kernels import sites_cpu
+
+    monkeypatch.setattr(sites_cpu, "THREADS_MIN", 1)
 
     rng = np.random.default_rng(2)
     for beta in (1.0, 0.37):
@@ -148,7 +155,7 @@ def test_fold_message_kernel_equals_the_numpy_formula(dtype):
             damped = (1 - beta) * old + beta * new
             want_total = total + damped - old
         got_total, store = total.copy(), old.copy()
-        with np.errstate(invalid="ignore"):
+        with np.errstate(invalid="ignore"), kernels.threaded() if threads else contextlib.nullcontext():
             sites_cpu.fold_message(got_total, store, new, beta)
         np.testing.assert_array_equal(store, damped)
         np.testing.assert_array_equal(got_total, want_total)
@@ -243,3 +250,76 @@ def test_batch_likelihood_reuses_the_recompute_sums_only_while_no_slot_changed()
     assert not np.array_equal(after.tau, direct[0])
     half = slots.likelihood(3)
     np.testing.assert_array_equal(half.rho, slots.msgs.rho[:3].sum(axis=0))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_compiled_total_recompute_equals_numpy_bit_for_bit(dtype, monkeypatch):
+    """The epoch's exact total ``Q = prior * prod_b W_msg[b]`` by ``sites_cpu.marginal_sums`` (threaded)
+    equals NumPy's ``prior + msgs.sum(axis=0)`` bit for bit, after two epochs of stored messages."""
+    from factorgraph import kernels
+
+    X, Y = _data(50)
+    tr = Trainer(create_factor_graph(TEMPLATES, batch_size=8, seed=2, dtype=dtype), X, Y,
+                 damping=constant_damping(0.4), progress=False)
+    tr.train(num_epochs=2)
+    tr.recompute_total()
+    compiled = {k: (g.tau.copy(), g.rho.copy()) for k, g in tr.total.items()}
+    monkeypatch.setattr(kernels, "_ENABLED", False)
+    tr.recompute_total()
+    for key, g in tr.total.items():
+        assert g.tau.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(compiled[key][0], g.tau)
+        np.testing.assert_array_equal(compiled[key][1], g.rho)
+    assert len(tr.msgs) == 4 and tr.num_batches == 7
+
+
+@pytest.mark.parametrize("mixing", [False, True])
+def test_the_batch_reset_in_one_pass_equals_batch_prior_and_reset(mixing):
+    """The epoch's reset of a batch (``reset_batch(total, removed=W_msg[b])``, the batch prior formed in the
+    reset's own pass) leaves every weight's slots and marginal where ``reset_batch(batch_prior(b))`` leaves
+    them, bit for bit; a mixing Trainer (two blocks per batch) trains on after it."""
+    import copy
+
+    X, Y = _data(48)
+    tr = Trainer(create_factor_graph(TEMPLATES, batch_size=8, seed=2), X, Y, mixing=mixing, progress=False,
+                 damping=constant_damping(0.5))
+    tr.train(num_epochs=2)
+    a, b = copy.deepcopy(tr.fg), copy.deepcopy(tr.fg)
+    a.reset_batch(tr.batch_prior(3))
+    b.reset_batch(tr._by_layer(tr.total), tr._by_layer({k: m[3] for k, m in tr.msgs.items()}))
+    for (l, layer), (_, other) in zip(a.weighted_layers(), b.weighted_layers()):
+        for name, s in layer.params.items():
+            o = other.params[name]
+            for x, y in ((s.msgs, o.msgs), (s.q, o.q)):
+                np.testing.assert_array_equal(x.tau, y.tau)
+                np.testing.assert_array_equal(x.rho, y.rho)
+    tr.train(num_epochs=1)
+
+
+def test_each_visit_starts_from_its_own_batch_prior():
+    """Every visit of batch ``b`` in an epoch starts the graph from ``P_b = Q / W_msg[b]`` of that moment
+    (the batch prior slot and the marginal of every weight), with three batches and unequal messages."""
+    X, Y = _data(48)
+    fg = create_factor_graph(TEMPLATES, batch_size=16, seed=2)
+    seen = []
+    tr = Trainer(fg, X, Y, progress=False, damping=constant_damping(0.6),
+                 callbacks={"on_batch_end": lambda t, e, b: seen.append(b)})
+    tr.train(num_epochs=1)
+    reset = fg.reset_batch
+    started = []
+
+    def recording(*args):
+        want = [tr.batch_prior(k) for k in range(tr.num_batches)]  # before the reset, from this moment's Q
+        reset(*args)
+        started.append((want, {(l, n): (s.prior.copy(), s.q.copy()) for l, layer in fg.weighted_layers()
+                               for n, s in layer.params.items()}))
+
+    fg.reset_batch = recording
+    seen.clear()
+    tr.train(num_epochs=2)
+    assert len(seen) == len(started) == 2 * tr.num_batches == 6
+    for b, (want, got) in zip(seen, started):
+        for (l, name), (prior, q) in got.items():
+            for g in (prior, q):
+                np.testing.assert_array_equal(g.tau, want[b][l][name].tau)
+                np.testing.assert_array_equal(g.rho, want[b][l][name].rho)

@@ -4,8 +4,9 @@ For each weighted tensor the Trainer keeps the true prior and one message ``W_ms
 (initially ``G(0, 0)``), and a running total ``Q = prior * prod_b W_msg[b]``.  For every batch ``b``
 visited in an epoch:
 
-1. batch prior ``P_b = Q / W_msg[b]``, formed as a new array (the stored messages are not mutated);
-2. the FactorGraph is reset: slot B := ``P_b``, q := ``P_b``, per-example messages and caches cleared;
+1. batch prior ``P_b = Q / W_msg[b]`` (the stored messages are not mutated);
+2. the FactorGraph is reset: slot B := ``P_b``, q := ``P_b``, per-example messages and caches cleared (steps
+   1 and 2 in one compiled pass per weight tensor on the CPU, :meth:`factorgraph.factor.WeightSlots.reset`);
 3. ``train_batch(X_b, Y_b, its)``;
 4. ``L_b`` = product of the batch's per-example messages; ``W_msg[b] := EMA(W_msg[b], L_b, beta_e)`` and
    ``Q`` is updated by the difference (recomputed exactly at the end of each epoch).
@@ -33,7 +34,7 @@ from factorgraph import kernels
 from factorgraph.backend import to_device
 from factorgraph.gaussian import Gaussian
 from schedules.epochs import Constant, EpochSchedule
-from schedules.orders import ByEpoch, Parallel, is_order
+from schedules.orders import ByEpoch, Parallel, Shuffled, is_order
 from trainer.damping import thesis_damping
 
 #: written by :meth:`Trainer.save`; version 2 stores only the weight slots in use (``WeightSlots.state``)
@@ -93,9 +94,9 @@ class Trainer:
                             f"schedules.ByEpoch, got {order!r}")
         if self.mixing and any(isinstance(o, Parallel) for o in _orders(order)):
             raise ValueError("mixing needs per-example messages; Parallel stores one message per chunk")
-        for o in _orders(order):  # per-layer dampings must fit the graph before any epoch starts
-            if isinstance(o, Parallel):
-                o.layer_damping(len(fg.weighted_layers()))
+        for o in _orders(order):  # each order (and its per-layer dampings) must fit the graph before an epoch
+            if o is not None:
+                fg._check_order(o)
         B = fg.batch_size
         if self.mixing and B < 2:
             raise ValueError("mixing needs batch_size >= 2 (batches are made of two halves)")
@@ -157,20 +158,37 @@ class Trainer:
         bar = tqdm(groups, desc=f"epoch {self.epoch}", disable=disable, leave=False)
         for group in bar:
             ranges = [self.batches[k] for k in group]
-            idx = np.concatenate([np.arange(a, b) for a, b in ranges])
-            self.fg.reset_batch(self.batch_prior(group))
+            if len(group) == 1:  # the batch prior Q / W_msg[b] formed inside the reset's own pass
+                (a, b), = ranges
+                rows = slice(a, b)
+                with kernels.threaded():
+                    self.fg.reset_batch(self._by_layer(self.total),
+                                        self._by_layer({key: m[group[0]] for key, m in self.msgs.items()}))
+            else:
+                rows = np.concatenate([np.arange(a, b) for a, b in ranges])
+                self.fg.reset_batch(self.batch_prior(group))
             if self.warm_start:
                 self.fg.warm_start_caches(self.warm)
-            self.fg.train_batch(self.X[idx], self.Y[idx], num_training_its, order=order)
+            # X and Y were checked once, whole, by __init__ (and the order too)
+            self.fg._train_checked(self.X[rows], self.Y[rows], num_training_its, order or Shuffled())
             if self.warm_start:
-                self._update_warm(len(idx))
-            self._fold(group, ranges, beta)
+                self._update_warm(sum(b - a for a, b in ranges))
+            with kernels.threaded():
+                self._fold(group, ranges, beta)
             if "on_batch_end" in self.callbacks:
                 self.callbacks["on_batch_end"](self, self.epoch, group[0] if len(group) == 1 else tuple(group))
         bar.close()
         self.recompute_total()
         if "on_epoch_end" in self.callbacks:
             self.callbacks["on_epoch_end"](self, self.epoch)
+
+    @staticmethod
+    def _by_layer(d):
+        """``{(l, name): v}`` as ``{l: {name: v}}`` (the form of :meth:`batch_prior`)."""
+        out = {}
+        for (l, name), v in d.items():
+            out.setdefault(l, {})[name] = v
+        return out
 
     def _fold(self, group, ranges, beta):
         """After a visit of ``group``: each block's stored message moves toward its new likelihood,
@@ -213,9 +231,22 @@ class Trainer:
             self.warm[key] = mean if old is None else old.damp(mean, 1 - WARM_RATE)
 
     def recompute_total(self):
-        """``Q := prior * prod_b W_msg[b]`` exactly."""
+        """``Q := prior * prod_b W_msg[b]`` exactly (on the CPU by the compiled pass of the weight marginals,
+        :func:`factorgraph.kernels.sites_cpu.marginal_sums`: NumPy's numbers, on all threads)."""
         for key, m in self.msgs.items():
             p = self.prior[key]
+            sites = kernels.module(m.tau, "sites")
+            arrays = (m.tau, m.rho, p.tau, p.rho)
+            if (hasattr(sites, "marginal_sums") and len({x.dtype for x in arrays}) == 1
+                    and all(type(x) is np.ndarray and x.flags.c_contiguous for x in arrays)
+                    and p.tau.shape == p.rho.shape == m.tau.shape[1:]):
+                K = m.tau.shape[0]
+                out = [np.empty(p.tau.shape, p.tau.dtype) for _ in range(4)]
+                with kernels.threaded():
+                    sites.marginal_sums(m.tau.reshape(K, -1), m.rho.reshape(K, -1), K, p.tau.reshape(-1),
+                                        p.rho.reshape(-1), *(o.reshape(-1) for o in out))
+                self.total[key] = Gaussian(out[2], out[3])
+                continue
             self.total[key] = Gaussian(p.tau + m.tau.sum(axis=0), p.rho + m.rho.sum(axis=0))
 
     def train(self, num_epochs=1, num_training_its=1, schedule=None):

@@ -8,7 +8,9 @@ fixed cost per chunk):
   weight :func:`step_one`, which :mod:`factorgraph.kernels.sites_cuda` runs on the GPU);
 * :func:`cavity_moments`: strict division ``q / m_site`` with the cavity's mean and variance;
 * :func:`marginal_check`: the after-sweep health check of a marginal against its batch prior;
-* :func:`slot_sums`: the exact marginal's recompute, the slots' sum and the prior in one pass.
+* :func:`marginal_sums`: the exact marginal's recompute, the slots' sum and the prior in one pass (with
+  the after-sweep check in the same pass);
+* :func:`reset_slots`: a new batch's prior, marginal and cleared slots in one pass;
 * :func:`fold_message`: the Trainer's damped batch message and total after a batch.
 
 ``tests/test_batched_schedules.py`` checks them against the NumPy forms.
@@ -22,7 +24,8 @@ from numba import njit, prange
 from factorgraph.kernels import use_threads
 from factorgraph.kernels.moments_cpu import moments_one
 
-#: from this many weights on, :func:`slot_sums` runs on all threads inside
+#: from this many weights on, :func:`marginal_sums`, :func:`reset_slots`, :func:`marginal_check` and
+#: :func:`fold_message` run on all threads inside
 #: :func:`factorgraph.kernels.threaded`
 THREADS_MIN = 16384
 
@@ -121,10 +124,11 @@ def cavity_moments(q_t, q_r, s_t, s_r, rtol, out_t, out_r, out_mu, out_var):
 
 
 @njit(cache=True, inline="always")
-def _mean_shift(qt, qr, pt, pr):
-    """``|mean q - mean p| sqrt(rho_p)`` (means by :func:`moments_one`: 0 where ``rho = 0``)."""
-    mq = moments_one(qt, qr, 0.0, 1.0, math.inf)[0]
-    mp = moments_one(pt, pr, 0.0, 1.0, math.inf)[0]
+def _mean_shift(qt, qr, pt, pr, zero, one, inf):
+    """``|mean q - mean p| sqrt(rho_p)`` (means by :func:`moments_one`: 0 where ``rho = 0``), computed in the
+    constants' dtype."""
+    mq = moments_one(qt, qr, zero, one, inf)[0]
+    mp = moments_one(pt, pr, zero, one, inf)[0]
     return abs(mq - mp) * math.sqrt(pr)
 
 
@@ -133,18 +137,22 @@ def _check_part(q_t, q_r, p_t, p_r, limit):
     """``(ok, far)`` of :func:`marginal_check` over the given elements (a loop that vectorises)."""
     ok = True
     far = 0
+    dt = q_t.dtype.type
+    zero, one, inf, lim = dt(0), dt(1), dt(math.inf), dt(limit)
     for i in range(q_t.shape[0]):
         qt, qr = q_t[i], q_r[i]
-        ok &= math.isfinite(qt) & (qr > 0) & math.isfinite(qr)
-        far += _mean_shift(qt, qr, p_t[i], p_r[i]) > limit
+        ok &= math.isfinite(qt) & (qr > zero) & math.isfinite(qr)
+        far += _mean_shift(qt, qr, p_t[i], p_r[i], zero, one, inf) > lim
     return ok, far
 
 
 @njit(cache=True, error_model="numpy")
 def _top_shift(q_t, q_r, p_t, p_r):
-    top = -math.inf
+    dt = q_t.dtype.type
+    zero, one, inf = dt(0), dt(1), dt(math.inf)
+    top = -inf
     for i in range(q_t.shape[0]):
-        top = max(top, _mean_shift(q_t[i], q_r[i], p_t[i], p_r[i]))
+        top = max(top, _mean_shift(q_t[i], q_r[i], p_t[i], p_r[i], zero, one, inf))
     return top
 
 
@@ -175,58 +183,147 @@ def marginal_check(q_t, q_r, p_t, p_r, limit):
     return bool(ok), int(far), _top_shift(q_t, q_r, p_t, p_r) if far else -math.inf
 
 
-#: elements per block of :func:`slot_sums` (the block's sums stay in the L1 cache across the slots)
+#: elements per block of :func:`marginal_sums` (the block's sums stay in the L1 cache across the slots)
 SUM_BLOCK = 512
 
 
+@njit(cache=True, inline="always")
+def _sum_block(m, u, p, s, q, b, e):
+    """Elements ``b:e`` of one natural parameter: ``s = m[0] + ... + m[u - 1]`` slot by slot (a contiguous
+    loop each), ``q = s + p``; for ``u = 1``, ``q = m[0] + p`` without writing ``s`` (it would be a copy of
+    ``m[0]``)."""
+    qb, pb = q[b:e], p[b:e]
+    if u == 1:
+        m0 = m[0, b:e]
+        for j in range(e - b):
+            qb[j] = m0[j] + pb[j]
+        return
+    sb = s[b:e]
+    if u > 0:
+        m0 = m[0, b:e]
+        for j in range(e - b):
+            sb[j] = m0[j]
+    else:
+        sb[:] = s.dtype.type(0)
+    for i in range(1, u):
+        mi = m[i, b:e]
+        for j in range(e - b):
+            sb[j] += mi[j]
+    for j in range(e - b):
+        qb[j] = sb[j] + pb[j]
+
+
 @njit(cache=True, error_model="numpy")
-def _slot_sums_part(m, u, prior, s, q, lo, hi):
-    """Elements ``lo:hi`` of :func:`slot_sums`, in blocks of ``SUM_BLOCK``: each block's sum over the
-    slots (slot by slot, a contiguous loop each), then its marginal."""
-    zero = s.dtype.type(0)
+def _sums_part(m_t, m_r, u, p_t, p_r, s_t, s_r, q_t, q_r, lo, hi, limit, check):
+    """Elements ``lo:hi`` of :func:`marginal_sums`, in blocks of ``SUM_BLOCK``; ``(ok, far)`` of the
+    marginal's check (:func:`_check_part`) on each block while it is in the cache, when ``check``."""
+    ok = True
+    far = 0
     for b in range(lo, hi, SUM_BLOCK):
         e = min(hi, b + SUM_BLOCK)
-        sb, m0 = s[b:e], m[0, b:e]
-        if u > 0:
-            for j in range(e - b):
-                sb[j] = m0[j]
-        else:
-            sb[:] = zero
-        for i in range(1, u):
-            mi = m[i, b:e]
-            for j in range(e - b):
-                sb[j] += mi[j]
-        qb, mp = q[b:e], m[prior, b:e]
-        for j in range(e - b):
-            qb[j] = sb[j] + mp[j]
+        _sum_block(m_t, u, p_t, s_t, q_t, b, e)
+        _sum_block(m_r, u, p_r, s_r, q_r, b, e)
+        if check:
+            o, f = _check_part(q_t[b:e], q_r[b:e], p_t[b:e], p_r[b:e], limit)
+            ok &= o
+            far += f
+    return ok, far
 
 
 @njit(cache=True, parallel=True)
-def _slot_sums_threads(m, u, prior, s, q, parts):
-    n = s.shape[0]
+def _sums_threads(m_t, m_r, u, p_t, p_r, s_t, s_r, q_t, q_r, limit, check, parts):
+    n = s_t.shape[0]
     size = (n + parts - 1) // parts
+    oks = np.zeros(parts, np.bool_)
+    fars = np.zeros(parts, np.int64)
     for p in prange(parts):
-        _slot_sums_part(m, u, prior, s, q, min(n, p * size), min(n, (p + 1) * size))
+        oks[p], fars[p] = _sums_part(m_t, m_r, u, p_t, p_r, s_t, s_r, q_t, q_r, min(n, p * size),
+                                     min(n, (p + 1) * size), limit, check)
+    return oks.all(), fars.sum()
 
 
-def slot_sums(m, u, prior, s, q):
-    """``s = m[0] + ... + m[u - 1]`` (slot by slot, in NumPy's order for ``m[:u].sum(axis=0)``, so the same
-    numbers) and ``q = s + m[prior]`` for the flat slot messages ``m`` (slots, n): the exact marginal's
-    natural parameters of :meth:`factorgraph.factor.WeightSlots.recompute` in one pass over the slots, on
-    all threads inside :func:`factorgraph.kernels.threaded` (NumPy's reduction runs on one)."""
-    if use_threads(s.shape[0], THREADS_MIN):
-        _slot_sums_threads(m, u, prior, s, q, 16)
+def marginal_sums(m_t, m_r, u, p_t, p_r, s_t, s_r, q_t, q_r, limit=None):
+    """The exact marginal in one pass over the slots: ``s = m[0] + ... + m[u - 1]`` (slot by slot, in NumPy's
+    order for ``m[:u].sum(axis=0)``, so the same numbers; not written for ``u = 1``, where it is ``m[0]``)
+    and ``q = s + p``, for each natural parameter (``m_t, m_r`` of shape (slots, n), the others flat (n,)).
+    With ``limit`` it also checks ``q`` against ``p`` as :func:`marginal_check` does, block by block in the
+    same pass, and returns its ``(ok, far, top)``.  On all threads inside :func:`factorgraph.kernels.threaded`
+    (the same numbers)."""
+    check = limit is not None
+    lim = -1.0 if limit is None else float(limit)
+    args = (m_t, m_r, u, p_t, p_r, s_t, s_r, q_t, q_r)
+    if use_threads(s_t.shape[0], THREADS_MIN):
+        ok, far = _sums_threads(*args, lim, check, 16)
     else:
-        _slot_sums_part(m, u, prior, s, q, 0, s.shape[0])
+        ok, far = _sums_part(*args, 0, s_t.shape[0], lim, check)
+    if check:
+        return bool(ok), int(far), _top_shift(q_t, q_r, p_t, p_r) if far else -math.inf
+    return None
+
+
+@njit(cache=True, inline="always")
+def _reset_one(m, u, prior, p, r, q, lo, hi, divide):
+    """Elements ``lo:hi`` of one natural parameter of :func:`reset_slots` (loops over slices: LLVM
+    vectorises these, not the same loops over whole arrays indexed at ``lo + j``)."""
+    mp, pp, rr, qq = m[prior, lo:hi], p[lo:hi], r[lo:hi], q[lo:hi]
+    for j in range(hi - lo):
+        v = pp[j] - rr[j] if divide else pp[j]
+        mp[j] = v
+        qq[j] = v
+    zero = q.dtype.type(0)
+    for i in range(u):
+        mi = m[i, lo:hi]
+        for j in range(hi - lo):
+            mi[j] = zero
 
 
 @njit(cache=True, error_model="numpy")
-def _fold_loop(total, store, new, a, b):
-    for i in range(total.shape[0]):
-        old = store[i]
-        damped = a * old + b * new[i]
-        total[i] = total[i] + damped - old
-        store[i] = damped
+def _reset_part(m_t, m_r, u, prior, p_t, p_r, r_t, r_r, q_t, q_r, lo, hi, divide):
+    """Elements ``lo:hi`` of :func:`reset_slots`."""
+    _reset_one(m_t, u, prior, p_t, r_t, q_t, lo, hi, divide)
+    _reset_one(m_r, u, prior, p_r, r_r, q_r, lo, hi, divide)
+
+
+@njit(cache=True, parallel=True)
+def _reset_threads(m_t, m_r, u, prior, p_t, p_r, r_t, r_r, q_t, q_r, divide, parts):
+    n = q_t.shape[0]
+    size = (n + parts - 1) // parts
+    for p in prange(parts):
+        lo, hi = min(n, p * size), min(n, (p + 1) * size)
+        _reset_part(m_t, m_r, u, prior, p_t, p_r, r_t, r_r, q_t, q_r, lo, hi, divide)
+
+
+def reset_slots(m_t, m_r, u, prior, p_t, p_r, q_t, q_r, r_t=None, r_r=None):
+    """A new batch in one pass: slot ``prior`` of the slot messages ``m_t, m_r`` (slots, n) and the marginal
+    ``q`` (flat) become the batch prior ``p`` (flat; ``p - r``, natural parameters subtracted as NumPy
+    does, where ``r`` is given: the Trainer's total without the batch's own message), and slots ``0 .. u-1``
+    become ``G(0, 0)``.  On all threads inside :func:`factorgraph.kernels.threaded`."""
+    divide = r_t is not None
+    if not divide:
+        r_t, r_r = p_t, p_r
+    args = (m_t, m_r, u, prior, p_t, p_r, r_t, r_r, q_t, q_r)
+    if use_threads(q_t.shape[0], THREADS_MIN):
+        _reset_threads(*args, divide, 16)
+    else:
+        _reset_part(*args, 0, q_t.shape[0], divide)
+
+
+@njit(cache=True, error_model="numpy")
+def _fold_loop(total, store, new, a, b, lo, hi):
+    t, s, n = total[lo:hi], store[lo:hi], new[lo:hi]  # loops over slices vectorise (see _reset_one)
+    for i in range(hi - lo):
+        old = s[i]
+        damped = a * old + b * n[i]
+        t[i] = t[i] + damped - old
+        s[i] = damped
+
+
+@njit(cache=True, parallel=True)
+def _fold_threads(total, store, new, a, b, parts):
+    n = total.shape[0]
+    size = (n + parts - 1) // parts
+    for p in prange(parts):
+        _fold_loop(total, store, new, a, b, min(n, p * size), min(n, (p + 1) * size))
 
 
 def fold_message(total, store, new, beta):
@@ -234,6 +331,10 @@ def fold_message(total, store, new, beta):
     the block's stored message ``store`` damped toward its new likelihood ``new``, ``d = (1 - beta) store +
     beta new`` (:meth:`factorgraph.gaussian.Gaussian.damp`), the total ``total + d - store``, then ``store =
     d``: one pass where the NumPy form takes six and four temporaries, with its numbers (``1 - beta`` and
-    ``beta`` rounded to the arrays' dtype first, as NumPy does with a Python float)."""
+    ``beta`` rounded to the arrays' dtype first, as NumPy does with a Python float); on all threads inside
+    :func:`factorgraph.kernels.threaded`."""
     dt = total.dtype.type
-    _fold_loop(total, store, new, dt(1 - beta), dt(beta))
+    if use_threads(total.shape[0], THREADS_MIN):
+        _fold_threads(total, store, new, dt(1 - beta), dt(beta), 16)
+    else:
+        _fold_loop(total, store, new, dt(1 - beta), dt(beta), 0, total.shape[0])
