@@ -115,7 +115,7 @@ def test_compiled_fold_equals_the_gaussian_arithmetic_bit_for_bit(dtype, order, 
     monkeypatch.setattr(sites_cpu, "fold_message", lambda *a: calls.append(1) or fold(*a))
     for compiled in (True, False):
         if not compiled:
-            assert len(calls) == 2 * 4 * 4 * 2  # epochs, batches, weight tensors, tau and rho
+            assert len(calls) == 2 * 4 * 4  # epochs, batches, weight tensors
             monkeypatch.setattr(Trainer, "_fold_compiled", staticmethod(lambda total, store: False))
         fg = create_factor_graph(TEMPLATES, batch_size=16, seed=4, dtype=dtype)
         tr = Trainer(fg, X, Y, damping=constant_damping(0.3), progress=False,
@@ -148,15 +148,15 @@ def test_fold_message_kernel_equals_the_numpy_formula(dtype, threads, monkeypatc
 
     rng = np.random.default_rng(2)
     for beta in (1.0, 0.37):
-        total, old, new = (rng.normal(0, 10, 203).astype(dtype) for _ in range(3))
-        old[:3] = [np.inf, -np.inf, np.nan]
-        new[3] = np.nan
+        total, old, new = (rng.normal(0, 10, (2, 203)).astype(dtype) for _ in range(3))  # rows: tau, rho
+        old[0, :3] = [np.inf, -np.inf, np.nan]
+        new[1, 3] = np.nan
         with np.errstate(invalid="ignore"):
             damped = (1 - beta) * old + beta * new
             want_total = total + damped - old
         got_total, store = total.copy(), old.copy()
         with np.errstate(invalid="ignore"), kernels.threaded() if threads else contextlib.nullcontext():
-            sites_cpu.fold_message(got_total, store, new, beta)
+            sites_cpu.fold_message(got_total[0], got_total[1], store[0], store[1], new[0], new[1], beta)
         np.testing.assert_array_equal(store, damped)
         np.testing.assert_array_equal(got_total, want_total)
         assert store.dtype == got_total.dtype == dtype

@@ -193,7 +193,7 @@ class Trainer:
     def _fold(self, group, ranges, beta):
         """After a visit of ``group``: each block's stored message moves toward its new likelihood,
         ``W_msg[b] := (1 - beta) W_msg[b] + beta L_b``, and the total follows, ``Q := Q + W_msg[b]_new -
-        W_msg[b]_old`` (on the CPU one compiled pass per array, :func:`factorgraph.kernels.sites_cpu.
+        W_msg[b]_old`` (on the CPU one compiled pass per weight tensor, :func:`factorgraph.kernels.sites_cpu.
         fold_message`, in place; the same numbers as the Gaussian arithmetic it replaces)."""
         offset = 0
         for k, (a, b) in zip(group, ranges):
@@ -204,10 +204,11 @@ class Trainer:
                     store, total = self.msgs[key], self.total[key]
                     sites = kernels.module(total.tau, "sites")
                     if hasattr(sites, "fold_message") and self._fold_compiled(total, store):
-                        pairs = ((total.tau, store.tau[k], new.tau), (total.rho, store.rho[k], new.rho))
-                        for t, s, n in pairs:
-                            n = np.ascontiguousarray(n, t.dtype)
-                            sites.fold_message(t.reshape(-1), s.reshape(-1), n.reshape(-1), beta)
+                        dt = total.tau.dtype
+                        flat = [a.reshape(-1) for a in (total.tau, total.rho, store.tau[k], store.rho[k],
+                                                         np.ascontiguousarray(new.tau, dt),
+                                                         np.ascontiguousarray(new.rho, dt))]
+                        sites.fold_message(*flat, beta)
                         continue
                     old = store[k]
                     damped = old.damp(new, beta)

@@ -308,8 +308,8 @@ def reset_slots(m_t, m_r, u, prior, p_t, p_r, q_t, q_r, r_t=None, r_r=None):
         _reset_part(*args, 0, q_t.shape[0], divide)
 
 
-@njit(cache=True, error_model="numpy")
-def _fold_loop(total, store, new, a, b, lo, hi):
+@njit(cache=True, inline="always")
+def _fold_one(total, store, new, a, b, lo, hi):
     t, s, n = total[lo:hi], store[lo:hi], new[lo:hi]  # loops over slices vectorise (see _reset_one)
     for i in range(hi - lo):
         old = s[i]
@@ -318,23 +318,31 @@ def _fold_loop(total, store, new, a, b, lo, hi):
         s[i] = damped
 
 
+@njit(cache=True, error_model="numpy")
+def _fold_part(total_t, total_r, store_t, store_r, new_t, new_r, a, b, lo, hi):
+    _fold_one(total_t, store_t, new_t, a, b, lo, hi)
+    _fold_one(total_r, store_r, new_r, a, b, lo, hi)
+
+
 @njit(cache=True, parallel=True)
-def _fold_threads(total, store, new, a, b, parts):
-    n = total.shape[0]
+def _fold_threads(total_t, total_r, store_t, store_r, new_t, new_r, a, b, parts):
+    n = total_t.shape[0]
     size = (n + parts - 1) // parts
     for p in prange(parts):
-        _fold_loop(total, store, new, a, b, min(n, p * size), min(n, (p + 1) * size))
+        _fold_part(total_t, total_r, store_t, store_r, new_t, new_r, a, b, min(n, p * size),
+                   min(n, (p + 1) * size))
 
 
-def fold_message(total, store, new, beta):
-    """The Trainer's update after a batch, in place, for one natural parameter (flat arrays of one dtype):
+def fold_message(total_t, total_r, store_t, store_r, new_t, new_r, beta):
+    """The Trainer's update after a batch, in place, for both natural parameters (flat arrays of one dtype):
     the block's stored message ``store`` damped toward its new likelihood ``new``, ``d = (1 - beta) store +
     beta new`` (:meth:`factorgraph.gaussian.Gaussian.damp`), the total ``total + d - store``, then ``store =
     d``: one pass where the NumPy form takes six and four temporaries, with its numbers (``1 - beta`` and
     ``beta`` rounded to the arrays' dtype first, as NumPy does with a Python float); on all threads inside
     :func:`factorgraph.kernels.threaded`."""
-    dt = total.dtype.type
-    if use_threads(total.shape[0], THREADS_MIN):
-        _fold_threads(total, store, new, dt(1 - beta), dt(beta), 16)
+    dt = total_t.dtype.type
+    args = (total_t, total_r, store_t, store_r, new_t, new_r, dt(1 - beta), dt(beta))
+    if use_threads(total_t.shape[0], THREADS_MIN):
+        _fold_threads(*args, 16)
     else:
-        _fold_loop(total, store, new, dt(1 - beta), dt(beta), 0, total.shape[0])
+        _fold_part(*args, 0, total_t.shape[0])
