@@ -14,7 +14,12 @@ timed in the same run.  Orders are Python expressions over :mod:`schedules`:
 
 Options ``--warm`` (warm-start each batch's activation messages) and ``--mix`` (recombine half batches
 between epochs) apply to every order given; ``--whiten EPS`` ZCA-whitens the inputs first (for every order
-and for the PyTorch epochs).
+and for the PyTorch epochs).  Instead of training, ``--throughput`` times one sweep over one batch per order
+and ``--epochs`` whole Trainer epochs of one sweep per batch (with ``--torch``: against PyTorch SGD epochs,
+in ``--rounds`` alternating rounds):
+
+    python examples/schedules_experiment.py --n 5120 --arch mlp --whiten 1.0 --dtype float32 --batch 64 \
+        --epochs --torch --rounds 5 --orders "Parallel(64, 0.2, max_step=0.3)"
 
     python examples/schedules_experiment.py --n 5120 --arch mlp \\
         --orders "Shuffled()" "Parallel(8, 0.5)" "Parallel(32, 0.5)" "Parallel(320, 0.2)" --torch
@@ -110,6 +115,29 @@ def throughput(arch, data, orders, batch, dtype="float64", reps=5, device="cpu")
     return out
 
 
+def epoch_times(arch, data, orders, batch, dtype="float64", reps=3, device="cpu", seed=98):
+    """Median time per example of a whole Trainer epoch (reset, one sweep and the update of every batch),
+    per order, after a warm-up epoch."""
+    Xtr, ytr = data[0], data[1]
+    out = {}
+    for spec in orders:
+        fg = _graph(arch, batch, seed, dtype, device)
+        tr = Trainer(fg, Xtr, np.eye(10)[ytr], order=_order(spec), progress=False)
+        times = []
+        try:
+            for rep in range(reps + 1):  # the first epoch warms up (compilation, caches)
+                _sync(device)
+                t0 = time.perf_counter()
+                tr.train_epoch(1)
+                _sync(device)
+                times.append(time.perf_counter() - t0)
+        except ArithmeticError:  # a diverging order
+            out[spec] = float("nan")
+            continue
+        out[spec] = float(np.median(times[1:])) / len(Xtr)
+    return out
+
+
 def torch_epochs(arch, data, batch, epochs, seed, device="cpu"):
     """Median wall time of a PyTorch SGD epoch (same architecture, batch size, data and
     model on ``device``), and its test accuracy."""
@@ -186,9 +214,12 @@ def main(argv=None):
     p.add_argument("--torch", action="store_true", help="time PyTorch SGD epochs in the same run")
     p.add_argument("--throughput", action="store_true",
                    help="only time one sweep over one batch per order (median of 5) and exit")
+    p.add_argument("--epochs", action="store_true",
+                   help="only time whole Trainer epochs of one sweep per batch per order (median of 3) "
+                        "and exit")
     p.add_argument("--rounds", type=int, default=1,
-                   help="with --throughput: repeat the timings (and PyTorch's) this many times, alternating, "
-                        "and report the median round with the range")
+                   help="with --throughput or --epochs: repeat the timings (and PyTorch's) this many times, "
+                        "alternating, and report the median round with the range")
     p.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     p.add_argument("--seed", type=int, default=98)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
@@ -198,18 +229,24 @@ def main(argv=None):
     if args.rounds < 1:
         p.error(f"--rounds must be at least 1, got {args.rounds}")
     data = load(args.n, args.arch, args.seed, args.whiten)
-    if args.throughput:
+    if args.throughput or args.epochs:
         # rounds alternate the orders and PyTorch, so a slow phase of a shared machine hits them alike
         runs, torch_runs = [], []
         for _ in range(args.rounds):
-            runs.append(throughput(args.arch, data, args.orders, args.batch, args.dtype, device=args.device))
+            timing = (epoch_times(args.arch, data, args.orders, args.batch, args.dtype, device=args.device,
+                                  seed=args.seed) if args.epochs else
+                      throughput(args.arch, data, args.orders, args.batch, args.dtype, device=args.device))
+            runs.append(timing)
             if args.torch:
                 torch_runs.append(torch_epochs(args.arch, data, args.batch, 5, args.seed, args.device)[0] / args.n)
         res = {spec: float(np.median([r[spec] for r in runs])) for spec in args.orders}
         base = res.get("Shuffled()")
         spread = args.rounds > 1
-        what = f"median of 5, {args.rounds} rounds: median [min - max]" if spread else "median of 5"
-        print(f"| order ({args.arch}, {args.dtype}, {args.device}, one sweep over {args.batch} examples, {what}) | "
+        reps = 3 if args.epochs else 5
+        what = f"median of {reps}" + (f", {args.rounds} rounds: median [min - max]" if spread else "")
+        timed = ("a Trainer epoch of one sweep per batch" if args.epochs
+                 else f"one sweep over {args.batch} examples")
+        print(f"| order ({args.arch}, {args.dtype}, {args.device}, batch {args.batch}, {timed}, {what}) | "
               f"us / example-pass | "
               f"speed-up vs Shuffled() |\n|---|---|---|")
         for spec, t in res.items():
@@ -222,7 +259,9 @@ def main(argv=None):
         if args.torch:
             t = float(np.median(torch_runs))
             span = f" [{1e6 * min(torch_runs):.1f} - {1e6 * max(torch_runs):.1f}]" if spread else ""
-            ratios = "".join(f"; {spec}: {res[spec] / t:.1f}x PyTorch" for spec in args.orders if spec != "Shuffled()")
+            ratios = "".join(f"; {spec}: {res[spec] / t:.2f}x PyTorch" + (
+                " (rounds: " + " / ".join(f"{r[spec] / tr:.2f}" for r, tr in zip(runs, torch_runs)) + ")"
+                if spread else "") for spec in args.orders if spec != "Shuffled()")
             print(f"PyTorch SGD epoch over n = {args.n} (batch {args.batch}): {t * args.n:.3f} s = "
                   f"{1e6 * t:.1f}{span} us / example{ratios}")
         return

@@ -97,6 +97,28 @@ def test_schedules_experiment_refuses_fewer_than_one_round(capsys):
     assert "--rounds must be at least 1, got 0" in capsys.readouterr().err
 
 
+def test_schedules_experiment_epoch_times_trains_whole_epochs(monkeypatch):
+    """``--epochs`` times whole Trainer epochs: a warm-up epoch and ``reps`` timed ones per order, each a
+    positive time per example (small random images, two batches)."""
+    import pathlib
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "examples"))
+    import schedules_experiment
+    from trainer import Trainer
+
+    rng = np.random.default_rng(0)
+    data = (rng.normal(size=(16, 28, 28, 1)), rng.integers(0, 10, 16), None, None, None)
+    epochs = []
+    real = Trainer.train_epoch
+    counted = lambda tr, its=1: epochs.append(tr.num_batches) or real(tr, its)  # noqa: E731
+    monkeypatch.setattr(Trainer, "train_epoch", counted)
+    order = "Parallel(8, 0.2, max_step=0.3)"
+    got = schedules_experiment.epoch_times("mlp", data, [order], 8, "float32", reps=2)
+    assert epochs == [2, 2, 2]
+    assert set(got) == {order} and 0 < got[order] < 1
+
+
 def test_schedules_experiment_plot_log_axis_has_plain_labels(tmp_path, monkeypatch):
     """Wall times spanning more than a decade get a log axis labelled 1-2-5 in plain numbers, without the
     minor labels that overlapped within a decade."""
