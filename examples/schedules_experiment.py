@@ -255,7 +255,7 @@ def main(argv=None):
                 continue
             ts = [1e6 * r[spec] for r in runs]
             span = f" [{min(ts):.0f} - {max(ts):.0f}]" if spread else ""
-            print(f"| {spec} | {1e6 * t:.0f}{span} | {base / t if base else float('nan'):.1f}x |")
+            print(f"| {spec} | {1e6 * t:.0f}{span} | {f'{base / t:.1f}x' if base else '-'} |")
         if args.torch:
             t = float(np.median(torch_runs))
             span = f" [{1e6 * min(torch_runs):.1f} - {1e6 * max(torch_runs):.1f}]" if spread else ""
