@@ -311,7 +311,7 @@ def test_each_visit_starts_from_its_own_batch_prior():
     def recording(*args):
         want = [tr.batch_prior(k) for k in range(tr.num_batches)]  # before the reset, from this moment's Q
         reset(*args)
-        started.append((want, {(l, n): (s.prior.copy(), s.q.copy()) for l, layer in fg.weighted_layers()
+        started.append((want, {(li, n): (s.prior.copy(), s.q.copy()) for li, layer in fg.weighted_layers()
                                for n, s in layer.params.items()}))
 
     fg.reset_batch = recording

@@ -205,10 +205,9 @@ class Trainer:
                     sites = kernels.module(total.tau, "sites")
                     if hasattr(sites, "fold_message") and self._fold_compiled(total, store):
                         dt = total.tau.dtype
-                        flat = [a.reshape(-1) for a in (total.tau, total.rho, store.tau[k], store.rho[k],
-                                                         np.ascontiguousarray(new.tau, dt),
-                                                         np.ascontiguousarray(new.rho, dt))]
-                        sites.fold_message(*flat, beta)
+                        arrays = (total.tau, total.rho, store.tau[k], store.rho[k],
+                                  np.ascontiguousarray(new.tau, dt), np.ascontiguousarray(new.rho, dt))
+                        sites.fold_message(*(a.reshape(-1) for a in arrays), beta)
                         continue
                     old = store[k]
                     damped = old.damp(new, beta)
