@@ -262,6 +262,9 @@ def test_parallel_rejects_a_factor_without_chunk_messages_before_any_change():
     before = [q.tau.copy() for q in _weights(fg)]
     with pytest.raises(ValueError, match="Double"):
         fg.train_batch(np.ones((4, 3)), np.ones((4, 2)), 1, order=Parallel(2))
+    for order in (Parallel(2), ByEpoch(Shuffled(), (2, Parallel(2)))):  # the Trainer: when it is made
+        with pytest.raises(ValueError, match="not supported by: Double"):
+            Trainer(fg, np.ones((8, 3)), np.ones((8, 2)), order=order, progress=False)
     for q, t in zip(_weights(fg), before):
         np.testing.assert_array_equal(q.tau, t)
 
