@@ -116,7 +116,7 @@ def test_compiled_fold_equals_the_gaussian_arithmetic_bit_for_bit(dtype, order, 
     for compiled in (True, False):
         if not compiled:
             assert len(calls) == 2 * 4 * 4  # epochs, batches, weight tensors
-            monkeypatch.setattr(Trainer, "_fold_compiled", staticmethod(lambda total, store: False))
+            monkeypatch.setattr(Trainer, "_compiled_arrays", staticmethod(lambda *gaussians: False))
         fg = create_factor_graph(TEMPLATES, batch_size=16, seed=4, dtype=dtype)
         tr = Trainer(fg, X, Y, damping=constant_damping(0.3), progress=False,
                      order=Parallel(4, 0.5) if order else None)

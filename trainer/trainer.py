@@ -203,7 +203,7 @@ class Trainer:
                     new = slots.likelihood(offset + b - a, start=offset, copy=False)
                     store, total = self.msgs[key], self.total[key]
                     sites = kernels.module(total.tau, "sites")
-                    if hasattr(sites, "fold_message") and self._fold_compiled(total, store):
+                    if hasattr(sites, "fold_message") and self._compiled_arrays(total, store):
                         dt = total.tau.dtype
                         arrays = (total.tau, total.rho, store.tau[k], store.rho[k],
                                   np.ascontiguousarray(new.tau, dt), np.ascontiguousarray(new.rho, dt))
@@ -217,9 +217,10 @@ class Trainer:
             offset += b - a
 
     @staticmethod
-    def _fold_compiled(total, store):
-        """Whether :meth:`_fold` can take the compiled pass: C-contiguous NumPy arrays of one dtype."""
-        arrays = (total.tau, total.rho, store.tau, store.rho)
+    def _compiled_arrays(*gaussians):
+        """Whether the compiled passes (:meth:`_fold`, :meth:`recompute_total`) can take these Gaussians:
+        C-contiguous NumPy arrays of one dtype."""
+        arrays = [x for g in gaussians for x in (g.tau, g.rho)]
         return (all(type(x) is np.ndarray and x.flags.c_contiguous for x in arrays)
                 and len({x.dtype for x in arrays}) == 1)
 
@@ -236,9 +237,7 @@ class Trainer:
         for key, m in self.msgs.items():
             p = self.prior[key]
             sites = kernels.module(m.tau, "sites")
-            arrays = (m.tau, m.rho, p.tau, p.rho)
-            if (hasattr(sites, "marginal_sums") and len({x.dtype for x in arrays}) == 1
-                    and all(type(x) is np.ndarray and x.flags.c_contiguous for x in arrays)
+            if (hasattr(sites, "marginal_sums") and self._compiled_arrays(m, p)
                     and p.tau.shape == p.rho.shape == m.tau.shape[1:]):
                 K = m.tau.shape[0]
                 out = [np.empty(p.tau.shape, p.tau.dtype) for _ in range(4)]
