@@ -32,6 +32,8 @@ To write a custom factor, subclass :class:`Factor`, set ``kind`` and implement `
 beyond calls to :mod:`factorgraph.equations`.
 """
 
+import math
+
 import numpy as np
 
 from factorgraph import config, guards, kernels
@@ -130,6 +132,26 @@ class Factor:
         return f"{self.kind}{self.input_shape}->{self.output_shape_}"
 
 
+class _Written:
+    """An attribute of :class:`WeightSlots` (kept as ``_name``) that writes a pending lazy reset before it
+    is read or set."""
+
+    def __set_name__(self, owner, name):
+        self.attr = "_" + name
+
+    def __get__(self, slots, owner=None):
+        if slots is None:
+            return self
+        if slots._lazy is not None:
+            slots._materialise()
+        return getattr(slots, self.attr)
+
+    def __set__(self, slots, value):
+        if slots._lazy is not None:
+            slots._materialise()
+        setattr(slots, self.attr, value)
+
+
 class WeightSlots:
     """Messages to one weight tensor from every example slot, plus the batch prior and the marginal.
 
@@ -137,12 +159,21 @@ class WeightSlots:
     batch prior.  The marginal ``q`` is their product (sum of natural parameters), maintained
     incrementally by :meth:`replace` (``q <- q + new - old``) and exactly by :meth:`recompute`
     (SPEC 7).
+
+    A lazy reset (``reset(total, removed, lazy=True)``, the Trainer's batches of one chunk) writes nothing:
+    the batch prior stays ``total - removed`` in the Trainer's arrays, which the fused chunk kernels read
+    (:meth:`fused_site`, :meth:`lazy_slot`), and the first chunk writes only its site's slot.  Anything else
+    that reads ``msgs`` or ``q`` (both properties) first writes the state the reset and that chunk stand for
+    (:meth:`_materialise`), with the same numbers.
     """
 
     def __init__(self, prior, batch_size):
         xp = prior.xp
         self.batch_size = batch_size
         self.shape = prior.shape
+        self._lazy = None  # (total, removed) of a lazy reset not yet written (see the class docstring)
+        self._lazy_health = None  # (ok, far) once the lazy batch's first chunk has replaced slot 0
+        self._dirty = 0  # slots 0 .. _dirty-1 may still hold the messages of before a lazy reset
         self.msgs = Gaussian.uniform((batch_size + 1,) + prior.shape, prior.dtype, xp)
         self.msgs[batch_size] = prior
         self.q = prior.copy()
@@ -152,6 +183,52 @@ class WeightSlots:
         self._sums = None  # (tau, rho) sums of slots 0 .. used-1 from the last recompute, while unchanged
         self._sum_buf = None  # the arrays the compiled recompute writes those sums into, kept between batches
         self.max_step = None  # trust region of :meth:`replace` in marginal sds (schedules.Parallel)
+
+    #: the slot messages ``(B + 1, *shape)`` and the marginal (written first where a lazy reset is pending)
+    msgs = _Written()
+    q = _Written()
+
+    @property
+    def lazy(self):
+        """Whether a lazy reset is pending (its batch prior not written; see the class docstring)."""
+        return self._lazy is not None
+
+    def _drop_lazy(self):
+        """Forget a pending lazy reset without writing it (a new reset overwrites what it stood for)."""
+        if self._lazy is not None:
+            self.used = max(self.used, self._dirty)
+            self._lazy = self._lazy_health = None
+            self._dirty = 0
+
+    def _materialise(self):
+        """Write the state a pending lazy reset stands for: the batch prior ``total - removed`` in slot ``B``
+        and ``q`` with the old slots cleared (:meth:`reset`); after the first chunk's replacement
+        (:meth:`lazy_replaced`) also ``q = prior + slot 0``, the exact marginal (:meth:`recompute`), the
+        value the chunk's incremental update gave there."""
+        (total, removed), replaced = self._lazy, self._lazy_health is not None
+        self._drop_lazy()
+        if not replaced:
+            self.reset(total, removed)
+            return
+        self.used = 0  # keep slot 0: it holds the chunk's message
+        self.reset(total, removed)
+        self.used = 1
+        self.recompute()
+
+    def lazy_slot(self, i):
+        """``(tau, rho)`` of slot ``i`` for a fused chunk kernel to write the site's new message into, where
+        a lazy reset is pending and ``i`` is its first site (0), no chunk has replaced it yet and nothing is
+        deferred; else ``None``.  :meth:`fused_site` then gives the Trainer's ``(total, removed)`` arrays
+        in place of ``(q, slot i)``."""
+        if self._lazy is None or i != 0 or self._lazy_health is not None or self.pending is not None:
+            return None
+        return self._msgs.tau[0], self._msgs.rho[0]
+
+    def lazy_replaced(self, ok, far):
+        """A fused kernel wrote the lazy batch's first site message (:meth:`lazy_slot`); ``(ok, far)`` is its
+        check of the new marginal (:func:`factorgraph.kernels.sites_cpu.replace_from_prior`), which
+        :meth:`recompute` returns."""
+        self._lazy_health = (bool(ok), int(far))
 
     @property
     def prior(self):
@@ -223,13 +300,16 @@ class WeightSlots:
         new message and replaces it in place as :meth:`replace` does (``kappa = -1``: no step bound), or
         ``None`` where only :meth:`replace` can (deferred, CPU kernels off).  The kernel's caller calls
         :meth:`touch` first."""
+        damping = self.damping if damping is None else damping
+        kappa = -1.0 if self.max_step is None else self.max_step
+        if self.lazy_slot(i) is not None:  # the batch prior total - removed, read by the kernels
+            (total, removed) = self._lazy
+            return total.tau, total.rho, removed.tau, removed.rho, damping, kappa
         q = self.q
         if (self.pending is not None or (type(q.tau) is np.ndarray and not kernels.enabled())
                 or not q.tau.flags.c_contiguous or not q.rho.flags.c_contiguous):
             return None
-        damping = self.damping if damping is None else damping
-        return (q.tau, q.rho, self.msgs.tau[i], self.msgs.rho[i], damping,
-                -1.0 if self.max_step is None else self.max_step)
+        return (q.tau, q.rho, self.msgs.tau[i], self.msgs.rho[i], damping, kappa)
 
     def _limit_step(self, old_tau, old_rho, new):
         """Scale the step ``new - old`` per weight so the marginal mean moves at most ``max_step`` of the
@@ -285,7 +365,17 @@ class WeightSlots:
         marginal's own arrays; with ``limit`` (prior sds) it also checks the new marginal in that pass and
         returns ``(finite and proper?, means beyond limit, largest shift)`` as
         :meth:`factorgraph.model.FactorGraph._marginal_health` does.  Returns ``None`` where it did not check
-        (no ``limit``, or the array form ran)."""
+        (no ``limit``, or the array form ran).
+
+        After a lazy batch's only chunk the marginal is not written: its check came from the chunk's kernel
+        (:meth:`lazy_replaced`) and the sums are slot 0 (the largest shift, needed only where some mean is
+        beyond ``limit``, writes the state first)."""
+        if self._lazy is not None and self._lazy_health is not None and self.used == 1:
+            ok, far = self._lazy_health
+            if limit is None or not far:
+                self._sums = (self._msgs.tau[0], self._msgs.rho[0])
+                return None if limit is None else (ok, far, -math.inf)
+            self._materialise()  # then the compiled recompute below checks it again, with the largest shift
         u, B = self.used, self.batch_size
         m = self.msgs
         if self._compiled():
@@ -323,14 +413,26 @@ class WeightSlots:
             return q
         return Gaussian(np.empty(self.shape, dtype), np.empty(self.shape, dtype))
 
-    def reset(self, prior, removed=None):
+    def reset(self, prior, removed=None, lazy=False):
         """Set the batch prior to ``prior`` (to ``prior / removed``, natural parameters subtracted, where
         ``removed`` is given), clear every per-example message, and set ``q`` to the batch prior.  On the
         CPU one compiled pass (:func:`factorgraph.kernels.sites_cpu.reset_slots`) into the slots' and the
-        marginal's own arrays."""
-        m, B = self.msgs, self.batch_size
+        marginal's own arrays.
+
+        ``lazy`` (with ``removed``, on the CPU, at most one slot in use): write nothing yet, keep references
+        to ``prior`` and ``removed`` (see the class docstring); the caller must not change them while the
+        reset is pending."""
+        self._drop_lazy()
+        m, B = self._msgs, self.batch_size
         given = (prior.tau, prior.rho) + (() if removed is None else (removed.tau, removed.rho))
-        if self._compiled() and all(type(a) is np.ndarray and a.shape == self.shape for a in given):
+        native = all(type(a) is np.ndarray and a.shape == self.shape for a in given)
+        if (lazy and removed is not None and native and self._compiled() and self.used <= 1
+                and self.pending is None and all(a.dtype == m.dtype and a.flags.c_contiguous for a in given)):
+            self._lazy, self._dirty = (prior, removed), self.used
+            self.used = 0
+            self._sums = None
+            return
+        if self._compiled() and native:
             self.q = q = self._writable_q(*given)
             flat = [np.ascontiguousarray(a, m.dtype).reshape(-1) for a in given]
             kernels.module(m.tau, "sites").reset_slots(m.tau.reshape(B + 1, -1), m.rho.reshape(B + 1, -1),
@@ -352,14 +454,15 @@ class WeightSlots:
         before the next :meth:`recompute` or :meth:`reset`: the sums are the recompute's arrays, or slot 0's
         own message where only slot 0 is in use)."""
         n = min(self.batch_size if n is None else n, self.used)
-        xp = self.msgs.xp
+        m = self._msgs  # slots 0 .. used-1 are written, lazy reset or not
+        xp = m.xp
         if n <= start:
-            return Gaussian(xp.zeros(self.shape, self.msgs.dtype), xp.zeros(self.shape, self.msgs.dtype))
+            return Gaussian(xp.zeros(self.shape, m.dtype), xp.zeros(self.shape, m.dtype))
         if start == 0 and n == self.used and self._sums is not None:  # the same sums :meth:`recompute` took
             if not copy:
                 return Gaussian(self._sums[0], self._sums[1])
             return Gaussian(self._sums[0].copy(), self._sums[1].copy())
-        return Gaussian(self.msgs.tau[start:n].sum(axis=0), self.msgs.rho[start:n].sum(axis=0))
+        return Gaussian(m.tau[start:n].sum(axis=0), m.rho[start:n].sum(axis=0))
 
     def state(self):
         """The slots that may hold messages (``0 .. used - 1``: every example's under the per-example

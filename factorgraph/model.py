@@ -367,13 +367,14 @@ class FactorGraph:
         health = [s.recompute(limit) for _, layer in self.weighted_layers() for s in layer.params.values()]
         return health if check else None
 
-    def reset_batch(self, priors, removed=None):
+    def reset_batch(self, priors, removed=None, lazy=False):
         """Start a new batch: ``priors[l][name]`` (divided by ``removed[l][name]`` where given: the Trainer's
         total without the batch's own message) becomes each weight's batch prior and marginal; every
-        per-example message and cache is cleared (SPEC 8.3 step 2)."""
+        per-example message and cache is cleared (SPEC 8.3 step 2).  ``lazy``: the weights' part is not
+        written until read (:meth:`factorgraph.factor.WeightSlots.reset`)."""
         for l, layer in self.weighted_layers():
             for name, slots in layer.params.items():
-                slots.reset(priors[l][name], None if removed is None else removed[l][name])
+                slots.reset(priors[l][name], None if removed is None else removed[l][name], lazy=lazy)
         for layer in self.layers:
             layer.reset_batch_caches()
 

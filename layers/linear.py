@@ -169,7 +169,9 @@ class Linear(Factor):
                 self._x = WithMoments.of(t, r, mu, var)
                 self._inputs = chunk.s2_inputs(mu, var)  # the backward reads them again
                 mu, var = xp.empty((2, len(m_in), self.d_out), self._x.dtype)
-                chunk.s2_chunk_forward(self._inputs, fused[0], fused[1], mu, var)
+                # a lazily reset batch: the marginal is the batch prior total - removed (fused[:4])
+                prior = fused[2:4] if self.params["W"].lazy_slot(site) is not None else ()
+                chunk.s2_chunk_forward(self._inputs, fused[0], fused[1], mu, var, *prior)
                 self._out = self._with_bias(mu, var, chunk)
                 return self._out
             self._x = clamp_min_rho(m_in * self.m_to_x[idx], config.MIN_PRECISION).with_moments()
@@ -251,22 +253,29 @@ class Linear(Factor):
         r_t, r_r = xp.ascontiguousarray(m_out.tau), xp.ascontiguousarray(m_out.rho)
         g, h, tau_c, rho_c, clamps = chunk.gh_bias(out.mean, out.var, r_t, r_r, cav_c.mean, cav_c.var)
         guards.record("s1_rest_variance_clamp", clamps)
+        # a lazily reset batch (WeightSlots.reset): fused holds the Trainer's (total, removed), the kernel
+        # writes only slot ``site`` and checks the new marginal as the recompute after the sweep would
+        lazy = W.lazy_slot(site)
+        extra = {} if lazy is None else {"lazy": lazy, "limit": config.MEAN_SHIFT_WARN_SDS}
         W.touch(site)
         to_x = None
         inputs = self._inputs
         if self.constant_input:
             inputs = chunk.s1_inputs(self._x) if inputs is None else inputs
             hits = chunk.s1_chunk_backward(inputs, g, h, *fused[:4], config.STRICT_DIVISION_RTOL, *fused[4:],
-                                           expansion)
+                                           expansion, **extra)
         else:
             inputs = chunk.s2_inputs(self._x.mean, self._x.var) if inputs is None else inputs
-            ta, ra, hits = chunk.s2_chunk_backward(inputs, g, h, *fused)
+            ta, ra, hits = chunk.s2_chunk_backward(inputs, g, h, *fused, **extra)
             to_x = Gaussian(xp.empty(self._x.shape, self._x.dtype), xp.empty(self._x.shape, self._x.dtype))
             flats, low = chunk.store_input_messages(ta, ra, out.rho, r_r, dt(config.TINY_PRECISION),
                                                     dt(config.MIN_PRECISION), to_x.tau, to_x.rho,
                                                     self.m_to_x.tau, self.m_to_x.rho, np.asarray(idx))
             guards.record("linear_all_tiny_precision", flats)
             guards.record("min_rho_clamp", low)
+        if lazy is not None:
+            hits, ok, far = hits
+            W.lazy_replaced(ok, far)
         guards.record("parallel_step_limit", hits)
         c.replace(site, Gaussian(tau_c, rho_c), damping)
         return to_x

@@ -89,6 +89,9 @@ class Trainer:
             if not isinstance(v, (bool, np.bool_)):
                 raise TypeError(f"{name} must be True or False, got {v!r}")
         self.mixing, self.warm_start = bool(mixing), bool(warm_start)
+        #: reset the weights lazily where a visit is one chunk of a Parallel order (:meth:`_lazy_visit`); the
+        #: same numbers with ``False``, which writes every batch's state (as the tests compare)
+        self.lazy_resets = True
         if order is not None and not (isinstance(order, ByEpoch) or is_order(order)):
             raise TypeError(f"order must be a within-batch order (schedules.Shuffled, Parallel, ...) or "
                             f"schedules.ByEpoch, got {order!r}")
@@ -156,14 +159,15 @@ class Trainer:
         groups = self._groups()
         order = self.order.at(self.epoch) if isinstance(self.order, ByEpoch) else self.order
         bar = tqdm(groups, desc=f"epoch {self.epoch}", disable=disable, leave=False)
-        for group in bar:
+        prepared = None  # the visit whose lazy reset was made right after the previous fold
+        for gi, group in enumerate(bar):
             ranges = [self.batches[k] for k in group]
+            lazy = self._lazy_visit(gi, groups, order, num_training_its)
             if len(group) == 1:  # the batch prior Q / W_msg[b] formed inside the reset's own pass
                 (a, b), = ranges
                 rows = slice(a, b)
-                with kernels.threaded():
-                    self.fg.reset_batch(self._by_layer(self.total),
-                                        self._by_layer({key: m[group[0]] for key, m in self.msgs.items()}))
+                if not (lazy and prepared == gi):
+                    self._reset(group[0], lazy)
             else:
                 rows = np.concatenate([np.arange(a, b) for a, b in ranges])
                 self.fg.reset_batch(self.batch_prior(group))
@@ -175,12 +179,35 @@ class Trainer:
                 self._update_warm(sum(b - a for a, b in ranges))
             with kernels.threaded():
                 self._fold(group, ranges, beta)
+            if lazy:  # the weights' lazy state read the arrays the fold just changed: the next visit's reset
+                self._reset(groups[gi + 1][0], True)
+                prepared = gi + 1
             if "on_batch_end" in self.callbacks:
                 self.callbacks["on_batch_end"](self, self.epoch, group[0] if len(group) == 1 else tuple(group))
         bar.close()
         self.recompute_total()
         if "on_epoch_end" in self.callbacks:
             self.callbacks["on_epoch_end"](self, self.epoch)
+
+    def _reset(self, k, lazy):
+        """Reset the graph for a visit of block ``k`` alone: batch prior ``Q / W_msg[k]``; ``lazy``: not
+        written until read (:meth:`factorgraph.factor.WeightSlots.reset`)."""
+        removed = self._by_layer({key: m[k] for key, m in self.msgs.items()})
+        with kernels.threaded():
+            self.fg.reset_batch(self._by_layer(self.total), removed, **({"lazy": True} if lazy else {}))
+
+    def _lazy_visit(self, gi, groups, order, its):
+        """Whether visit ``gi`` of ``groups`` resets the weights lazily: one block, one sweep of a
+        :class:`schedules.Parallel` order with one chunk for the batch (its kernels then read the batch prior
+        as ``Q - W_msg[b]`` and write only the chunk's site, :class:`factorgraph.factor.WeightSlots`), on the
+        CPU, not the epoch's last visit and no ``on_batch_end`` callback (the graph then holds the state of
+        a visit as the eager reset leaves it).  The same numbers either way."""
+        if not (self.lazy_resets and len(groups[gi]) == 1 and gi + 1 < len(groups) and its == 1
+                and isinstance(order, Parallel) and self.fg.device == "cpu"
+                and "on_batch_end" not in self.callbacks):
+            return False
+        a, b = self.batches[groups[gi][0]]
+        return order.chunk_size >= b - a
 
     @staticmethod
     def _by_layer(d):

@@ -32,7 +32,7 @@ from factorgraph.kernels.blas_cpu import gemm
 from factorgraph.kernels.moments_cpu import moments_one
 from factorgraph.kernels.patches_cpu import fold as fold_cpu, fold_patch, fold_store
 from factorgraph.kernels.scalar import s1_term
-from factorgraph.kernels.sites_cpu import cavity_one, replace_site
+from factorgraph.kernels.sites_cpu import cavity_one, replace_from_prior, replace_site
 
 #: input rows per block: a (ROWS, J) scratch per array stays in the L2 cache
 ROWS = 64
@@ -72,6 +72,47 @@ def _marginal_block(q_t, q_r, lo, hi, mu, var):
     for k in range(lo, hi):
         for j in range(q_t.shape[1]):
             mu[k - lo, j], var[k - lo, j] = moments_one(q_t[k, j], q_r[k, j], zero, one, inf)
+
+
+@njit(cache=True, error_model="numpy")
+def _prior_block(q_t, q_r, s_t, s_r, lo, hi, mu, var):
+    """Mean and variance of rows ``lo:hi`` of the batch prior ``q - s`` (a lazily reset batch, see
+    :func:`_site_block`), as :func:`_marginal_block` of the marginal the reset would have written."""
+    dt = q_t.dtype.type
+    zero, one, inf = dt(0), dt(1), dt(np.inf)
+    for k in range(lo, hi):
+        for j in range(q_t.shape[1]):
+            t, r = q_t[k, j] - s_t[k, j], q_r[k, j] - s_r[k, j]
+            mu[k - lo, j], var[k - lo, j] = moments_one(t, r, zero, one, inf)
+
+
+@njit(cache=True, inline="always")
+def _weight_block(q_t, q_r, s_t, s_r, lazy, lo, hi, mu, var):
+    """:func:`_marginal_block` of ``q``, or with ``lazy`` :func:`_prior_block` of ``q - s``."""
+    if lazy:
+        _prior_block(q_t, q_r, s_t, s_r, lo, hi, mu, var)
+    else:
+        _marginal_block(q_t, q_r, lo, hi, mu, var)
+
+
+@njit(cache=True, inline="always")
+def _site_block(q_t, q_r, s_t, s_r, m_t, m_r, b, tau, rho, damping, kappa, limit):
+    """The block's new site messages in place: :func:`_replace_block`, or where ``m_t`` has rows (a lazily
+    reset batch: ``q, s`` are the Trainer's total and the batch's stored message, ``m`` the site's slot)
+    :func:`factorgraph.kernels.sites_cpu.replace_from_prior` row by row.  Returns ``(hits, ok, far)``
+    (``ok, far`` of the after-sweep check where lazy, else ``True, 0``)."""
+    if m_t.shape[0] == 0:
+        return _replace_block(q_t, q_r, s_t, s_r, b, tau, rho, damping, kappa), True, 0
+    hits = 0
+    ok = True
+    far = 0
+    for k in range(tau.shape[0]):
+        h, o, f = replace_from_prior(q_t[b + k], q_r[b + k], s_t[b + k], s_r[b + k], m_t[b + k], m_r[b + k],
+                                     tau[k], rho[k], damping, kappa, limit)
+        hits += h
+        ok &= o
+        far += f
+    return hits, ok, far
 
 
 @njit(cache=True, inline="always")
@@ -205,7 +246,8 @@ def s1_chunk_forward(inputs, q_t, q_r, s_t, s_r, rtol, out_mu, out_var):
 
 
 @njit(cache=True, error_model="numpy")
-def _s1_bwd_rows(a, a2, a3, a4, g, h, gh, hh, q_t, q_r, s_t, s_r, rtol, damping, kappa, expansion, lo, hi):
+def _s1_bwd_rows(a, a2, a3, a4, g, h, gh, hh, q_t, q_r, s_t, s_r, m_t, m_r, rtol, damping, kappa, limit,
+                 expansion, lo, hi):
     J = q_t.shape[1]
     rows = _block_rows(hi - lo, J, g.shape[0], True)
     mu = np.empty((rows, J), q_t.dtype)
@@ -215,6 +257,8 @@ def _s1_bwd_rows(a, a2, a3, a4, g, h, gh, hh, q_t, q_r, s_t, s_r, rtol, damping,
     prod = np.empty((rows, J), q_t.dtype)
     counts = np.zeros(3, np.int64)
     hits = 0
+    ok = True
+    far = 0
     for b in range(lo, hi, rows):
         e = min(hi, b + rows)
         n = e - b
@@ -225,27 +269,46 @@ def _s1_bwd_rows(a, a2, a3, a4, g, h, gh, hh, q_t, q_r, s_t, s_r, rtol, damping,
             _add_product(rho[:n], var[:n], gemm(a4[:, b:e].T, hh, prod[:n], 0.0))
             _add_product(tau[:n], var[:n], gemm(a3[:, b:e].T, gh, prod[:n], 0.0))
         _add_product(tau[:n], mu[:n], rho[:n])
-        hits += _replace_block(q_t, q_r, s_t, s_r, b, tau[:n], rho[:n], damping, kappa)
-    return hits
+        hit, o, f = _site_block(q_t, q_r, s_t, s_r, m_t, m_r, b, tau[:n], rho[:n], damping, kappa, limit)
+        hits += hit
+        ok &= o
+        far += f
+    return hits, ok, far
 
 
 @njit(cache=True, parallel=True)
-def _s1_bwd_threads(a, a2, a3, a4, g, h, gh, hh, q_t, q_r, s_t, s_r, rtol, damping, kappa, expansion, size):
+def _s1_bwd_threads(a, a2, a3, a4, g, h, gh, hh, q_t, q_r, s_t, s_r, m_t, m_r, rtol, damping, kappa, limit,
+                    expansion, size):
     K = q_t.shape[0]
     P = (K + size - 1) // size
     hits = np.zeros(P, np.int64)
+    oks = np.zeros(P, np.bool_)
+    fars = np.zeros(P, np.int64)
     for p in prange(P):
-        hits[p] = _s1_bwd_rows(a, a2, a3, a4, g, h, gh, hh, q_t, q_r, s_t, s_r, rtol, damping, kappa,
-                               expansion, p * size, min(K, (p + 1) * size))
-    return hits.sum()
+        hits[p], oks[p], fars[p] = _s1_bwd_rows(a, a2, a3, a4, g, h, gh, hh, q_t, q_r, s_t, s_r, m_t, m_r,
+                                                rtol, damping, kappa, limit, expansion, p * size,
+                                                min(K, (p + 1) * size))
+    return hits.sum(), oks.all(), fars.sum()
 
 
-def s1_chunk_backward(inputs, g, h, q_t, q_r, s_t, s_r, rtol, damping, kappa, expansion):
+def _lazy_slot(q_t, lazy):
+    """The site slot's arrays ``(m_t, m_r)`` of a lazily reset batch (``lazy``), else empty ones."""
+    return lazy if lazy is not None else (q_t[:0], q_t[:0])
+
+
+def s1_chunk_backward(inputs, g, h, q_t, q_r, s_t, s_r, rtol, damping, kappa, expansion, lazy=None,
+                      limit=-1.0):
     """The chunk's joint S1 message to the (K, J) weights
     (:func:`~factorgraph.equations.s1_backward_to_b_gemm` to order ``expansion`` with the cavity
     ``q / s``, the inputs as ``s1_inputs(a)``, ``g, h`` (U, J) as there) replacing site ``s`` in place
     (damping, step bound ``kappa`` when > 0, marginal ``q`` updated:
-    :func:`factorgraph.kernels.sites_cpu.replace_site`).  Returns how many weights the bound limited."""
+    :func:`factorgraph.kernels.sites_cpu.replace_site`).  Returns how many weights the bound limited.
+
+    ``lazy = (m_t, m_r)``: a lazily reset batch (:meth:`factorgraph.factor.WeightSlots.reset`): ``q`` is the
+    Trainer's total and ``s`` the batch's stored message (the cavity ``q / s`` is the batch prior, as the
+    reset's), the new message goes to the site's slot ``m`` and nothing else is written
+    (:func:`~factorgraph.kernels.sites_cpu.replace_from_prior`); returns ``(hits, ok, far)`` with the
+    after-sweep check of the new marginal (``limit`` prior sds)."""
     a, a2 = inputs
     if expansion == 1:
         a3, a4, gh, hh = a2 * a, a2 * a2, g * h, h * h
@@ -253,16 +316,20 @@ def s1_chunk_backward(inputs, g, h, q_t, q_r, s_t, s_r, rtol, damping, kappa, ex
         a3 = a4 = a[:, :0]
         gh = hh = g[:0]
     dt = q_t.dtype.type
-    args = (a, a2, a3, a4, g, h, gh, hh, q_t, q_r, s_t, s_r, dt(rtol), dt(damping), dt(kappa), expansion)
+    args = (a, a2, a3, a4, g, h, gh, hh, q_t, q_r, s_t, s_r, *_lazy_slot(q_t, lazy), dt(rtol), dt(damping),
+            dt(kappa), dt(limit), expansion)
     if use_threads(q_t.size, THREADS_MIN):
-        return _s1_bwd_threads(*args, _parts(q_t.shape[0], numba.get_num_threads()))
-    return _s1_bwd_rows(*args, 0, q_t.shape[0])
+        out = _s1_bwd_threads(*args, _parts(q_t.shape[0], numba.get_num_threads()))
+    else:
+        out = _s1_bwd_rows(*args, 0, q_t.shape[0])
+    hits, ok, far = int(out[0]), bool(out[1]), int(out[2])
+    return hits if lazy is None else (hits, ok, far)
 
 
 # --- S2: variable inputs (hidden layers), weights' marginals --------------------------------------
 
 @njit(cache=True, error_model="numpy")
-def _s2_fwd_rows(mua, vara, mua2, q_t, q_r, lo, hi, out_mu, out_var):
+def _s2_fwd_rows(mua, vara, mua2, q_t, q_r, s_t, s_r, lazy, lo, hi, out_mu, out_var):
     rows = _block_rows(hi - lo, q_t.shape[1], mua.shape[0], False)
     mu = np.empty((rows, q_t.shape[1]), q_t.dtype)
     var = np.empty((rows, q_t.shape[1]), q_t.dtype)
@@ -270,7 +337,7 @@ def _s2_fwd_rows(mua, vara, mua2, q_t, q_r, lo, hi, out_mu, out_var):
     for b in range(lo, hi, rows):
         e = min(hi, b + rows)
         n = e - b
-        _marginal_block(q_t, q_r, b, e, mu, var)
+        _weight_block(q_t, q_r, s_t, s_r, lazy, b, e, mu, var)
         gemm(mua[:, b:e], mu[:n], out_mu, 1.0)
         gemm(mua2[:, b:e], var[:n], out_var, 1.0)
         _square_plus(m2[:n], mu[:n], var[:n])
@@ -278,13 +345,14 @@ def _s2_fwd_rows(mua, vara, mua2, q_t, q_r, lo, hi, out_mu, out_var):
 
 
 @njit(cache=True, parallel=True)
-def _s2_fwd_threads(mua, vara, mua2, q_t, q_r, size, out_mu, out_var):
+def _s2_fwd_threads(mua, vara, mua2, q_t, q_r, s_t, s_r, lazy, size, out_mu, out_var):
     K = q_t.shape[0]
     P = (K + size - 1) // size
     mus = np.zeros((P,) + out_mu.shape, out_mu.dtype)
     vars_ = np.zeros((P,) + out_mu.shape, out_mu.dtype)
     for p in prange(P):
-        _s2_fwd_rows(mua, vara, mua2, q_t, q_r, p * size, min(K, (p + 1) * size), mus[p], vars_[p])
+        _s2_fwd_rows(mua, vara, mua2, q_t, q_r, s_t, s_r, lazy, p * size, min(K, (p + 1) * size), mus[p],
+                     vars_[p])
     out_mu[...] = mus.sum(axis=0)
     out_var[...] = vars_.sum(axis=0)
 
@@ -296,22 +364,25 @@ def s2_inputs(mu_a, var_a):
     return mu_a, np.ascontiguousarray(var_a), mu_a * mu_a
 
 
-def s2_chunk_forward(inputs, q_t, q_r, out_mu, out_var):
+def s2_chunk_forward(inputs, q_t, q_r, out_mu, out_var, s_t=None, s_r=None):
     """``out_mu = mu_a @ mu_b``, ``out_var = var_a @ m2_b + mu_a^2 @ var_b`` (:func:`s2_forward` without
     the bias) for the chunk's input moments (U, K), given as ``inputs = s2_inputs(mu_a, var_a)``, and the
-    (K, J) weight marginal ``q``, without forming its moments."""
+    (K, J) weight marginal ``q``, without forming its moments; with ``s`` (a lazily reset batch, see
+    :func:`s1_chunk_backward`) the marginal is the batch prior ``q - s``."""
     mua, vara, mua2 = inputs
+    lazy = s_t is not None
+    w = (q_t, q_r, s_t, s_r, True) if lazy else (q_t, q_r, q_t[:0], q_t[:0], False)
     if use_threads(q_t.size, THREADS_MIN):
         size = _parts(q_t.shape[0], numba.get_num_threads())
-        _s2_fwd_threads(mua, vara, mua2, q_t, q_r, size, out_mu, out_var)
+        _s2_fwd_threads(mua, vara, mua2, *w, size, out_mu, out_var)
     else:
         out_mu[...] = 0
         out_var[...] = 0
-        _s2_fwd_rows(mua, vara, mua2, q_t, q_r, 0, q_t.shape[0], out_mu, out_var)
+        _s2_fwd_rows(mua, vara, mua2, *w, 0, q_t.shape[0], out_mu, out_var)
 
 
 @njit(cache=True, error_model="numpy")
-def _s2_bwd_rows(mua, m2a, mua2, g, h, q_t, q_r, s_t, s_r, damping, kappa, lo, hi, ta, ra):
+def _s2_bwd_rows(mua, m2a, mua2, g, h, q_t, q_r, s_t, s_r, m_t, m_r, damping, kappa, limit, lo, hi, ta, ra):
     J = q_t.shape[1]
     rows = _block_rows(hi - lo, J, g.shape[0], False)
     mu = np.empty((rows, J), q_t.dtype)
@@ -323,11 +394,14 @@ def _s2_bwd_rows(mua, m2a, mua2, g, h, q_t, q_r, s_t, s_r, damping, kappa, lo, h
     prod = np.empty((rows, J), q_t.dtype)
     prod_a = np.empty((g.shape[0], rows), q_t.dtype)
     no = mu[:0]
+    lazy = m_t.shape[0] > 0
     hits = 0
+    ok = True
+    far = 0
     for b in range(lo, hi, rows):
         e = min(hi, b + rows)
         n = e - b
-        _marginal_block(q_t, q_r, b, e, mu, var)
+        _weight_block(q_t, q_r, s_t, s_r, lazy, b, e, mu, var)
         mub = mu[:n]
         _square_plus(mub2[:n], mub, no)
         _square_plus(m2b[:n], mub, var[:n])
@@ -339,40 +413,48 @@ def _s2_bwd_rows(mua, m2a, mua2, g, h, q_t, q_r, s_t, s_r, damping, kappa, lo, h
         gemm(m2a[:, b:e].T, h, rho[:n], 0.0)
         gemm(mua[:, b:e].T, g, tau[:n], 0.0)
         _add_product(tau[:n], mub, gemm(mua2[:, b:e].T, h, prod[:n], 0.0))
-        hits += _replace_block(q_t, q_r, s_t, s_r, b, tau[:n], rho[:n], damping, kappa)
-    return hits
+        hit, o, f = _site_block(q_t, q_r, s_t, s_r, m_t, m_r, b, tau[:n], rho[:n], damping, kappa, limit)
+        hits += hit
+        ok &= o
+        far += f
+    return hits, ok, far
 
 
 @njit(cache=True, parallel=True)
-def _s2_bwd_threads(mua, m2a, mua2, g, h, q_t, q_r, s_t, s_r, damping, kappa, size, ta, ra):
+def _s2_bwd_threads(mua, m2a, mua2, g, h, q_t, q_r, s_t, s_r, m_t, m_r, damping, kappa, limit, size, ta, ra):
     K = q_t.shape[0]
     P = (K + size - 1) // size
     hits = np.zeros(P, np.int64)
+    oks = np.zeros(P, np.bool_)
+    fars = np.zeros(P, np.int64)
     for p in prange(P):
-        hits[p] = _s2_bwd_rows(mua, m2a, mua2, g, h, q_t, q_r, s_t, s_r, damping, kappa, p * size,
-                               min(K, (p + 1) * size), ta, ra)
-    return hits.sum()
+        hits[p], oks[p], fars[p] = _s2_bwd_rows(mua, m2a, mua2, g, h, q_t, q_r, s_t, s_r, m_t, m_r, damping,
+                                                kappa, limit, p * size, min(K, (p + 1) * size), ta, ra)
+    return hits.sum(), oks.all(), fars.sum()
 
 
-def s2_chunk_backward(inputs, g, h, q_t, q_r, s_t, s_r, damping, kappa):
+def s2_chunk_backward(inputs, g, h, q_t, q_r, s_t, s_r, damping, kappa, lazy=None, limit=-1.0):
     """The chunk's S2 messages to order 0 (:func:`~factorgraph.equations.s2_backward_gemm` with
     ``expansion=0``, the weights' marginal ``q``, the inputs as ``s2_inputs(mu_a, var_a)``): returns
     ``(tau_a, rho_a, hits)``, the messages to the inputs (U, K) and how many weights the step bound
     limited; the joint weight message replaces site ``s`` in place as in :func:`s1_chunk_backward`.  The
     marginal ``q`` a block reads is its value before the replacement (each weight's new marginal is written
-    after its block's products)."""
+    after its block's products).  ``lazy``, ``limit``: as :func:`s1_chunk_backward` (the marginal read is
+    the batch prior ``q - s``); then ``hits`` is ``(hits, ok, far)``."""
     mua, vara, mua2 = inputs
     m2a = vara + mua2
     U, K = mua.shape
     ta = np.empty((U, K), q_t.dtype)
     ra = np.empty((U, K), q_t.dtype)
     dt = q_t.dtype.type
-    args = (mua, m2a, mua2, g, h, q_t, q_r, s_t, s_r, dt(damping), dt(kappa))
+    args = (mua, m2a, mua2, g, h, q_t, q_r, s_t, s_r, *_lazy_slot(q_t, lazy), dt(damping), dt(kappa),
+            dt(limit))
     if use_threads(q_t.size, THREADS_MIN):
-        hits = _s2_bwd_threads(*args, _parts(K, numba.get_num_threads()), ta, ra)
+        out = _s2_bwd_threads(*args, _parts(K, numba.get_num_threads()), ta, ra)
     else:
-        hits = _s2_bwd_rows(*args, 0, K, ta, ra)
-    return ta, ra, hits
+        out = _s2_bwd_rows(*args, 0, K, ta, ra)
+    hits, ok, far = int(out[0]), bool(out[1]), int(out[2])
+    return ta, ra, (hits if lazy is None else (hits, ok, far))
 
 
 # --- the chunk's messages around a dense layer's weights (U rows: few, one pass each) ----------------

@@ -6,6 +6,7 @@ fixed cost per chunk):
 
 * :func:`replace_site`: damping, the trust region (``max_step``), the marginal update and the store (per
   weight :func:`step_one`, which :mod:`factorgraph.kernels.sites_cuda` runs on the GPU);
+  :func:`replace_from_prior` the same for a site of a lazily reset batch, with the after-sweep check;
 * :func:`cavity_moments`: strict division ``q / m_site`` with the cavity's mean and variance;
 * :func:`marginal_check`: the after-sweep health check of a marginal against its batch prior;
 * :func:`marginal_sums`: the exact marginal's recompute, the slots' sum and the prior in one pass (with
@@ -86,6 +87,46 @@ def replace_site(q_t, q_r, s_t, s_r, new_t, new_r, damping, kappa):
     if damping != 1.0:
         return _replace_loop(*args, True, True) if kappa > 0 else _replace_loop(*args, True, False)
     return _replace_loop(*args, False, True) if kappa > 0 else _replace_loop(*args, False, False)
+
+
+@njit(cache=True, error_model="numpy")
+def _prior_replace_loop(Q_t, Q_r, S_t, S_r, m_t, m_r, new_t, new_r, damping, kappa, limit, damp, bound):
+    """The loop of :func:`replace_from_prior` for fixed ``damp``/``bound`` (branch-free, so that it
+    vectorises)."""
+    dt = Q_t.dtype.type
+    zero, one, inf = dt(0), dt(1), dt(math.inf)
+    hits = 0
+    ok = True
+    far = 0
+    for j in range(Q_t.shape[0]):
+        pt = Q_t[j] - S_t[j]
+        pr = Q_r[j] - S_r[j]
+        nt, nr, hit = step_one(pt, pr, zero, zero, new_t[j], new_r[j], damping, kappa, damp, bound)
+        m_t[j] = nt
+        m_r[j] = nr
+        qt = nt + pt
+        qr = nr + pr
+        ok &= math.isfinite(qt) & (qr > zero) & math.isfinite(qr)
+        far += _mean_shift(qt, qr, pt, pr, zero, one, inf) > limit
+        hits += hit
+    return hits, ok, far
+
+
+@njit(cache=True)
+def replace_from_prior(Q_t, Q_r, S_t, S_r, m_t, m_r, new_t, new_r, damping, kappa, limit):
+    """:func:`replace_site` for a site that was cleared by a batch reset not yet written (the Trainer's
+    lazy reset, :meth:`factorgraph.factor.WeightSlots.reset`): the batch prior is ``p = Q - S`` (the
+    total without the batch's stored message, as :func:`reset_slots` forms it), the old site message 0
+    and the marginal before the replacement ``p``.  Writes only the new site message ``m`` (damped,
+    bounded as there) and returns ``(hits, ok, far)``: how many weights the bound limited, and the check of
+    the new marginal ``m + p`` against ``p`` that :func:`marginal_sums` makes after a sweep (finite and
+    proper; means beyond ``limit`` prior sds; ``limit`` in the arrays' dtype).  The same numbers as the
+    reset, :func:`replace_site` and :func:`marginal_sums` it stands for (all flat arrays)."""
+    args = (Q_t, Q_r, S_t, S_r, m_t, m_r, new_t, new_r, damping, kappa, limit)
+    loop = _prior_replace_loop  # literal flags: one loop without branches per case, so that it vectorises
+    if damping != 1.0:
+        return loop(*args, True, True) if kappa > 0 else loop(*args, True, False)
+    return loop(*args, False, True) if kappa > 0 else loop(*args, False, False)
 
 
 @njit(cache=True, inline="always")
