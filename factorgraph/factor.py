@@ -242,15 +242,19 @@ class WeightSlots:
     def cavity_moments(self, i):
         """:meth:`cavity` with its mean and variance (:class:`WithMoments`), in one compiled pass.  On the GPU
         the counts stay on the device: an improper division raises when the guards are flushed (after the
-        batch, :func:`factorgraph.guards.flush`), not at once."""
-        m = self.msgs[i]
+        batch, :func:`factorgraph.guards.flush`), not at once.  Where a lazy reset is pending and ``i`` is its
+        site (:meth:`lazy_slot`), the cavity is the batch prior, the strict division ``total / removed``,
+        and nothing is written."""
+        if self.lazy_slot(i) is not None:
+            q, m = self._lazy
+        else:
+            q, m = self.q, self.msgs[i]
         cpu = type(m.tau) is np.ndarray
-        if ((cpu and not kernels.enabled()) or not self.q.tau.flags.c_contiguous
-                or not self.q.rho.flags.c_contiguous):
+        if (cpu and not kernels.enabled()) or not q.tau.flags.c_contiguous or not q.rho.flags.c_contiguous:
             return self.cavity(i).with_moments()
-        xp = self.q.xp
+        xp = q.xp
         out = [xp.empty(self.shape, m.dtype) for _ in range(4)]
-        args = (self.q.tau.reshape(-1), self.q.rho.reshape(-1), m.tau.reshape(-1), m.rho.reshape(-1),
+        args = (q.tau.reshape(-1), q.rho.reshape(-1), m.tau.reshape(-1), m.rho.reshape(-1),
                 config.STRICT_DIVISION_RTOL, *(o.reshape(-1) for o in out))
         if not cpu:  # counted on the device; an improper division raises when the guards are flushed
             counts = guards.device_counts(("strict_division_roundoff", "improper_division"), xp)
@@ -258,7 +262,7 @@ class WeightSlots:
             return WithMoments.of(*out)
         roundoff, bad = kernels.module(m.tau, "sites").cavity_moments(*args)
         if bad:
-            worst = float((self.q.rho - m.rho).min())
+            worst = float((q.rho - m.rho).min())
             raise guards.ImproperMessageError(f"division would give negative precision (worst {worst:.3g}); "
                                               f"{bad} element(s) beyond tolerance")
         guards.record("strict_division_roundoff", roundoff)
@@ -267,7 +271,13 @@ class WeightSlots:
     def replace(self, i, new, damping=None):
         """Store ``new`` as slot ``i``'s message and update the marginal incrementally; while deferred,
         store ``old + damping (new - old)`` and accumulate the change without touching ``q``.  An explicit
-        ``damping`` overrides the deferred one."""
+        ``damping`` overrides the deferred one.  Where a lazy reset is pending and ``i`` is its site
+        (:meth:`lazy_slot`), :func:`factorgraph.kernels.sites_cpu.replace_from_prior` writes only the slot
+        (the same numbers, with the after-sweep check)."""
+        slot = self.lazy_slot(i)
+        if slot is not None and np.shape(new.tau) == np.shape(new.rho) == self.shape:
+            self._replace_lazy(i, slot, new, self.damping if damping is None else damping)
+            return
         self.touch(i)
         old_tau, old_rho = self.msgs.tau[i], self.msgs.rho[i]
         damping = self.damping if damping is None else damping
@@ -294,6 +304,18 @@ class WeightSlots:
         sink.rho += new.rho - old_rho
         self.msgs.tau[i] = new.tau
         self.msgs.rho[i] = new.rho
+
+    def _replace_lazy(self, i, slot, new, damping):
+        """:meth:`replace` of the lazy batch's site ``i`` (its ``slot`` arrays) from the batch prior."""
+        (total, removed), dt = self._lazy, self._msgs.dtype
+        self.touch(i)
+        arrays = (total.tau, total.rho, removed.tau, removed.rho, *slot,
+                  np.ascontiguousarray(new.tau, dt), np.ascontiguousarray(new.rho, dt))
+        kappa, limit = -1.0 if self.max_step is None else self.max_step, config.MEAN_SHIFT_WARN_SDS
+        hits, ok, far = kernels.module(total.tau, "sites").replace_from_prior(
+            *(a.reshape(-1) for a in arrays), dt.type(damping), dt.type(kappa), dt.type(limit))
+        self.lazy_replaced(ok, far)
+        guards.record("parallel_step_limit", int(hits))
 
     def fused_site(self, i, damping=None):
         """``(q_tau, q_rho, s_tau, s_rho, damping, kappa)`` for a compiled kernel that computes slot ``i``'s

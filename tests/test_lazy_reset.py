@@ -198,7 +198,8 @@ def _lazy_calls(monkeypatch):
 def test_lazy_trainer_epochs_equal_eager_ones_bit_for_bit(dtype, order, warm, monkeypatch):
     """Whole Trainer epochs with lazy resets give the eager run's totals, stored messages, graph state,
     predictions and step-bound counts bit for bit; the lazy path runs in every visit but the epoch's last
-    (4 batches: 3 per epoch, for each of the 3 weight tensors), and not for chunks smaller than the batch."""
+    (4 batches: 3 per epoch, for each of the 6 weight and bias tensors), and not for chunks smaller than the
+    batch."""
     calls = _lazy_calls(monkeypatch)
     runs = []
     for lazy in (True, False):
@@ -209,7 +210,7 @@ def test_lazy_trainer_epochs_equal_eager_ones_bit_for_bit(dtype, order, warm, mo
         runs.append((tr, guards.get("parallel_step_limit"), len(calls)))
     (a, hits_a, n_lazy), (b, hits_b, n_after) = runs
     first_only = isinstance(order, ByEpoch)  # chunks of 12 from epoch 2 on
-    assert n_lazy == (1 if first_only else 3) * 3 * 3 and n_after == n_lazy
+    assert n_lazy == (1 if first_only else 3) * 3 * 6 and n_after == n_lazy
     assert hits_a == hits_b
     assert hits_a > 0 or order != Parallel(24, 0.3, max_step=0.3)
     for key in a.total:
@@ -253,8 +254,8 @@ def test_the_state_read_in_the_middle_of_a_lazy_visit_is_the_eager_one(monkeypat
         tr.train(num_epochs=2)
         seen.append(tr.fg.state())
         seen.append({f"total{k}": g.tau for k, g in tr.total.items()})
-    # lazy chunks: 2 epochs x 3 visits x 3 tensors, less visit 2's (its reset was read, so written)
-    assert len(calls) == 15
+    # lazy chunks: 2 epochs x 3 visits x 6 tensors, less visit 2's (its reset was read, so written)
+    assert len(calls) == 30
     a, b = snaps[True], snaps[False]
     assert len(a) == len(b) == 5
     for x, y in zip(a, b):
@@ -407,9 +408,8 @@ def test_an_improper_lazy_marginal_fails_the_recompute_check_as_the_eager_one(dt
 
 
 def test_a_cnn_trains_the_same_with_lazy_resets(monkeypatch):
-    """Convolutions read the weights' marginals through ``q`` (no lazy kernels): their lazy reset is written
-    at the first read, and the run equals the eager one bit for bit (the dense layer after them takes the
-    lazy kernels)."""
+    """A CNN's convolution (the first layer: the cavity and the site replacement of ``WeightSlots``) and its
+    dense layers take the lazy paths, and the run equals the eager one bit for bit."""
     calls = _lazy_calls(monkeypatch)
     templates = [(8, 8, 1), ("Conv", 4, 3), ("LeakyReLU", 0.1), ("MaxPool", 2), ("Flatten",), ("Linear", 12),
                  ("LeakyReLU", 0.1), ("Linear", 3), ("Regression", 0.05)]
@@ -422,10 +422,46 @@ def test_a_cnn_trains_the_same_with_lazy_resets(monkeypatch):
         tr.lazy_resets = lazy
         tr.train(num_epochs=2)
         runs.append((tr, fg.state()))
-    assert len(calls) == 2 * 3 * 2  # 2 epochs x 3 lazy visits x 2 dense weight tensors
+    assert len(calls) == 2 * 3 * 6  # 2 epochs x 3 lazy visits x 6 tensors (weights and biases of 3 layers)
     (a, sa), (b, sb) = runs
     for k in sa:
         np.testing.assert_array_equal(sa[k], sb[k], err_msg=k)
     for key in a.total:
         np.testing.assert_array_equal(a.total[key].tau, b.total[key].tau)
         np.testing.assert_array_equal(a.msgs[key].rho, b.msgs[key].rho)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_lazy_cavity_and_replacement_of_slots_equal_the_eager_ones(dtype):
+    """``WeightSlots.cavity_moments`` and ``replace`` of a lazy batch's site (the biases' path, and a first
+    convolution's) give the eager reset's cavity, site message, step-bound count and check bit for bit,
+    writing only the slot; a second site or a deferred chunk writes the state first."""
+    rng = np.random.default_rng(12)
+    shape = (300,)
+    Qt, Qr, St, Sr, nt, nr = _case(rng, shape, dtype)
+    Q, S, new = Gaussian(Qt, Qr), Gaussian(St, Sr), Gaussian(nt, nr)
+    eager, lazy = (_slots(np.random.default_rng(4), shape, dtype, 1) for _ in range(2))
+    for s in (eager, lazy):
+        s.max_step = 0.2
+    eager.reset(Q, S)
+    lazy.reset(Q, S, lazy=True)
+    a, b = eager.cavity_moments(0), lazy.cavity_moments(0)
+    for x, y in ((a.tau, b.tau), (a.rho, b.rho), (a.mean, b.mean), (a.var, b.var)):
+        np.testing.assert_array_equal(x, y)
+    assert lazy.lazy
+    counts = []
+    for s in (eager, lazy):
+        guards.reset()
+        s.replace(0, new, 0.7)
+        counts.append(guards.get("parallel_step_limit"))
+    assert counts[0] == counts[1] > 0 and lazy.lazy
+    assert lazy.recompute(1e4) == eager.recompute(1e4)
+    for x, y in ((lazy.msgs, eager.msgs), (lazy.q, eager.q)):
+        np.testing.assert_array_equal(x.tau, y.tau)
+        np.testing.assert_array_equal(x.rho, y.rho)
+    lazy.reset(Q, S, lazy=True)
+    lazy.replace(1, new, 0.7)  # not the lazy site: the state is written first
+    eager.reset(Q, S)
+    eager.replace(1, new, 0.7)
+    assert not lazy.lazy
+    np.testing.assert_array_equal(lazy.q.tau, eager.q.tau)
