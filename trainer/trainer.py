@@ -107,6 +107,7 @@ class Trainer:
         #: the blocks that own a stored message: batches, or half batches with ``mixing``
         self.batches = [(s, min(s + step, X.shape[0])) for s in range(0, X.shape[0], step)]
         self.warm = {}
+        self._views = {}  # per weight tensor: the arrays of the compiled fold (:meth:`_flat_views`)
         K = len(self.batches)
         self.prior, self.msgs, self.total = {}, {}, {}
         for l, layer in fg.weighted_layers():
@@ -229,12 +230,11 @@ class Trainer:
                     key = (l, name)
                     new = slots.likelihood(offset + b - a, start=offset, copy=False)
                     store, total = self.msgs[key], self.total[key]
-                    sites = kernels.module(total.tau, "sites")
-                    if hasattr(sites, "fold_message") and self._compiled_arrays(total, store):
-                        dt = total.tau.dtype
-                        arrays = (total.tau, total.rho, store.tau[k], store.rho[k],
-                                  np.ascontiguousarray(new.tau, dt), np.ascontiguousarray(new.rho, dt))
-                        sites.fold_message(*(a.reshape(-1) for a in arrays), beta)
+                    flat = self._flat_views(key, total, store)
+                    if flat is not None:
+                        dt = flat[0].dtype
+                        n_t, n_r = (np.ascontiguousarray(x, dt).reshape(-1) for x in (new.tau, new.rho))
+                        flat[4](*flat[:2], flat[2][k], flat[3][k], n_t, n_r, beta)
                         continue
                     old = store[k]
                     damped = old.damp(new, beta)
@@ -242,6 +242,22 @@ class Trainer:
                                                total.rho + damped.rho - old.rho)
                     store[k] = damped
             offset += b - a
+
+    def _flat_views(self, key, total, store):
+        """``(Q_tau, Q_rho, S_tau, S_rho, fold_message)``: the total ``total`` flat and the stored messages
+        ``store`` as (K, n) views, with the compiled fold, where :meth:`_compiled_arrays` takes them (else
+        ``None``); kept per tensor while ``self.total`` and ``self.msgs`` hold these Gaussians (a batch's
+        fold then calls the kernel without re-checking its arrays)."""
+        plan = self._views.get(key)
+        if plan is None or plan[0] is not total or plan[1] is not store:
+            sites = kernels.module(total.tau, "sites")
+            flat = None
+            if hasattr(sites, "fold_message") and self._compiled_arrays(total, store):
+                K = store.tau.shape[0]
+                flat = (total.tau.reshape(-1), total.rho.reshape(-1), store.tau.reshape(K, -1),
+                        store.rho.reshape(K, -1), sites.fold_message)
+            plan = self._views[key] = (total, store, flat)
+        return plan[2]
 
     @staticmethod
     def _compiled_arrays(*gaussians):
