@@ -103,28 +103,22 @@ def _site_block(q_t, q_r, s_t, s_r, m_t, m_r, b, tau, rho, damping, kappa, limit
     (``ok, far`` of the after-sweep check where lazy, else ``True, 0``)."""
     if m_t.shape[0] == 0:
         return _replace_block(q_t, q_r, s_t, s_r, b, tau, rho, damping, kappa), True, 0
-    hits = 0
-    ok = True
-    far = 0
-    for k in range(tau.shape[0]):
-        h, o, f = replace_from_prior(q_t[b + k], q_r[b + k], s_t[b + k], s_r[b + k], m_t[b + k], m_r[b + k],
-                                     tau[k], rho[k], damping, kappa, limit)
-        hits += h
-        ok &= o
-        far += f
-    return hits, ok, far
+    e = b + tau.shape[0]
+    qt, qr, st, sr = q_t[b:e].reshape(-1), q_r[b:e].reshape(-1), s_t[b:e].reshape(-1), s_r[b:e].reshape(-1)
+    mt, mr = m_t[b:e].reshape(-1), m_r[b:e].reshape(-1)
+    return replace_from_prior(qt, qr, st, sr, mt, mr, tau.reshape(-1), rho.reshape(-1), damping, kappa, limit)
 
 
 @njit(cache=True, inline="always")
 def _replace_block(q_t, q_r, s_t, s_r, b, tau, rho, damping, kappa):
-    """Rows ``b : b + len(tau)`` of the site take the block's new messages ``(tau, rho)``, row by row
-    (:func:`factorgraph.kernels.sites_cpu.replace_site`: its loops over a contiguous row with the damping
-    and bound flags fixed vectorise; the same loop over the block's index pairs ran 3x slower); returns how
-    many the step bound limited."""
-    hits = 0
-    for k in range(tau.shape[0]):
-        hits += replace_site(q_t[b + k], q_r[b + k], s_t[b + k], s_r[b + k], tau[k], rho[k], damping, kappa)
-    return hits
+    """Rows ``b : b + len(tau)`` of the site take the block's new messages ``(tau, rho)``
+    (:func:`factorgraph.kernels.sites_cpu.replace_site` on the block's rows as one flat run: rows of
+    C-contiguous arrays are contiguous, and its loop with the damping and bound flags fixed vectorises; the
+    same loop over the block's index pairs ran 3x slower, and one call per row of a narrow layer took 18.2
+    against 1.35 us for 256 rows of 10 weights); returns how many the step bound limited."""
+    e = b + tau.shape[0]
+    qt, qr, st, sr = q_t[b:e].reshape(-1), q_r[b:e].reshape(-1), s_t[b:e].reshape(-1), s_r[b:e].reshape(-1)
+    return replace_site(qt, qr, st, sr, tau.reshape(-1), rho.reshape(-1), damping, kappa)
 
 
 @njit(cache=True, inline="always")
@@ -298,7 +292,7 @@ def _lazy_slot(q_t, lazy):
 
 def s1_chunk_backward(inputs, g, h, q_t, q_r, s_t, s_r, rtol, damping, kappa, expansion, lazy=None,
                       limit=-1.0):
-    """The chunk's joint S1 message to the (K, J) weights
+    """The chunk's joint S1 message to the (K, J) weights (C-contiguous arrays, as all of these kernels take)
     (:func:`~factorgraph.equations.s1_backward_to_b_gemm` to order ``expansion`` with the cavity
     ``q / s``, the inputs as ``s1_inputs(a)``, ``g, h`` (U, J) as there) replacing site ``s`` in place
     (damping, step bound ``kappa`` when > 0, marginal ``q`` updated:
