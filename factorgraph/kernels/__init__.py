@@ -75,12 +75,12 @@ def module(array, name):
     cpu = type(array) is np.ndarray
     if cpu and not _ENABLED:
         return None
-    key = f"factorgraph.kernels.{name}_{'cpu' if cpu else 'cuda'}"
-    mod = _MODULES.get(key)
+    mod = _MODULES.get((name, cpu))  # (a tuple key: this runs several times per chunk)
     if mod is None:
         import importlib
 
-        mod = _MODULES[key] = importlib.import_module(key)
+        path = f"factorgraph.kernels.{name}_{'cpu' if cpu else 'cuda'}"
+        mod = _MODULES[(name, cpu)] = importlib.import_module(path)
     return mod
 
 
