@@ -423,6 +423,19 @@ class WeightSlots:
         return (type(m.tau) is np.ndarray and kernels.enabled() and m.tau.flags.c_contiguous
                 and m.rho.flags.c_contiguous)
 
+    def _takes(self, prior, removed):
+        """Whether a lazy reset can keep ``prior`` and ``removed`` for the compiled kernels: C-contiguous
+        NumPy arrays of the slots' shape and dtype, the slots' own compiled (a chain of tests, not a
+        generator: this runs for every weight tensor of every visit)."""
+        m = self._msgs
+        pt, pr, rt, rr = prior.tau, prior.rho, removed.tau, removed.rho
+        return (type(pt) is np.ndarray and type(pr) is np.ndarray and type(rt) is np.ndarray
+                and type(rr) is np.ndarray and type(m.tau) is np.ndarray and kernels.enabled()
+                and pt.shape == pr.shape == rt.shape == rr.shape == self.shape
+                and pt.dtype == pr.dtype == rt.dtype == rr.dtype == m.dtype
+                and pt.flags.c_contiguous and pr.flags.c_contiguous and rt.flags.c_contiguous
+                and rr.flags.c_contiguous and m.tau.flags.c_contiguous and m.rho.flags.c_contiguous)
+
     def _writable_q(self, *avoid):
         """The marginal's arrays where a compiled pass may write them in place (two distinct C-contiguous
         NumPy arrays of the slots' shape and dtype, sharing no memory with the arrays ``avoid``), else new
@@ -445,15 +458,15 @@ class WeightSlots:
         to ``prior`` and ``removed`` (see the class docstring); the caller must not change them while the
         reset is pending."""
         self._drop_lazy()
-        m, B = self._msgs, self.batch_size
-        given = (prior.tau, prior.rho) + (() if removed is None else (removed.tau, removed.rho))
-        native = all(type(a) is np.ndarray and a.shape == self.shape for a in given)
-        if (lazy and removed is not None and native and self._compiled() and self.used <= 1
-                and self.pending is None and all(a.dtype == m.dtype and a.flags.c_contiguous for a in given)):
+        if (lazy and removed is not None and self.used <= 1 and self.pending is None
+                and self._takes(prior, removed)):
             self._lazy, self._dirty = (prior, removed), self.used
             self.used = 0
             self._sums = None
             return
+        m, B = self._msgs, self.batch_size
+        given = (prior.tau, prior.rho) + (() if removed is None else (removed.tau, removed.rho))
+        native = all(type(a) is np.ndarray and a.shape == self.shape for a in given)
         if self._compiled() and native:
             self.q = q = self._writable_q(*given)
             flat = [np.ascontiguousarray(a, m.dtype).reshape(-1) for a in given]

@@ -550,6 +550,10 @@ def test_threaded_limits_blas_threads_and_restores_them():
         with kernels.threaded(blas_threads=1):
             assert blas() and all(n == 1 for n in blas())
         assert blas() == before
+    with pytest.raises(ZeroDivisionError):  # a sweep that fails restores them too
+        with kernels.threaded(blas_threads=1):
+            raise ZeroDivisionError
+    assert blas() == before
 
 
 @pytest.mark.parametrize("order", ["Shuffled()", "Parallel(4, 0.5, max_step=1.0)"])
