@@ -6,7 +6,10 @@ visited in an epoch:
 
 1. batch prior ``P_b = Q / W_msg[b]`` (the stored messages are not mutated);
 2. the FactorGraph is reset: slot B := ``P_b``, q := ``P_b``, per-example messages and caches cleared (steps
-   1 and 2 in one compiled pass per weight tensor on the CPU, :meth:`factorgraph.factor.WeightSlots.reset`);
+   1 and 2 in one compiled pass per weight tensor on the CPU, :meth:`factorgraph.factor.WeightSlots.reset`;
+   for a visit that is one chunk of a :class:`schedules.Parallel` order, lazily: nothing is written, the
+   chunk kernels read ``P_b`` as ``Q - W_msg[b]`` and write only the chunk's site, and any other read writes
+   the state first, with the same numbers; :attr:`Trainer.lazy_resets`, :meth:`Trainer._lazy_visit`);
 3. ``train_batch(X_b, Y_b, its)``;
 4. ``L_b`` = product of the batch's per-example messages; ``W_msg[b] := EMA(W_msg[b], L_b, beta_e)`` and
    ``Q`` is updated by the difference (recomputed exactly at the end of each epoch).
