@@ -355,7 +355,11 @@ class WeightSlots:
 
     def touch(self, i):
         """Note that slot ``i`` holds (or is about to hold) a message; code that writes ``msgs`` in place
-        (the fused kernels) calls this, so sums over slots can skip the unused ones."""
+        (the fused kernels) calls this, so sums over slots can skip the unused ones.  Where a lazy reset is
+        pending and slot ``i`` is not its site (:meth:`lazy_slot`), the state is written first (the count of
+        used slots is the written state's)."""
+        if self._lazy is not None and self.lazy_slot(i) is None:
+            self._materialise()
         self._sums = None
         if i >= self.used:
             self.used = int(i) + 1

@@ -459,9 +459,16 @@ def test_lazy_cavity_and_replacement_of_slots_equal_the_eager_ones(dtype):
     for x, y in ((lazy.msgs, eager.msgs), (lazy.q, eager.q)):
         np.testing.assert_array_equal(x.tau, y.tau)
         np.testing.assert_array_equal(x.rho, y.rho)
-    lazy.reset(Q, S, lazy=True)
-    lazy.replace(1, new, 0.7)  # not the lazy site: the state is written first
-    eager.reset(Q, S)
-    eager.replace(1, new, 0.7)
-    assert not lazy.lazy
-    np.testing.assert_array_equal(lazy.q.tau, eager.q.tau)
+    for first in (False, True):  # a second site, before or after the lazy site's chunk
+        lazy.reset(Q, S, lazy=True)
+        eager.reset(Q, S)
+        if first:
+            lazy.replace(0, new, 0.7)
+            eager.replace(0, new, 0.7)
+        lazy.replace(1, new, 0.7)  # not the lazy site: the state is written first
+        eager.replace(1, new, 0.7)
+        assert not lazy.lazy and lazy.used == eager.used == 2
+        assert lazy.recompute(1e4) == eager.recompute(1e4)
+        for x, y in ((lazy.msgs, eager.msgs), (lazy.q, eager.q)):
+            np.testing.assert_array_equal(x.tau, y.tau)
+            np.testing.assert_array_equal(x.rho, y.rho)
