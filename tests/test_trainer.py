@@ -323,3 +323,31 @@ def test_each_visit_starts_from_its_own_batch_prior():
             for g in (prior, q):
                 np.testing.assert_array_equal(g.tau, want[b][l][name].tau)
                 np.testing.assert_array_equal(g.rho, want[b][l][name].rho)
+
+
+def test_the_fold_follows_the_kernels_switch_within_an_epoch(monkeypatch):
+    """The Trainer keeps the compiled fold's arrays per tensor (``Trainer._flat_views``); kernels switched
+    off by a callback in the middle of an epoch make the next folds take the array form (the compiled one
+    would fail here)."""
+    from factorgraph import kernels
+    from factorgraph.kernels import sites_cpu
+
+    X, Y = _data(48)
+
+    def compiled(*args):
+        raise AssertionError("the compiled fold ran with the kernels off")
+
+    def switch_off(trainer, epoch, batch):
+        if not switched:
+            switched.append(kernels.set_enabled(False))
+            monkeypatch.setattr(sites_cpu, "_fold_part", compiled)
+            monkeypatch.setattr(sites_cpu, "_fold_threads", compiled)
+
+    switched = []
+    tr = Trainer(create_factor_graph(TEMPLATES, batch_size=16, seed=2), X, Y, progress=False,
+                 callbacks={"on_batch_end": switch_off})
+    try:
+        tr.train(num_epochs=1)  # three batches: the second and third fold with the kernels off
+    finally:
+        kernels.set_enabled(switched[0])
+    assert switched

@@ -249,18 +249,19 @@ class Trainer:
     def _flat_views(self, key, total, store):
         """``(Q_tau, Q_rho, S_tau, S_rho, fold_message)``: the total ``total`` flat and the stored messages
         ``store`` as (K, n) views, with the compiled fold, where :meth:`_compiled_arrays` takes them (else
-        ``None``); kept per tensor while ``self.total`` and ``self.msgs`` hold these Gaussians (a batch's
-        fold then calls the kernel without re-checking its arrays)."""
+        ``None``); kept per tensor while ``self.total`` and ``self.msgs`` hold these Gaussians and the kernels
+        stay on or off (a batch's fold then calls the kernel without re-checking its arrays)."""
         plan = self._views.get(key)
-        if plan is None or plan[0] is not total or plan[1] is not store:
+        on = kernels.enabled()
+        if plan is None or plan[0] is not total or plan[1] is not store or plan[2] != on:
             sites = kernels.module(total.tau, "sites")
             flat = None
             if hasattr(sites, "fold_message") and self._compiled_arrays(total, store):
                 K = store.tau.shape[0]
                 flat = (total.tau.reshape(-1), total.rho.reshape(-1), store.tau.reshape(K, -1),
                         store.rho.reshape(K, -1), sites.fold_message)
-            plan = self._views[key] = (total, store, flat)
-        return plan[2]
+            plan = self._views[key] = (total, store, on, flat)
+        return plan[3]
 
     @staticmethod
     def _compiled_arrays(*gaussians):
