@@ -218,9 +218,10 @@ class WeightSlots:
     def lazy_slot(self, i):
         """``(tau, rho)`` of slot ``i`` for a fused chunk kernel to write the site's new message into, where
         a lazy reset is pending and ``i`` is its first site (0), no chunk has replaced it yet and nothing is
-        deferred; else ``None``.  :meth:`fused_site` then gives the Trainer's ``(total, removed)`` arrays
-        in place of ``(q, slot i)``."""
-        if self._lazy is None or i != 0 or self._lazy_health is not None or self.pending is not None:
+        deferred, with the CPU kernels on; else ``None``.  :meth:`fused_site` then gives the Trainer's
+        ``(total, removed)`` arrays in place of ``(q, slot i)``."""
+        if (self._lazy is None or i != 0 or self._lazy_health is not None or self.pending is not None
+                or not kernels.enabled()):
             return None
         return self._msgs.tau[0], self._msgs.rho[0]
 

@@ -472,3 +472,32 @@ def test_lazy_cavity_and_replacement_of_slots_equal_the_eager_ones(dtype):
         for x, y in ((lazy.msgs, eager.msgs), (lazy.q, eager.q)):
             np.testing.assert_array_equal(x.tau, y.tau)
             np.testing.assert_array_equal(x.rho, y.rho)
+
+
+@pytest.mark.parametrize("step", ["cavity", "replace", "fused"])
+def test_kernels_switched_off_after_a_lazy_reset_take_the_array_form(step):
+    """A lazy reset pending when the kernels are switched off: the slots' cavity, replacement and fused-site
+    query write the state first and run as with an eager reset (no compiled call)."""
+    rng = np.random.default_rng(13)
+    shape = (30, 8)
+    Qt, Qr, St, Sr, nt, nr = _case(rng, shape, np.float64)
+    Q, S, new = Gaussian(Qt, Qr), Gaussian(St, Sr), Gaussian(nt, nr)
+    eager, lazy = (_slots(np.random.default_rng(3), shape, np.float64, 1) for _ in range(2))
+    eager.reset(Q, S)
+    lazy.reset(Q, S, lazy=True)
+    prev = kernels.set_enabled(False)
+    try:
+        if step == "cavity":
+            a, b = eager.cavity_moments(0), lazy.cavity_moments(0)
+            np.testing.assert_array_equal(a.mean, b.mean)
+        elif step == "replace":
+            eager.replace(0, new, 0.5)
+            lazy.replace(0, new, 0.5)
+        else:
+            assert lazy.fused_site(0) is None and lazy.lazy_slot(0) is None
+        assert not lazy.lazy
+        for x, y in ((lazy.msgs, eager.msgs), (lazy.q, eager.q)):
+            np.testing.assert_array_equal(x.tau, y.tau)
+            np.testing.assert_array_equal(x.rho, y.rho)
+    finally:
+        kernels.set_enabled(prev)
