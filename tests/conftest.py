@@ -14,8 +14,16 @@ if os.environ.get("FACTORGRAPH_REAL_GPU") != "1":
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 from factorgraph import guards
+
+# property tests draw the same examples on every run, so that CI's result is reproducible;
+# ``pytest --hypothesis-profile explore`` draws new ones (it found the lower-tail cancellation that
+# ``relu_moments`` had)
+settings.register_profile("repeatable", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile("repeatable")
 
 _CASES = collections.Counter()
 

@@ -28,14 +28,21 @@ _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def relu_moments(mu, var):
-    """Return ``(R1, R2)``, the first two raw moments of ``max(a, 0)`` for ``a ~ N(mu, var)``."""
+    """Return ``(R1, R2)``, the first two raw moments of ``max(a, 0)`` for ``a ~ N(mu, var)``.
+
+    Computed as ``Phi(x)`` times the moments of ``a`` given ``a >= 0``: ``R1 = Phi(x) sigma (x + v)``,
+    ``R2 = Phi(x) var (u + (x + v)^2)`` with ``x + v`` and ``u`` from
+    :func:`~factorgraph.gaussian.truncation_shift_and_factor`, both terms non-negative.  The formulas in
+    the module docstring are equal but cancel for ``x << 0`` (at ``mu = -165, var = 19`` they gave
+    ``R2 = -2.0e-309``)."""
     xp = get_array_module(mu, var)
     sp = special(xp)
     sigma = xp.sqrt(var)
     x = mu / sigma
-    pdf = xp.exp(-0.5 * x * x - _LOG_SQRT_2PI)
-    cdf = sp.ndtr(x)
-    return sigma * pdf + mu * cdf, sigma * mu * pdf + (var + mu * mu) * cdf
+    shift, u = truncation_shift_and_factor(x, xp)
+    with np.errstate(under="ignore"):
+        cdf = xp.exp(sp.log_ndtr(x))
+    return cdf * sigma * shift, cdf * var * (u + shift * shift)
 
 
 def truncated_moments(mu, sigma, xp=np):
