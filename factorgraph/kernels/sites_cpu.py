@@ -106,7 +106,7 @@ def _prior_replace_loop(Q_t, Q_r, S_t, S_r, m_t, m_r, new_t, new_r, damping, kap
         m_r[j] = nr
         qt = nt + pt
         qr = nr + pr
-        ok &= math.isfinite(qt) & (qr > zero) & math.isfinite(qr)
+        ok &= _proper(qt, qr, zero)
         far += _mean_shift(qt, qr, pt, pr, zero, one, inf) > limit
         hits += hit
     return hits, ok, far
@@ -173,6 +173,13 @@ def _mean_shift(qt, qr, pt, pr, zero, one, inf):
     return abs(mq - mp) * math.sqrt(pr)
 
 
+@njit(cache=True, inline="always")
+def _proper(qt, qr, zero):
+    """One weight of the after-sweep check: whether the marginal ``(qt, qr)`` is finite and proper (the
+    other half is :func:`_mean_shift` beyond the limit)."""
+    return math.isfinite(qt) & (qr > zero) & math.isfinite(qr)
+
+
 @njit(cache=True, error_model="numpy")
 def _check_part(q_t, q_r, p_t, p_r, limit):
     """``(ok, far)`` of :func:`marginal_check` over the given elements (a loop that vectorises)."""
@@ -182,7 +189,7 @@ def _check_part(q_t, q_r, p_t, p_r, limit):
     zero, one, inf, lim = dt(0), dt(1), dt(math.inf), dt(limit)
     for i in range(q_t.shape[0]):
         qt, qr = q_t[i], q_r[i]
-        ok &= math.isfinite(qt) & (qr > zero) & math.isfinite(qr)
+        ok &= _proper(qt, qr, zero)
         far += _mean_shift(qt, qr, p_t[i], p_r[i], zero, one, inf) > lim
     return ok, far
 
