@@ -423,8 +423,9 @@ class WeightSlots:
         return None
 
     def _compiled(self):
-        """Whether the compiled CPU passes take the slots (NumPy, C-contiguous, kernels on)."""
-        m = self.msgs
+        """Whether the compiled CPU passes take the slots (NumPy, C-contiguous, kernels on; the arrays' kind,
+        which writing a pending lazy reset does not change)."""
+        m = self._msgs
         return (type(m.tau) is np.ndarray and kernels.enabled() and m.tau.flags.c_contiguous
                 and m.rho.flags.c_contiguous)
 
@@ -432,14 +433,13 @@ class WeightSlots:
         """Whether a lazy reset can keep ``prior`` and ``removed`` for the compiled kernels: C-contiguous
         NumPy arrays of the slots' shape and dtype, the slots' own compiled (a chain of tests, not a
         generator: this runs for every weight tensor of every visit)."""
-        m = self._msgs
         pt, pr, rt, rr = prior.tau, prior.rho, removed.tau, removed.rho
-        return (type(pt) is np.ndarray and type(pr) is np.ndarray and type(rt) is np.ndarray
-                and type(rr) is np.ndarray and type(m.tau) is np.ndarray and kernels.enabled()
+        return (self._compiled() and type(pt) is np.ndarray and type(pr) is np.ndarray
+                and type(rt) is np.ndarray and type(rr) is np.ndarray
                 and pt.shape == pr.shape == rt.shape == rr.shape == self.shape
-                and pt.dtype == pr.dtype == rt.dtype == rr.dtype == m.dtype
+                and pt.dtype == pr.dtype == rt.dtype == rr.dtype == self._msgs.dtype
                 and pt.flags.c_contiguous and pr.flags.c_contiguous and rt.flags.c_contiguous
-                and rr.flags.c_contiguous and m.tau.flags.c_contiguous and m.rho.flags.c_contiguous)
+                and rr.flags.c_contiguous)
 
     def _writable_q(self, *avoid):
         """The marginal's arrays where a compiled pass may write them in place (two distinct C-contiguous
