@@ -42,6 +42,28 @@ ARCH = {
               ("MaxPool", 2), ("Flatten",), ("Linear", 120), ("LeakyReLU", 0.1), ("Linear", 84), ("LeakyReLU", 0.1),
               ("Linear", 10)],
 }
+def blas_line(with_torch=False):
+    """One line naming the BLAS kernels behind the timings: the loaded OpenBLAS libraries' cores
+    (threadpoolctl; SciPy's is the one the chunk kernels call) with ``OPENBLAS_CORETYPE`` /
+    ``OPENBLAS_L2_SIZE`` as set, and with ``with_torch`` PyTorch's BLAS and CPU capability.  Some machines
+    pin OpenBLAS to an older core in the environment (AVX2 ``Haswell`` on an AVX-512 CPU runs these
+    products at about half speed): a timing means little without this line."""
+    import scipy.linalg.cython_blas  # noqa: F401  (loads SciPy's OpenBLAS)
+    from threadpoolctl import threadpool_info
+
+    libs = [f"{i.get('prefix', '?')} {i.get('version', '?')} {i.get('architecture', '?')}"
+            for i in threadpool_info() if i.get("user_api") == "blas"]
+    env = ", ".join(f"{k}={os.environ[k]}" if k in os.environ else f"{k} unset"
+                    for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"))
+    line = f"BLAS: {'; '.join(libs) or 'none found'} ({env})"
+    if with_torch:
+        import torch
+
+        mkl = "MKL" if torch.backends.mkl.is_available() else "no MKL"
+        line += f"; PyTorch {torch.__version__} ({mkl}, CPU capability {torch.backends.cpu.get_cpu_capability()})"
+    return line
+
+
 HEADS = {"R-MP": ("Regression", 0.01), "AM-MP": ("Argmax", True), "SM-MP": ("Softmax",)}
 
 
@@ -162,6 +184,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     order = schedules.parse_order(args.order)
     os.makedirs(args.out, exist_ok=True)
+    print(blas_line(bool(args.baselines)), flush=True)
     results = {}
     for n in args.n:
         data = load(n, args.seed, args.whiten)

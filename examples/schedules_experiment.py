@@ -33,7 +33,7 @@ import time
 import numpy as np
 
 import schedules
-from benchmark_fashion import ARCH, torch_model
+from benchmark_fashion import ARCH, blas_line, torch_model
 from factorgraph import datasets
 from layers import create_factor_graph
 from schedules import Staircase
@@ -229,6 +229,8 @@ def main(argv=None):
     if args.rounds < 1:
         p.error(f"--rounds must be at least 1, got {args.rounds}")
     data = load(args.n, args.arch, args.seed, args.whiten)
+    if args.device == "cpu":
+        print(blas_line(args.torch), flush=True)
     if args.throughput or args.epochs:
         # rounds alternate the orders and PyTorch, so a slow phase of a shared machine hits them alike
         runs, torch_runs = [], []
