@@ -119,6 +119,40 @@ def test_schedules_experiment_epoch_times_trains_whole_epochs(monkeypatch):
     assert set(got) == {order} and 0 < got[order] < 1
 
 
+def test_schedules_experiment_run_order_times_each_epoch(monkeypatch):
+    """A training run reports the median time per example-pass of the epochs after the first (the first
+    also loads the kernels), each epoch's time divided by its sweeps: ``Staircase(2)`` runs 1, 1, 2, 2
+    sweeps; with epochs of 10, 1, 4 and 6 s (a fake clock) the later ones take 1, 2, 3 s per sweep of 16
+    examples, median 2 / 16 s."""
+    import argparse
+    import pathlib
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "examples"))
+    import schedules_experiment
+    from factorgraph.model import FactorGraph
+    from trainer import Trainer
+
+    clock = [0.0]
+    monkeypatch.setattr(schedules_experiment.time, "perf_counter", lambda: clock[0])
+    calls = []
+
+    def fake_epoch(tr, its=1):
+        clock[0] += (10.0, 1.0, 4.0, 6.0)[len(calls)]
+        calls.append(its)
+
+    monkeypatch.setattr(Trainer, "train_epoch", fake_epoch)
+    monkeypatch.setattr(FactorGraph, "evaluate",
+                        lambda self, X, y, X_ood=None: {"accuracy": 0.5, "nll": 1.0, "ece": 0.1, "ood_auroc": 0.5})
+    rng = np.random.default_rng(0)
+    data = (rng.normal(size=(16, 28, 28, 1)), rng.integers(0, 10, 16), None, None, None)
+    args = argparse.Namespace(batch=8, seed=0, dtype="float32", device="cpu", warm=False, mix=False, staircase=2)
+    r = schedules_experiment.run_order("Parallel(8, 0.2, max_step=0.3)", "mlp", data, args)
+    assert calls == [1, 1, 2, 2]
+    assert r["epoch_us_per_example_pass"] == pytest.approx(1e6 * 2.0 / 16)
+    assert r["us_per_example_pass"] == pytest.approx(1e6 * 21.0 / (6 * 16))
+
+
 def test_schedules_experiment_plot_log_axis_has_plain_labels(tmp_path, monkeypatch):
     """Wall times spanning more than a decade get a log axis labelled 1-2-5 in plain numbers, without the
     minor labels that overlapped within a decade."""
