@@ -42,6 +42,8 @@ ARCH = {
               ("MaxPool", 2), ("Flatten",), ("Linear", 120), ("LeakyReLU", 0.1), ("Linear", 84), ("LeakyReLU", 0.1),
               ("Linear", 10)],
 }
+
+
 def blas_line(with_torch=False):
     """One line naming the BLAS kernels behind the timings: the loaded OpenBLAS libraries' cores
     (threadpoolctl; SciPy's is the one the chunk kernels call) with ``OPENBLAS_CORETYPE`` /
@@ -60,7 +62,8 @@ def blas_line(with_torch=False):
         import torch
 
         mkl = "MKL" if torch.backends.mkl.is_available() else "no MKL"
-        line += f"; PyTorch {torch.__version__} ({mkl}, CPU capability {torch.backends.cpu.get_cpu_capability()})"
+        cap = torch.backends.cpu.get_cpu_capability()
+        line += f"; PyTorch {torch.__version__} ({mkl}, CPU capability {cap})"
     return line
 
 

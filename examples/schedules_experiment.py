@@ -292,8 +292,8 @@ def main(argv=None):
             print(f"| {spec} | failed ({r['failed']}) | | | | {r['time_s']:.0f} | | |", flush=True)
         else:
             print(f"| {spec} | {r['accuracy']:.3f} | {r['nll']:.3f} | {r['ece']:.3f} | {r['ood_auroc']:.3f} | "
-                  f"{r['time_s']:.1f} | {r['us_per_example_pass']:.0f} | {r['epoch_us_per_example_pass']:.0f} |",
-                  flush=True)
+                  f"{r['time_s']:.1f} | {r['us_per_example_pass']:.0f} | "
+                  f"{r['epoch_us_per_example_pass']:.0f} |", flush=True)
     if args.torch:
         t, acc = torch_epochs(args.arch, data, args.batch, 5, args.seed, args.device)
         rows.append({"order": "torch SGD epoch", "epoch_s": t, "accuracy_5_epochs": acc})

@@ -142,11 +142,12 @@ def test_schedules_experiment_run_order_times_each_epoch(monkeypatch):
         calls.append(its)
 
     monkeypatch.setattr(Trainer, "train_epoch", fake_epoch)
-    monkeypatch.setattr(FactorGraph, "evaluate",
-                        lambda self, X, y, X_ood=None: {"accuracy": 0.5, "nll": 1.0, "ece": 0.1, "ood_auroc": 0.5})
+    metrics = {"accuracy": 0.5, "nll": 1.0, "ece": 0.1, "ood_auroc": 0.5}
+    monkeypatch.setattr(FactorGraph, "evaluate", lambda self, X, y, X_ood=None: metrics)
     rng = np.random.default_rng(0)
     data = (rng.normal(size=(16, 28, 28, 1)), rng.integers(0, 10, 16), None, None, None)
-    args = argparse.Namespace(batch=8, seed=0, dtype="float32", device="cpu", warm=False, mix=False, staircase=2)
+    args = argparse.Namespace(batch=8, seed=0, dtype="float32", device="cpu", warm=False, mix=False,
+                              staircase=2)
     r = schedules_experiment.run_order("Parallel(8, 0.2, max_step=0.3)", "mlp", data, args)
     assert calls == [1, 1, 2, 2]
     assert r["epoch_us_per_example_pass"] == pytest.approx(1e6 * 2.0 / 16)
