@@ -81,21 +81,25 @@ def run_order(spec, arch, data, args):
     fg = _graph(arch, args.batch, args.seed, args.dtype, args.device)
     extra = {k: True for k, on in (("warm_start", args.warm), ("mixing", args.mix)) if on}
     schedule = Staircase(args.staircase)
-    passes = []  # seconds per example-pass of each epoch
+    ends = []  # wall time at the end of each epoch
+
+    def epoch_end(tr, epoch):
+        _sync(args.device)
+        ends.append(time.perf_counter())
+
     t0 = time.perf_counter()
     try:
-        tr = Trainer(fg, Xtr, np.eye(10)[ytr], order=_order(spec), progress=False, **extra)
-        for its in schedule:  # Trainer.train(schedule=...), each epoch timed
-            te = time.perf_counter()
-            tr.train_epoch(its)
-            _sync(args.device)
-            passes.append((time.perf_counter() - te) / (its * len(Xtr)))
+        tr = Trainer(fg, Xtr, np.eye(10)[ytr], order=_order(spec), progress=False,
+                     callbacks={"on_epoch_end": epoch_end}, **extra)
+        tr.train(schedule=schedule)
+        _sync(args.device)
     except (ArithmeticError, ValueError) as e:  # a diverging schedule
         return {"order": spec, "failed": f"{type(e).__name__}: {e}"[:120], "time_s": time.perf_counter() - t0}
     t = time.perf_counter() - t0
     r = fg.evaluate(Xte, yte, X_ood=Xood)
-    # the first epoch also loads or compiles the kernels: the epochs after it, as the PyTorch epochs' median
-    later = passes[1:] or passes
+    # seconds per example-pass of each epoch after the first (which also loads or compiles the kernels), for
+    # the PyTorch epochs' median
+    later = [(b - a) / (its * len(Xtr)) for a, b, its in zip(ends, ends[1:], schedule.iterations[1:])]
     return {"order": spec, "accuracy": r["accuracy"], "nll": r["nll"], "ece": r["ece"], "ood_auroc": r["ood_auroc"],
             "time_s": t, "us_per_example_pass": 1e6 * t / (schedule.total * len(Xtr)),
             "epoch_us_per_example_pass": 1e6 * float(np.median(later))}

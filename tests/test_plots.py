@@ -140,6 +140,7 @@ def test_schedules_experiment_run_order_times_each_epoch(monkeypatch):
     def fake_epoch(tr, its=1):
         clock[0] += (10.0, 1.0, 4.0, 6.0)[len(calls)]
         calls.append(its)
+        tr.callbacks["on_epoch_end"](tr, len(calls))
 
     monkeypatch.setattr(Trainer, "train_epoch", fake_epoch)
     metrics = {"accuracy": 0.5, "nll": 1.0, "ece": 0.1, "ood_auroc": 0.5}
